@@ -1,0 +1,43 @@
+# Every target creates the virtual environment it needs, so a fresh clone only needs python3.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint format typecheck goldens bench browser clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+## demo: build the sample issue and do a dry-run send to subscribers.example.csv
+demo: $(STAMP)
+	bash scripts/demo
+
+## test: the whole test suite (installs headless Chromium for the browser tests when missing)
+test: $(STAMP) browser
+	$(BIN)/python -m pytest
+
+browser:
+	bash scripts/install-browser
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## goldens: regenerate tests/golden/ from the sample issues after an intended change
+goldens: $(STAMP)
+	$(BIN)/python tests/regenerate_goldens.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/build.py
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,7 @@
+"""The author's commands: init, check, preview."""
+
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []

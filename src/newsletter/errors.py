@@ -1,0 +1,100 @@
+"""The project's exceptions. Every error a person can act on derives from NewsletterError.
+
+NewsletterError                 base: the CLI prints "Error: <message>" and exits 1
+├── SettingsError               newsletter.toml is missing a key, has a wrong value, or is not TOML
+├── IssueFileError              an issue file has problems; carries every Problem found
+├── TemplateError               a template is missing or fails to render
+├── CheckFailed                 `newsletter check` found errors (its report lists them)
+├── StoreError                  the subscriber store cannot be opened, read or written
+│   └── ImportRejected          a CSV import was refused; carries each rejected row
+├── MessageError                a message cannot be built (e.g. a header with CR/LF)
+├── ProviderError               a provider refused or failed; carries the provider's name and reply
+│   └── ProviderConfigError     a provider is unknown or its settings/credentials are missing
+├── SendError                   a send cannot start or was stopped
+└── TokenError                  a signed link is forged, truncated or for another newsletter
+
+The library never imports click: the CLI turns NewsletterError into click's error output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class NewsletterError(Exception):
+    """An error with a message meant for the person running the tool."""
+
+
+class SettingsError(NewsletterError):
+    def __init__(self, message: str, *, path: Path | str | None = None, key: str | None = None):
+        where = str(path) if path else "settings"
+        if key:
+            where = f"{where}: [{key}]" if "." not in key else f"{where}: {key}"
+        super().__init__(f"{where}: {message}")
+        self.path = path
+        self.key = key
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One finding about an input file, printed as ``path:line: message``."""
+
+    path: str
+    line: int
+    message: str
+    severity: str = "error"  # "error" or "warning"
+
+    def __str__(self) -> str:
+        prefix = "" if self.severity == "error" else "warning: "
+        location = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{location}: {prefix}{self.message}"
+
+
+class IssueFileError(NewsletterError):
+    """An issue file could not be read; ``problems`` lists every problem, in file order."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = sorted(problems, key=lambda p: (p.path, p.line))
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        body = "\n".join(str(p) for p in self.problems)
+        super().__init__(f"{count} {noun} in the issue file:\n{body}")
+
+
+class TemplateError(NewsletterError):
+    pass
+
+
+class CheckFailed(NewsletterError):
+    pass
+
+
+class StoreError(NewsletterError):
+    pass
+
+
+class MessageError(NewsletterError):
+    pass
+
+
+class ProviderError(NewsletterError):
+    def __init__(self, provider: str, message: str, *, reply: str | None = None):
+        text = f"{provider}: {message}"
+        if reply:
+            text += f"\nThe provider replied: {reply[:2000]}"
+        super().__init__(text)
+        self.provider = provider
+        self.reply = reply
+
+
+class ProviderConfigError(ProviderError):
+    pass
+
+
+class SendError(NewsletterError):
+    pass
+
+
+class TokenError(NewsletterError):
+    pass
