@@ -170,7 +170,9 @@ def _front_matter(block: list[str], found: _Collector, first_line: int) -> dict[
     try:
         node = yaml.compose(source, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        # The context mark is where the broken construct starts, which is what needs fixing;
+        # the problem mark is often the line after.
+        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         line = first_line + (mark.line if mark else 0)
         problem = getattr(exc, "problem", None) or str(exc)
         found.error(line, f"front matter is not valid YAML: {problem}")

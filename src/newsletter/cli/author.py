@@ -1,7 +1,112 @@
-"""The author's commands: init, check, preview."""
+"""The author's commands: init, check, preview, templates."""
 
 from __future__ import annotations
 
+import webbrowser
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from newsletter import browser, scaffold
+from newsletter.check import check_issue
+from newsletter.cli import AppContext, pass_app
+from newsletter.errors import CheckFailed, NewsletterError
+from newsletter.preview import LivePreview, build_preview, take_screenshots
+
+issue_argument = click.argument(
+    "issue", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+
+
+@click.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default=".")
+def init(folder: Path) -> None:
+    """Create a new newsletter in FOLDER (default: here).
+
+    Writes newsletter.toml, an example issue, templates/ ready to override, an example
+    subscriber CSV and a local signing key, then `newsletter preview` works at once.
+    """
+    created = scaffold.init_newsletter(folder)
+    for path in created:
+        click.echo(f"created {path}")
+    issue = next((p for p in created if p.parent.name == "issues"), None)
+    click.echo(f"\nNext: cd {folder} && newsletter preview {issue.relative_to(folder) if issue else 'issues/…'}")
+
+
+@click.command()
+@issue_argument
+@click.option("--offline", is_flag=True, help="Skip fetching the links.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each link.")
+@click.option("--concurrency", default=8, show_default=True, help="Links fetched at once.")
+@pass_app
+def check(app: AppContext, issue: Path, offline: bool, timeout: float, concurrency: int) -> None:
+    """Validate ISSUE and the email it makes; exit non-zero on errors.
+
+    Checks the file (front matter, citations, topics, sections), the rendered email (size
+    against Gmail's clipping, image alt text, unreplaced placeholders) and, unless
+    --offline, that every link answers.
+    """
+    report = check_issue(
+        issue, app.settings, offline=offline, timeout=timeout, concurrency=concurrency
+    )
+    for problem in report.problems:
+        click.echo(str(problem), err=problem.severity == "error")
+    summary = f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)"
+    if report.html_bytes:
+        summary += f"; HTML {report.html_bytes / 1024:.1f} KB"
+    if not offline:
+        summary += f"; {report.links_checked} link(s) checked"
+    if not report.ok:
+        raise CheckFailed(f"{issue}: {summary}")
+    click.echo(f"{issue}: OK ({summary})")
+
+
+@click.command()
+@issue_argument
+@click.option("--open", "open_browser", is_flag=True, help="Open the preview in a browser.")
+@click.option("--serve", is_flag=True, help="Serve on localhost; rebuild and reload on changes.")
+@click.option("--port", default=8000, show_default=True, help="Port for --serve.")
+@click.option("--screenshot", is_flag=True, help="Save PNGs at 375 px and 700 px (headless Chromium).")
+@pass_app
+def preview(
+    app: AppContext, issue: Path, open_browser: bool, serve: bool, port: int, screenshot: bool
+) -> None:
+    """Write build/<month>/email.html and email.txt for ISSUE, as a sample subscriber sees them."""
+    settings = app.settings
+    built = build_preview(issue, settings)
+    click.echo(f"HTML: {built.html_path}")
+    click.echo(f"Text: {built.text_path}")
+    if screenshot:
+        if browser.find_chromium() is None:
+            raise NewsletterError(f"--screenshot needs headless Chromium; {browser.INSTALL_HINT}")
+        for path in take_screenshots(built):
+            click.echo(f"Screenshot: {path}")
+    if serve:
+        live = LivePreview(issue, settings, port=port)
+        click.echo(f"Serving {live.url} (rebuilds when the issue or a template changes; Ctrl-C stops)")
+        if open_browser:
+            webbrowser.open(live.url)
+        try:
+            live.serve_forever()
+        except KeyboardInterrupt:
+            click.echo("Stopped.")
+    elif open_browser:
+        webbrowser.open(built.html_path.resolve().as_uri())
+
+
+@click.command()
+@click.option("--copy", "name", metavar="NAME", help="Copy the packaged template NAME into templates/.")
+@pass_app
+def templates(app: AppContext, name: str | None) -> None:
+    """List the packaged templates, or copy one into templates/ to override it."""
+    if name:
+        target = scaffold.copy_template(name, app.settings.paths.templates)
+        click.echo(f"copied {name} to {target}")
+        return
+    folder = app.settings.paths.templates
+    for template in scaffold.packaged_templates():
+        overridden = (folder / template).is_file()
+        click.echo(f"{template}{'  (overridden in ' + str(folder) + ')' if overridden else ''}")
+
+
+COMMANDS: list[click.Command] = [init, check, preview, templates]

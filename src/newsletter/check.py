@@ -1,0 +1,202 @@
+"""``newsletter check``: everything that can be wrong with an issue before it is sent.
+
+The file's own problems come from the parser; this adds what only the rendered email shows:
+its size against Gmail's clipping, images without alt text, empty sections, placeholders
+left unfilled, and (online) links that do not answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+
+import requests
+
+from newsletter import __version__
+from newsletter.errors import Problem
+from newsletter.parse import read_issue
+from newsletter.render import RenderedIssue, fill_placeholders, render_issue, sample_fields
+from newsletter.settings import Settings
+
+# Gmail cuts a message's HTML after about 102 KB and hides the rest behind "View entire
+# message", which also hides the unsubscribe link.
+GMAIL_CLIP_BYTES = 102 * 1024
+WARN_BYTES = 90 * 1024
+LEFTOVER = re.compile(r"\[\[[^\]\n]{1,40}\]\]|\{\{.*?\}\}|\{%.*?%\}")
+
+
+@dataclass
+class CheckReport:
+    path: Path
+    problems: list[Problem] = field(default_factory=list)
+    html_bytes: int = 0
+    links_checked: int = 0
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def check_issue(
+    path: Path,
+    settings: Settings,
+    *,
+    offline: bool = False,
+    timeout: float = 10.0,
+    concurrency: int = 8,
+    session: requests.Session | None = None,
+) -> CheckReport:
+    report = CheckReport(path)
+    result = read_issue(path, settings.taxonomy)
+    report.problems.extend(result.problems)
+    if result.issue is None:
+        return report
+    rendered = render_issue(result.issue, settings)
+    report.problems.extend(check_rendered(rendered, settings, report))
+    if not offline:
+        links = sorted(_own_links(rendered.html, settings))
+        report.links_checked = len(links)
+        for url, reason in check_links(links, timeout=timeout, concurrency=concurrency, session=session):
+            line = _line_of(path, url)
+            report.problems.append(Problem(str(path), line, f"broken link {url}: {reason}"))
+    report.problems.sort()
+    return report
+
+
+def check_rendered(rendered: RenderedIssue, settings: Settings, report: CheckReport) -> list[Problem]:
+    path = str(rendered.issue.path)
+    problems: list[Problem] = []
+    fields = sample_fields(settings)
+    html = fill_placeholders(rendered.html, fields, html=True)
+    text = fill_placeholders(rendered.text, fields, html=False)
+    size = len(html.encode("utf-8"))
+    report.html_bytes = size
+    if size > GMAIL_CLIP_BYTES:
+        problems.append(
+            Problem(path, 0, f"the HTML is {size / 1024:.1f} KB; Gmail clips messages over "
+                    f"{GMAIL_CLIP_BYTES // 1024} KB, hiding the rest and the unsubscribe link: shorten the issue")
+        )
+    elif size > WARN_BYTES:
+        problems.append(
+            Problem(path, 0, f"the HTML is {size / 1024:.1f} KB, close to Gmail's "
+                    f"{GMAIL_CLIP_BYTES // 1024} KB clipping limit", "warning")
+        )
+
+    page = _Page()
+    page.feed(html)
+    for src in page.images_without_alt:
+        problems.append(Problem(path, _line_of(rendered.issue.path, src), f"image {src} has no alt text"))
+    if page.empty_paragraphs:
+        problems.append(Problem(path, 0, f"{page.empty_paragraphs} empty paragraph(s) in the email", "warning"))
+    for part, content in (("HTML", html), ("text", text)):
+        for leftover in sorted(set(LEFTOVER.findall(content))):
+            problems.append(
+                Problem(path, _line_of(rendered.issue.path, leftover),
+                        f"placeholder {leftover} is left unreplaced in the {part} part; "
+                        "known fields are [[name]], [[email]] and [[unsubscribe_url]]")
+            )
+    return problems
+
+
+def check_links(
+    urls: Iterable[str],
+    *,
+    timeout: float = 10.0,
+    concurrency: int = 8,
+    session: requests.Session | None = None,
+) -> list[tuple[str, str]]:
+    """Fetch each URL; return (url, reason) for the ones that fail."""
+    own = session or requests.Session()
+    own.headers.setdefault("User-Agent", f"newsletter-link-check/{__version__}")
+    # Some servers refuse bots a HEAD or answer it wrongly; a GET confirms before we blame them.
+    retry_with_get = {403, 405, 429, 501}
+
+    def probe(url: str) -> tuple[str, str | None]:
+        try:
+            response = own.head(url, allow_redirects=True, timeout=timeout)
+            if response.status_code in retry_with_get or response.status_code >= 400:
+                response = own.get(url, allow_redirects=True, timeout=timeout, stream=True)
+                response.close()
+            if response.status_code >= 400:
+                return url, f"HTTP {response.status_code}"
+            return url, None
+        except requests.Timeout:
+            return url, f"no answer within {timeout:g} s"
+        except requests.TooManyRedirects:
+            return url, "too many redirects"
+        except requests.RequestException as exc:
+            return url, f"cannot connect ({type(exc).__name__})"
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        results = list(pool.map(probe, list(urls)))
+    if session is None:
+        own.close()
+    return [(url, reason) for url, reason in results if reason is not None]
+
+
+def _own_links(html: str, settings: Settings) -> set[str]:
+    """External http(s) links; the newsletter's own archive pages go live with the issue."""
+    page = _Page()
+    page.feed(html)
+    return {
+        url for url in page.links
+        if url.startswith(("http://", "https://"))
+        and not url.startswith(settings.base_url + "/")
+        and "[[" not in url
+    }
+
+
+def _line_of(path: Path, needle: str) -> int:
+    try:
+        for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+            if needle in line:
+                return number
+    except (OSError, UnicodeDecodeError):
+        pass
+    if needle.startswith("https://doi.org/"):
+        return _line_of(path, needle.removeprefix("https://doi.org/"))
+    return 0
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.links: list[str] = []
+        self.images_without_alt: list[str] = []
+        self.empty_paragraphs = 0
+        self._in_p = False
+        self._p_text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "a" and values.get("href"):
+            self.links.append(str(values["href"]))
+        elif tag == "img" and not (values.get("alt") or "").strip():
+            self.images_without_alt.append(str(values.get("src") or "(no src)"))
+        elif tag == "p" and "border-top" not in (values.get("style") or ""):
+            # (MJML draws dividers as empty paragraphs with a top border.)
+            self._in_p, self._p_text = True, []
+        elif tag in ("img", "br") and self._in_p:
+            self._p_text.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "p" and self._in_p:
+            if not "".join(self._p_text).strip():
+                self.empty_paragraphs += 1
+            self._in_p = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_p:
+            self._p_text.append(data)

@@ -1,0 +1,168 @@
+"""Rendering an Issue: Jinja2 -> MJML -> HTML (mjml-python) -> inlined HTML, and the text part.
+
+Rendering happens once per issue. Per-recipient fields stay as placeholders that survive MJML
+and the CSS inliner unchanged, and are filled in per message by plain substitution.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import mjml
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+
+from newsletter.errors import TemplateError
+from newsletter.inline import inline_css
+from newsletter.issue import Issue
+from newsletter.plaintext import TextRenderer
+from newsletter.settings import Settings
+from newsletter.taxonomy import slugify
+
+# The per-recipient fields, as they appear in rendered output.
+PLACEHOLDERS = {
+    "name": "[[name]]",
+    "email": "[[email]]",
+    "unsubscribe_url": "[[unsubscribe_url]]",
+}
+PLACEHOLDER_PATTERN = re.compile(r"\[\[(name|email|unsubscribe_url)\]\]")
+NAME_FALLBACK = "reader"
+
+_markdown = MarkdownIt("commonmark", {"html": False, "typographer": True}).enable(
+    ["replacements", "smartquotes"]
+)
+_HEAD_META = (
+    '<meta name="color-scheme" content="light dark">'
+    '<meta name="supported-color-schemes" content="light dark">'
+)
+
+
+@dataclass(frozen=True)
+class RenderedIssue:
+    """One issue, rendered once; ``html`` and ``text`` still hold the placeholders."""
+
+    issue: Issue
+    subject: str
+    html: str
+    text: str
+
+
+def template_environment(settings: Settings) -> jinja2.Environment:
+    """Templates from the newsletter's templates/ folder first, then the packaged defaults."""
+    loader = jinja2.ChoiceLoader(
+        [
+            jinja2.FileSystemLoader(settings.paths.templates),
+            jinja2.PackageLoader("newsletter", "templates"),
+        ]
+    )
+    env = jinja2.Environment(
+        loader=loader,
+        autoescape=jinja2.select_autoescape(["mjml", "html", "xml"], default_for_string=False),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    env.filters["markdown"] = markdown_to_html
+    env.filters["slugify"] = slugify
+    return env
+
+
+def markdown_to_html(source: str) -> Markup:
+    # Raw HTML is off in the parser, so the author's text cannot inject markup.
+    return Markup(_markdown.render(source))
+
+
+def _context(issue: Issue, settings: Settings, relative: bool = False) -> dict[str, object]:
+    def topic_url(topic: str) -> str:
+        return f"{settings.base_url}/topics/{slugify(topic)}/"
+
+    return {
+        "issue": issue,
+        "settings": settings,
+        "style": settings.style,
+        "issue_url": settings.issue_url(issue.month),
+        "topic_url": topic_url,
+        "placeholders": PLACEHOLDERS,
+    }
+
+
+def _render_template(env: jinja2.Environment, name: str, context: Mapping[str, object]) -> str:
+    try:
+        return env.get_template(name).render(context)
+    except jinja2.TemplateNotFound as exc:
+        raise TemplateError(f"template {exc.name!r} not found in templates/ or the defaults") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"{exc.filename or exc.name}:{exc.lineno}: {exc.message}") from None
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(f"template {name}: {exc.message}") from None
+
+
+def render_mjml(issue: Issue, settings: Settings, env: jinja2.Environment | None = None) -> str:
+    """The issue as an MJML document."""
+    env = env or template_environment(settings)
+    context = _context(issue, settings)
+    context["intro_html"] = markdown_to_html(issue.intro)
+    return _render_template(env, "email.mjml", context)
+
+
+def mjml_to_html(source: str) -> str:
+    """MJML to HTML with MRML; web fonts off, since they would load from a third party."""
+    try:
+        rendered = mjml.mjml2html(source, disable_comments=True, fonts={})
+    except Exception as exc:  # MRML raises plain exceptions carrying its parser's message
+        raise TemplateError(f"the MJML template does not render: {exc}") from None
+    # MRML has no way to add head meta tags; dark-mode support needs color-scheme.
+    return rendered.replace("<head>", "<head>" + _HEAD_META, 1)
+
+
+def render_text(issue: Issue, settings: Settings, env: jinja2.Environment | None = None) -> str:
+    """The plain-text part, from the same Issue."""
+    env = env or template_environment(settings)
+    context = _context(issue, settings)
+    context["text"] = TextRenderer()
+    text = _render_template(env, "email.txt", context)
+    # Collapse the blank-line runs that template logic leaves behind.
+    text = re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+    return text
+
+
+def render_issue(issue: Issue, settings: Settings) -> RenderedIssue:
+    """Render the issue once: inlined HTML and plain text, both with placeholders."""
+    env = template_environment(settings)
+    html = inline_css(mjml_to_html(render_mjml(issue, settings, env)))
+    text = render_text(issue, settings, env)
+    return RenderedIssue(issue=issue, subject=issue.subject, html=html, text=text)
+
+
+def fill_placeholders(template: str, values: Mapping[str, str], *, html: bool) -> str:
+    """Substitute per-recipient values; in HTML they are escaped for text and attributes."""
+    escape: Callable[[str], str] = (
+        (lambda v: html_lib.escape(v, quote=True)) if html else (lambda v: v)
+    )
+    filled = {key: escape(value) for key, value in values.items()}
+    return PLACEHOLDER_PATTERN.sub(lambda m: filled.get(m.group(1), m.group(0)), template)
+
+
+def sample_fields(settings: Settings) -> dict[str, str]:
+    """A made-up recipient for previews."""
+    return {
+        "name": "Alex Sample",
+        "email": "alex.sample@example.com",
+        "unsubscribe_url": f"{settings.base_url}/unsubscribe/preview-token",
+    }
+
+
+def write_preview(rendered: RenderedIssue, settings: Settings, out_dir: Path | None = None) -> tuple[Path, Path]:
+    """Write email.html and email.txt with the sample recipient filled in; return their paths."""
+    folder = out_dir or settings.paths.build / rendered.issue.month
+    folder.mkdir(parents=True, exist_ok=True)
+    fields = sample_fields(settings)
+    html_path = folder / "email.html"
+    text_path = folder / "email.txt"
+    html_path.write_text(fill_placeholders(rendered.html, fields, html=True), "utf-8")
+    text_path.write_text(fill_placeholders(rendered.text, fields, html=False), "utf-8")
+    return html_path, text_path
