@@ -244,3 +244,28 @@ def test_byte_order_mark_and_crlf_line_ends_are_accepted(write_issue: Callable[.
     raw = b"\xef\xbb\xbf" + VALID_ISSUE.replace("\n", "\r\n").encode("utf-8")
     issue = parse_issue(write_issue(raw=raw))
     assert issue.articles[1].practice_implications.startswith("- Measure")
+
+
+def test_text_after_a_hash_in_the_front_matter_is_not_silently_dropped(
+    write_issue: Callable[..., Path],
+) -> None:
+    text = _replace("subject: Ruptures, feedback and dropout", "subject: Issue #9 — feedback")
+    with pytest.raises(IssueFileError, match=r":4: 'subject': the text after ' #' is read as a YAML"):
+        parse_issue(write_issue(text))
+    quoted = _replace("subject: Ruptures, feedback and dropout", 'subject: "Issue #9 — feedback"')
+    assert parse_issue(write_issue(quoted)).subject == "Issue #9 — feedback"
+
+
+def test_doi_with_trailing_full_stop_is_refused(write_issue: Callable[..., Path]) -> None:
+    text = _replace("DOI: 10.1037/pst0000185", "DOI: 10.1037/pst0000185.")
+    with pytest.raises(IssueFileError, match="remove the punctuation at its end"):
+        parse_issue(write_issue(text))
+
+
+def test_underlined_paragraph_gets_a_warning(write_issue: Callable[..., Path]) -> None:
+    text = _replace("r = .29 (β = −.31, R² = .13).\n", "r = .29 (β = −.31, R² = .13).\n---\n")
+    result = read_issue(write_issue(text))
+    assert result.issue is not None
+    (warning,) = result.problems
+    assert warning.severity == "warning" and warning.line == 21
+    assert "makes it a heading" in warning.message

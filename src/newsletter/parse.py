@@ -46,7 +46,7 @@ from newsletter.issue import Article, Citation, Issue
 from newsletter.taxonomy import Taxonomy
 
 MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
-DOI = re.compile(r"^10\.\d{4,9}/\S+$")
+DOI = re.compile(r"^10\.\d{4,9}/\S+(?<![.,;:])$")
 _DOI_PREFIXES = ("https://doi.org/", "http://doi.org/", "https://dx.doi.org/", "doi:")
 _FIELD_LINE = re.compile(r"^([A-Za-z][A-Za-z _-]*?)\s*:\s*(.*)$")
 PRACTICE_HEADING = "practice implications"
@@ -210,6 +210,13 @@ def _front_matter(block: list[str], found: _Collector, first_line: int) -> dict[
                 found.error(line, f"'{key}' must be text on one line")
                 continue
         value = value.strip()
+        raw_line = block[key_node.start_mark.line] if key_node.start_mark.line < len(block) else ""
+        if " #" in raw_line and "#" not in value and value_node.style is None:
+            found.error(
+                line,
+                f"'{key}': the text after ' #' is read as a YAML comment; put the value in quotes",
+            )
+            continue
         if "\n" in value or "\r" in value:
             found.error(line, f"'{key}' must be one line")
             continue
@@ -241,6 +248,14 @@ def _body(
     for i, token in enumerate(tokens):
         if token.type == "heading_open" and token.map is not None:
             text = tokens[i + 1].content.strip()
+            if token.markup in ("=", "-"):
+                # A "---" or "===" line right under a paragraph turns it into a heading,
+                # which is rarely what the author meant.
+                found.warning(
+                    start + token.map[1],
+                    "this line underlines the paragraph above and makes it a heading; "
+                    "leave a blank line before it if you meant a separator",
+                )
             headings.append((int(token.tag[1]), token.map[0], text))
 
     article_heads = [h for h in headings if h[0] == 1]
@@ -410,7 +425,11 @@ def _citation(
             if doi.lower().startswith(prefix):
                 doi = doi[len(prefix) :].strip()
         if not DOI.match(doi):
-            found.error(line, f"DOI {text!r} is not a DOI such as 10.1037/pst0000185")
+            found.error(
+                line,
+                f"DOI {text!r} is not a DOI such as 10.1037/pst0000185"
+                + (" (remove the punctuation at its end)" if text[-1:] in ".,;:" else ""),
+            )
             ok = False
     url = ""
     if "url" in fields:

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from newsletter.errors import SettingsError
+from newsletter.settings import find_settings, load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "newsletter.toml"
+    path.write_text(text, "utf-8")
+    return path
+
+
+def test_embedded_defaults_need_no_file(tmp_path: Path) -> None:
+    settings = load_settings(None, root=tmp_path)
+    assert settings.source is None
+    assert settings.provider == "outbox"
+    assert settings.paths.database == tmp_path / "newsletter.db"
+    assert "Empathy" in settings.taxonomy
+
+
+def test_settings_are_read_and_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[newsletter]\nname = "Digest"\nfrom_email = "News@Example.ORG"\nreply_to = "ed@example.org"\n'
+        '[paths]\nbuild = "out"\n[provider]\nname = "smtp"\nhost = "mail.example.org"\n',
+    )
+    settings = load_settings(path)
+    assert settings.name == "Digest"
+    assert settings.from_email == "news@example.org"
+    assert settings.reply_to == "ed@example.org"
+    assert settings.paths.build == tmp_path / "out"
+    assert settings.provider == "smtp"
+    assert settings.provider_options == {"host": "mail.example.org"}
+    assert settings.list_id == "digest.example.org"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[newsletter]\nnmae = "x"\n', r"newsletter.toml: newsletter.nmae: unknown key"),
+        ('[newsleter]\nname = "x"\n', r"unknown table \[newsleter\]"),
+        ('[newsletter]\nfrom_email = "not an address"\n', r"newsletter.from_email: 'not an address' is not an email"),
+        ('[newsletter]\nbase_url = "digest.example.org"\n', r"newsletter.base_url: must be an http\(s\) URL"),
+        ('[style]\naccent_color = "teal"\n', r"style.accent_color: must be a colour like #1f5f5b"),
+        ('[newsletter]\nname = 3\n', r"newsletter.name: must be a string"),
+        ('[newsletter]\npostal_address = ""\n', r"newsletter.postal_address: must not be empty"),
+        ('[newsletter\nname = "x"\n', r"newsletter.toml: not valid TOML"),
+        ('[newsletter]\ntopics_file = "missing.txt"\n', r"newsletter.topics_file: cannot read"),
+    ],
+    ids=["unknown-key", "unknown-table", "bad-sender", "bad-base-url", "bad-colour", "wrong-type",
+         "no-postal-address", "not-toml", "missing-topics-file"],
+)
+def test_a_wrong_setting_names_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(write(tmp_path, text))
+
+
+def test_a_newsletter_may_replace_the_taxonomy(tmp_path: Path) -> None:
+    (tmp_path / "topics.txt").write_text("# ours\nSleep\nGrief\n", "utf-8")
+    settings = load_settings(write(tmp_path, '[newsletter]\ntopics_file = "topics.txt"\n'))
+    assert settings.taxonomy.topics == ("Sleep", "Grief")
+
+
+def test_settings_are_found_in_a_parent_folder(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    nested = tmp_path / "issues" / "drafts"
+    nested.mkdir(parents=True)
+    assert find_settings(nested) == path
