@@ -1,0 +1,97 @@
+"""Real-browser tests of the preview: headless Chromium, installed by scripts/install-browser."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from newsletter import browser
+from newsletter.preview import LivePreview, build_preview, take_screenshots
+from newsletter.settings import Settings, load_settings
+
+from .conftest import REPO, SAMPLE_ISSUES, VALID_ISSUE
+from .pages import measure, require_chromium
+
+
+@pytest.mark.parametrize("path", SAMPLE_ISSUES, ids=[p.name for p in SAMPLE_ISSUES])
+def test_preview_at_phone_width_is_one_column_without_horizontal_scroll(
+    path: Path, tmp_path: Path
+) -> None:
+    settings = load_settings(REPO / "newsletter.toml")
+    settings = _with_build(settings, tmp_path)
+    preview = build_preview(path, settings)
+    phone = measure(preview.html_path.parent, "email.html", 375)
+    assert phone["viewport"] == 375
+    assert phone["scrollWidth"] <= 375, phone
+    assert phone["overflowing"] == []
+    # Every MJML column takes the whole width: one column, nothing side by side.
+    assert phone["columns"] and all(width >= 375 - 2 for width in phone["columns"]), phone
+    desktop = measure(preview.html_path.parent, "email.html", 700)
+    assert desktop["scrollWidth"] <= 700
+    assert set(desktop["columns"]) == {640}, desktop  # the email's fixed desktop width
+
+
+def test_screenshots_are_taken_at_phone_and_desktop_width(
+    settings: Settings, write_issue: Callable[..., Path]
+) -> None:
+    require_chromium()
+    shots = take_screenshots(build_preview(write_issue(), settings))
+    widths = []
+    for shot in shots:
+        data = shot.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        widths.append(struct.unpack(">I", data[16:20])[0])
+    assert widths == [375, 700]
+    assert [s.name for s in shots] == ["email-375px.png", "email-700px.png"]
+
+
+def test_live_preview_serves_the_page_and_rebuilds_on_change(
+    settings: Settings, write_issue: Callable[..., Path]
+) -> None:
+    require_chromium()
+    path = write_issue()
+    live = LivePreview(path, settings, port=0)
+    thread: threading.Thread = live.start_in_background(interval=0.1)
+    try:
+        page = browser.dump_dom(live.url)
+        assert "Repairing ruptures helps" in page
+        version = _get(live.url + "__version")
+
+        path.write_text(VALID_ISSUE.replace("Repairing ruptures helps", "Ruptures, repaired"), "utf-8")
+        _wait(lambda: _get(live.url + "__version") != version)
+        assert "Ruptures, repaired" in browser.dump_dom(live.url)
+
+        # A mistake shows the errors in the page, and the server keeps running.
+        path.write_text(VALID_ISSUE.replace("month: 2026-10", "month: 2026-1"), "utf-8")
+        _wait(lambda: "The issue has errors" in _get(live.url))
+        assert ":2: month must be YYYY-MM" in browser.dump_dom(live.url)
+    finally:
+        live.shutdown()
+        thread.join(timeout=5)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode("utf-8"))
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 10) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("the live preview did not rebuild in time")
+
+
+def _with_build(settings: Settings, folder: Path) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, paths=replace(settings.paths, build=folder / "build"))
