@@ -6,6 +6,7 @@ and the CSS inliner unchanged, and are filled in per message by plain substituti
 
 from __future__ import annotations
 
+import functools
 import html as html_lib
 import re
 from collections.abc import Callable, Mapping
@@ -53,10 +54,19 @@ class RenderedIssue:
 
 
 def template_environment(settings: Settings) -> jinja2.Environment:
-    """Templates from the newsletter's templates/ folder first, then the packaged defaults."""
+    """Templates from the newsletter's templates/ folder first, then the packaged defaults.
+
+    One environment per templates folder is kept, so compiled templates are reused; Jinja
+    still notices when a template file changes (auto_reload), which the live preview needs.
+    """
+    return _environment(settings.paths.templates)
+
+
+@functools.lru_cache(maxsize=8)
+def _environment(templates: Path) -> jinja2.Environment:
     loader = jinja2.ChoiceLoader(
         [
-            jinja2.FileSystemLoader(settings.paths.templates),
+            jinja2.FileSystemLoader(templates),
             jinja2.PackageLoader("newsletter", "templates"),
         ]
     )
