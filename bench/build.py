@@ -10,18 +10,37 @@ stage with the whole build of the same issue in the same run. Target: total <= 2
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jinja2
+
 from newsletter.inline import inline_css
+from newsletter.issue import Issue
 from newsletter.parse import parse_issue
-from newsletter.render import mjml_to_html, render_issue, render_mjml, render_text, template_environment
-from newsletter.settings import load_settings
+from newsletter.render import (
+    RenderedIssue,
+    mjml_to_html,
+    render_issue,
+    render_mjml,
+    render_text,
+    template_environment,
+)
+from newsletter.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def render_to_html(issue: Issue, settings: Settings, env: jinja2.Environment) -> str:
+    return mjml_to_html(render_mjml(issue, settings, env))
+
+
+def build_whole(path: Path, settings: Settings) -> RenderedIssue:
+    return render_issue(parse_issue(path, settings.taxonomy), settings)
 
 
 def median_ms(action: Callable[[], object], repeat: int) -> float:
@@ -47,14 +66,13 @@ def main() -> None:
     totals = []
     for path in sorted((REPO / "issues").glob("*.md")):
         issue = parse_issue(path, settings.taxonomy)
-        mjml_source = render_mjml(issue, settings, env)
-        html = mjml_to_html(mjml_source)
-        stages = {
-            "parse": lambda: parse_issue(path, settings.taxonomy),
-            "render": lambda: mjml_to_html(render_mjml(issue, settings, env)),
-            "inline": lambda: inline_css(html),
-            "text": lambda: render_text(issue, settings, env),
-            "total": lambda: render_issue(parse_issue(path, settings.taxonomy), settings),
+        html = mjml_to_html(render_mjml(issue, settings, env))
+        stages: dict[str, Callable[[], object]] = {
+            "parse": functools.partial(parse_issue, path, settings.taxonomy),
+            "render": functools.partial(render_to_html, issue, settings, env),
+            "inline": functools.partial(inline_css, html),
+            "text": functools.partial(render_text, issue, settings, env),
+            "total": functools.partial(build_whole, path, settings),
         }
         results = {name: median_ms(action, args.repeat) for name, action in stages.items()}
         totals.append(results["total"])

@@ -62,7 +62,9 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def write_issue(tmp_path: Path) -> Callable[..., Path]:
-    def write(text: str = VALID_ISSUE, name: str = "2026-10.md", *, raw: bytes | None = None) -> Path:
+    def write(
+        text: str = VALID_ISSUE, name: str = "2026-10.md", *, raw: bytes | None = None
+    ) -> Path:
         path = tmp_path / "issues" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         if raw is not None:

@@ -62,7 +62,9 @@ def test_live_preview_serves_the_page_and_rebuilds_on_change(
         assert "Repairing ruptures helps" in page
         version = _get(live.url + "__version")
 
-        path.write_text(VALID_ISSUE.replace("Repairing ruptures helps", "Ruptures, repaired"), "utf-8")
+        path.write_text(
+            VALID_ISSUE.replace("Repairing ruptures helps", "Ruptures, repaired"), "utf-8"
+        )
         _wait(lambda: _get(live.url + "__version") != version)
         assert "Ruptures, repaired" in browser.dump_dom(live.url)
 

@@ -21,7 +21,9 @@ def test_offline_check_passes_on_every_sample(path: Path, settings: Settings) ->
     assert 10_000 < report.html_bytes < GMAIL_CLIP_BYTES
 
 
-def test_check_reports_parse_errors_with_lines(settings: Settings, write_issue: Callable[..., Path]) -> None:
+def test_check_reports_parse_errors_with_lines(
+    settings: Settings, write_issue: Callable[..., Path]
+) -> None:
     path = write_issue(VALID_ISSUE.replace("month: 2026-10", "month: 2026-1"))
     report = check_issue(path, settings, offline=True)
     assert not report.ok
@@ -30,22 +32,31 @@ def test_check_reports_parse_errors_with_lines(settings: Settings, write_issue: 
     ]
 
 
-def test_html_over_gmail_clipping_is_an_error(settings: Settings, write_issue: Callable[..., Path]) -> None:
+def test_html_over_gmail_clipping_is_an_error(
+    settings: Settings, write_issue: Callable[..., Path]
+) -> None:
     long_summary = "\n\n".join(f"Paragraph {n} " + "words " * 400 for n in range(60))
-    path = write_issue(VALID_ISSUE.replace("Clients whose therapists", long_summary + "\n\nClients whose"))
+    path = write_issue(
+        VALID_ISSUE.replace("Clients whose therapists", long_summary + "\n\nClients whose")
+    )
     report = check_issue(path, settings, offline=True)
     assert report.html_bytes > GMAIL_CLIP_BYTES
     assert any("Gmail clips messages over 102 KB" in p.message for p in report.errors)
 
 
-def test_image_without_alt_text_and_unknown_placeholder(settings: Settings, write_issue: Callable[..., Path]) -> None:
+def test_image_without_alt_text_and_unknown_placeholder(
+    settings: Settings, write_issue: Callable[..., Path]
+) -> None:
     text = VALID_ISSUE.replace(
-        "Notice ruptures and", "![](https://example.org/chart.png)\n\nHi [[frist_name]]. Notice ruptures and"
+        "Notice ruptures and",
+        "![](https://example.org/chart.png)\n\nHi [[frist_name]]. Notice ruptures and",
     )
     path = write_issue(text)
     messages = [str(p) for p in check_issue(path, settings, offline=True).errors]
     assert f"{path}:23: image https://example.org/chart.png has no alt text" in messages
-    assert any(m.startswith(f"{path}:25: placeholder [[frist_name]] is left unreplaced") for m in messages)
+    assert any(
+        m.startswith(f"{path}:25: placeholder [[frist_name]] is left unreplaced") for m in messages
+    )
 
 
 @pytest.fixture

@@ -53,7 +53,9 @@ def test_check_passes_on_a_sample_offline(runner: CliRunner) -> None:
 
 def test_check_fails_with_path_and_line(runner: CliRunner, tmp_path: Path) -> None:
     path = tmp_path / "2026-10.md"
-    path.write_text(VALID_ISSUE.replace("Topics: Feedback and Progress Monitoring", "Topics: Empthy"), "utf-8")
+    path.write_text(
+        VALID_ISSUE.replace("Topics: Feedback and Progress Monitoring", "Topics: Empthy"), "utf-8"
+    )
     result = runner.invoke(main, ["check", "--offline", str(path)])
     assert result.exit_code == 1
     assert f"{path}:33: unknown topic 'Empthy'; did you mean 'Empathy'?" in result.output
@@ -61,7 +63,9 @@ def test_check_fails_with_path_and_line(runner: CliRunner, tmp_path: Path) -> No
     assert "Traceback" not in result.output
 
 
-def test_preview_writes_html_and_text_and_prints_their_paths(runner: CliRunner, tmp_path: Path) -> None:
+def test_preview_writes_html_and_text_and_prints_their_paths(
+    runner: CliRunner, tmp_path: Path
+) -> None:
     path = tmp_path / "2026-10.md"
     path.write_text(VALID_ISSUE, "utf-8")
     result = runner.invoke(main, ["preview", str(path)])
@@ -75,7 +79,10 @@ def test_preview_writes_html_and_text_and_prints_their_paths(runner: CliRunner, 
 
 def test_preview_of_a_broken_file_lists_every_problem(runner: CliRunner, tmp_path: Path) -> None:
     path = tmp_path / "2026-10.md"
-    path.write_text(VALID_ISSUE.replace("month: 2026-10", "month: 2026/10").replace("Year: 2018", "Year: x", 1), "utf-8")
+    path.write_text(
+        VALID_ISSUE.replace("month: 2026-10", "month: 2026/10").replace("Year: 2018", "Year: x", 1),
+        "utf-8",
+    )
     result = runner.invoke(main, ["preview", str(path)])
     assert result.exit_code == 1
     assert "Error: 2 problems in the issue file:" in result.output
@@ -122,14 +129,22 @@ def test_a_broken_settings_file_is_an_error_without_traceback(
     (tmp_path / "newsletter.toml").write_text('[newsletter]\nbase_url = "nope"\n', "utf-8")
     result = runner.invoke(main, ["preview", str(write_issue())])
     assert result.exit_code == 1
-    assert "Error: " in result.output and "newsletter.toml: newsletter.base_url: must be an http(s) URL" in result.output
+    assert (
+        "Error: " in result.output
+        and "newsletter.toml: newsletter.base_url: must be an http(s) URL" in result.output
+    )
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 def test_screenshot_without_chromium_says_how_to_install_it(
-    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_issue: Callable[..., Path]
+    runner: CliRunner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    write_issue: Callable[..., Path],
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     result = runner.invoke(main, ["preview", "--screenshot", str(write_issue())])
     assert result.exit_code == 1
-    assert "needs headless Chromium" in result.output and "apt-get install chromium" in result.output
+    assert (
+        "needs headless Chromium" in result.output and "apt-get install chromium" in result.output
+    )

@@ -98,7 +98,9 @@ MALFORMED = [
         id="month-as-date",
     ),
     pytest.param(
-        _replace("Topics: Feedback and Progress Monitoring", "Topics: Feedback and Progres Monitoring"),
+        _replace(
+            "Topics: Feedback and Progress Monitoring", "Topics: Feedback and Progres Monitoring"
+        ),
         33,
         "unknown topic 'Feedback and Progres Monitoring'; did you mean "
         "'Feedback and Progress Monitoring'?",
@@ -135,8 +137,10 @@ MALFORMED = [
         id="bad-doi",
     ),
     pytest.param(
-        _replace("## Practice Implications\nNotice ruptures and *talk* about them.\n",
-                 "## Practice Implications\n\n"),
+        _replace(
+            "## Practice Implications\nNotice ruptures and *talk* about them.\n",
+            "## Practice Implications\n\n",
+        ),
         22,
         "the Practice Implications section is empty",
         id="empty-practice-implications",
@@ -148,7 +152,9 @@ MALFORMED = [
         id="empty-summary",
     ),
     pytest.param(
-        _replace("Authors: Eubanks, C. F.; Muran, J. C.; Safran, J. D.\n", "Eubanks and colleagues\n"),
+        _replace(
+            "Authors: Eubanks, C. F.; Muran, J. C.; Safran, J. D.\n", "Eubanks and colleagues\n"
+        ),
         10,
         "has no citation lines",
         id="no-citation-block",
@@ -208,8 +214,10 @@ def test_every_problem_is_reported_in_one_run(write_issue: Callable[..., Path]) 
 
 
 def test_file_that_is_not_utf8_is_reported_with_its_line(write_issue: Callable[..., Path]) -> None:
-    raw = VALID_ISSUE.replace("Flückiger", "x").encode("utf-8").replace(
-        "Kleinstäuber".encode(), "Kleinst\xe4uber".encode("latin-1")
+    raw = (
+        VALID_ISSUE.replace("Flückiger", "x")
+        .encode("utf-8")
+        .replace("Kleinstäuber".encode(), "Kleinst\xe4uber".encode("latin-1"))
     )
     path = write_issue(raw=raw)
     with pytest.raises(IssueFileError) as caught:
@@ -221,7 +229,9 @@ def test_file_that_is_not_utf8_is_reported_with_its_line(write_issue: Callable[.
 
 def test_month_must_match_the_file_name(write_issue: Callable[..., Path]) -> None:
     path = write_issue(name="2026-11.md")
-    with pytest.raises(IssueFileError, match=r"month 2026-10 does not match the file name 2026-11.md"):
+    with pytest.raises(
+        IssueFileError, match=r"month 2026-10 does not match the file name 2026-11.md"
+    ):
         parse_issue(path)
 
 
@@ -250,7 +260,9 @@ def test_text_after_a_hash_in_the_front_matter_is_not_silently_dropped(
     write_issue: Callable[..., Path],
 ) -> None:
     text = _replace("subject: Ruptures, feedback and dropout", "subject: Issue #9 — feedback")
-    with pytest.raises(IssueFileError, match=r":4: 'subject': the text after ' #' is read as a YAML"):
+    with pytest.raises(
+        IssueFileError, match=r":4: 'subject': the text after ' #' is read as a YAML"
+    ):
         parse_issue(write_issue(text))
     quoted = _replace("subject: Ruptures, feedback and dropout", 'subject: "Issue #9 — feedback"')
     assert parse_issue(write_issue(quoted)).subject == "Issue #9 — feedback"

@@ -74,7 +74,9 @@ def test_email_contains_every_part_a_subscriber_needs(rendered_html: str) -> Non
     assert 'href="https://digest.example.org/topics/common-factors/"' in rendered_html
 
 
-def test_text_part_is_wrapped_and_lists_its_links(settings: Settings, write_issue: Callable[..., Path]) -> None:
+def test_text_part_is_wrapped_and_lists_its_links(
+    settings: Settings, write_issue: Callable[..., Path]
+) -> None:
     text = render_issue(parse_issue(write_issue()), settings).text
     for line in text.splitlines():
         assert len(line) <= 72 or line.startswith(("[", "http")), line
@@ -90,13 +92,19 @@ def test_markdown_links_become_numbered_references_in_text(
 ) -> None:
     from .conftest import VALID_ISSUE
 
-    path = write_issue(VALID_ISSUE.replace("Notice ruptures", "Read [the guide](https://example.org/g). Notice ruptures"))
+    path = write_issue(
+        VALID_ISSUE.replace(
+            "Notice ruptures", "Read [the guide](https://example.org/g). Notice ruptures"
+        )
+    )
     text = render_issue(parse_issue(path), settings).text
     assert "Read the guide [1]. Notice ruptures" in text
     assert "Links:\n[1] https://example.org/g" in text
 
 
-def test_author_text_cannot_inject_html(settings: Settings, write_issue: Callable[..., Path]) -> None:
+def test_author_text_cannot_inject_html(
+    settings: Settings, write_issue: Callable[..., Path]
+) -> None:
     from .conftest import VALID_ISSUE
 
     path = write_issue(VALID_ISSUE.replace("Notice ruptures", "<script>alert(1)</script> Notice"))
@@ -107,7 +115,11 @@ def test_author_text_cannot_inject_html(settings: Settings, write_issue: Callabl
 
 def test_fill_placeholders_escapes_html_but_not_text() -> None:
     template = '<a href="[[unsubscribe_url]]">[[name]]</a> [[email]] [[other]]'
-    values = {"name": 'O\'Brien & "Sons"', "email": "a@b.c", "unsubscribe_url": "https://x/u?a=1&b=2"}
+    values = {
+        "name": 'O\'Brien & "Sons"',
+        "email": "a@b.c",
+        "unsubscribe_url": "https://x/u?a=1&b=2",
+    }
     html = fill_placeholders(template, values, html=True)
     assert html == (
         '<a href="https://x/u?a=1&amp;b=2">O&#x27;Brien &amp; &quot;Sons&quot;</a> a@b.c [[other]]'
@@ -128,10 +140,14 @@ def test_a_template_in_the_newsletter_folder_overrides_the_packaged_one(
     html = render_issue(parse_issue(write_issue()), settings).html
     assert "Custom footer" in html
     assert "12 Example Street" not in html  # the default footer is gone...
-    assert "Practice Implications" in html  # ...and every other partial still comes from the package
+    assert (
+        "Practice Implications" in html
+    )  # ...and every other partial still comes from the package
 
 
-def test_a_broken_template_is_a_clear_error(tmp_path: Path, write_issue: Callable[..., Path]) -> None:
+def test_a_broken_template_is_a_clear_error(
+    tmp_path: Path, write_issue: Callable[..., Path]
+) -> None:
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates" / "_header.mjml").write_text("{% if %}", "utf-8")
     settings = load_settings(None, root=tmp_path)
@@ -155,7 +171,9 @@ def test_inline_css_moves_rules_into_attributes_and_keeps_media_queries() -> Non
     assert "color: blue !important" in out or "color:blue !important" in out
 
 
-def test_sample_preview_fields_leave_no_placeholder(settings: Settings, write_issue: Callable[..., Path]) -> None:
+def test_sample_preview_fields_leave_no_placeholder(
+    settings: Settings, write_issue: Callable[..., Path]
+) -> None:
     rendered = render_issue(parse_issue(write_issue()), settings)
     html = fill_placeholders(rendered.html, sample_fields(settings), html=True)
     assert "[[" not in html

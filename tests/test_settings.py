@@ -43,18 +43,35 @@ def test_settings_are_read_and_paths_are_relative_to_the_file(tmp_path: Path) ->
     [
         ('[newsletter]\nnmae = "x"\n', r"newsletter.toml: newsletter.nmae: unknown key"),
         ('[newsleter]\nname = "x"\n', r"unknown table \[newsleter\]"),
-        ('[newsletter]\nfrom_email = "not an address"\n', r"newsletter.from_email: 'not an address' is not an email"),
-        ('[newsletter]\nbase_url = "digest.example.org"\n', r"newsletter.base_url: must be an http\(s\) URL"),
+        (
+            '[newsletter]\nfrom_email = "not an address"\n',
+            r"newsletter.from_email: 'not an address' is not an email",
+        ),
+        (
+            '[newsletter]\nbase_url = "digest.example.org"\n',
+            r"newsletter.base_url: must be an http\(s\) URL",
+        ),
         ('[style]\naccent_color = "teal"\n', r"style.accent_color: must be a colour like #1f5f5b"),
-        ('[newsletter]\nname = 3\n', r"newsletter.name: must be a string"),
+        ("[newsletter]\nname = 3\n", r"newsletter.name: must be a string"),
         ('[newsletter]\npostal_address = ""\n', r"newsletter.postal_address: must not be empty"),
         ('[newsletter\nname = "x"\n', r"newsletter.toml: not valid TOML"),
         ('[newsletter]\ntopics_file = "missing.txt"\n', r"newsletter.topics_file: cannot read"),
     ],
-    ids=["unknown-key", "unknown-table", "bad-sender", "bad-base-url", "bad-colour", "wrong-type",
-         "no-postal-address", "not-toml", "missing-topics-file"],
+    ids=[
+        "unknown-key",
+        "unknown-table",
+        "bad-sender",
+        "bad-base-url",
+        "bad-colour",
+        "wrong-type",
+        "no-postal-address",
+        "not-toml",
+        "missing-topics-file",
+    ],
 )
-def test_a_wrong_setting_names_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
+def test_a_wrong_setting_names_the_file_and_the_key(
+    tmp_path: Path, text: str, message: str
+) -> None:
     with pytest.raises(SettingsError, match=message):
         load_settings(write(tmp_path, text))
 

@@ -61,7 +61,9 @@ def screenshot(url: str, out: Path, *, width: int, height: int = 2400, timeout: 
         try:
             subprocess.run(command, capture_output=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
-            raise NewsletterError(f"Chromium took over {timeout:.0f} s to screenshot {url}") from None
+            raise NewsletterError(
+                f"Chromium took over {timeout:.0f} s to screenshot {url}"
+            ) from None
     if not out.is_file():
         raise NewsletterError(f"Chromium did not write the screenshot {out}")
     return out
@@ -80,5 +82,7 @@ def dump_dom(url: str, *, width: int = 1000, timeout: float = 60, budget_ms: int
             "--dump-dom",
             url,
         ]
-        result = subprocess.run(command, capture_output=True, timeout=timeout, check=False, text=True)
+        result = subprocess.run(
+            command, capture_output=True, timeout=timeout, check=False, text=True
+        )
     return result.stdout

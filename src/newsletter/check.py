@@ -68,14 +68,18 @@ def check_issue(
     if not offline:
         links = sorted(_own_links(rendered.html, settings))
         report.links_checked = len(links)
-        for url, reason in check_links(links, timeout=timeout, concurrency=concurrency, session=session):
+        for url, reason in check_links(
+            links, timeout=timeout, concurrency=concurrency, session=session
+        ):
             line = _line_of(path, url)
             report.problems.append(Problem(str(path), line, f"broken link {url}: {reason}"))
     report.problems.sort()
     return report
 
 
-def check_rendered(rendered: RenderedIssue, settings: Settings, report: CheckReport) -> list[Problem]:
+def check_rendered(
+    rendered: RenderedIssue, settings: Settings, report: CheckReport
+) -> list[Problem]:
     path = str(rendered.issue.path)
     problems: list[Problem] = []
     fields = sample_fields(settings)
@@ -85,27 +89,43 @@ def check_rendered(rendered: RenderedIssue, settings: Settings, report: CheckRep
     report.html_bytes = size
     if size > GMAIL_CLIP_BYTES:
         problems.append(
-            Problem(path, 0, f"the HTML is {size / 1024:.1f} KB; Gmail clips messages over "
-                    f"{GMAIL_CLIP_BYTES // 1024} KB, hiding the rest and the unsubscribe link: shorten the issue")
+            Problem(
+                path,
+                0,
+                f"the HTML is {size / 1024:.1f} KB; Gmail clips messages over "
+                f"{GMAIL_CLIP_BYTES // 1024} KB, hiding the rest and the unsubscribe link: shorten the issue",
+            )
         )
     elif size > WARN_BYTES:
         problems.append(
-            Problem(path, 0, f"the HTML is {size / 1024:.1f} KB, close to Gmail's "
-                    f"{GMAIL_CLIP_BYTES // 1024} KB clipping limit", "warning")
+            Problem(
+                path,
+                0,
+                f"the HTML is {size / 1024:.1f} KB, close to Gmail's "
+                f"{GMAIL_CLIP_BYTES // 1024} KB clipping limit",
+                "warning",
+            )
         )
 
     page = _Page()
     page.feed(html)
     for src in page.images_without_alt:
-        problems.append(Problem(path, _line_of(rendered.issue.path, src), f"image {src} has no alt text"))
+        problems.append(
+            Problem(path, _line_of(rendered.issue.path, src), f"image {src} has no alt text")
+        )
     if page.empty_paragraphs:
-        problems.append(Problem(path, 0, f"{page.empty_paragraphs} empty paragraph(s) in the email", "warning"))
+        problems.append(
+            Problem(path, 0, f"{page.empty_paragraphs} empty paragraph(s) in the email", "warning")
+        )
     for part, content in (("HTML", html), ("text", text)):
         for leftover in sorted(set(LEFTOVER.findall(content))):
             problems.append(
-                Problem(path, _line_of(rendered.issue.path, leftover),
-                        f"placeholder {leftover} is left unreplaced in the {part} part; "
-                        "known fields are [[name]], [[email]] and [[unsubscribe_url]]")
+                Problem(
+                    path,
+                    _line_of(rendered.issue.path, leftover),
+                    f"placeholder {leftover} is left unreplaced in the {part} part; "
+                    "known fields are [[name]], [[email]] and [[unsubscribe_url]]",
+                )
             )
     return problems
 
@@ -151,7 +171,8 @@ def _own_links(html: str, settings: Settings) -> set[str]:
     page = _Page()
     page.feed(html)
     return {
-        url for url in page.links
+        url
+        for url in page.links
         if url.startswith(("http://", "https://"))
         and not url.startswith(settings.base_url + "/")
         and "[[" not in url

@@ -148,9 +148,7 @@ def parse_text(data: bytes, path: Path, taxonomy: Taxonomy, found: _Collector) -
     if month[0] and MONTH.match(month[0]):
         stem = path.stem
         if MONTH.match(stem) and stem != month[0]:
-            found.error(
-                month[1], f"month {month[0]} does not match the file name {path.name}"
-            )
+            found.error(month[1], f"month {month[0]} does not match the file name {path.name}")
     if found.errors:
         return None
     return Issue(
@@ -164,7 +162,9 @@ def parse_text(data: bytes, path: Path, taxonomy: Taxonomy, found: _Collector) -
     )
 
 
-def _front_matter(block: list[str], found: _Collector, first_line: int) -> dict[str, tuple[str, int]]:
+def _front_matter(
+    block: list[str], found: _Collector, first_line: int
+) -> dict[str, tuple[str, int]]:
     """Front matter keys -> (value, line). Values are one-line strings."""
     source = "\n".join(block)
     try:
@@ -234,7 +234,9 @@ def _front_matter(block: list[str], found: _Collector, first_line: int) -> dict[
         )
     subject = values.get("subject")
     if subject and len(subject[0]) > 90:
-        found.warning(subject[1], f"subject is {len(subject[0])} characters; many clients cut it near 60–90")
+        found.warning(
+            subject[1], f"subject is {len(subject[0])} characters; many clients cut it near 60–90"
+        )
     return values
 
 
@@ -279,9 +281,7 @@ def _body(
     for n, (_, head_index, title) in enumerate(article_heads):
         end_index = article_heads[n + 1][1] if n + 1 < len(article_heads) else len(body)
         subheads = [h for h in headings if h[0] >= 2 and head_index < h[1] < end_index]
-        article = _article(
-            body, head_index, end_index, title, subheads, start, taxonomy, found
-        )
+        article = _article(body, head_index, end_index, title, subheads, start, taxonomy, found)
         if article is not None:
             articles.append(article)
     count = len(article_heads)
@@ -361,11 +361,15 @@ def _article(
 
     for name in REQUIRED_CITATION:
         if name not in fields and fields:
-            found.error(head_line, f"article '{title}': the citation has no '{name.capitalize()}:' line")
+            found.error(
+                head_line, f"article '{title}': the citation has no '{name.capitalize()}:' line"
+            )
     citation = _citation(fields, head_line, title, found)
     topics = _topics(fields.get("topics"), taxonomy, found)
 
-    practice = [h for h in subheads if h[0] == 2 and h[2].casefold().rstrip(":") == PRACTICE_HEADING]
+    practice = [
+        h for h in subheads if h[0] == 2 and h[2].casefold().rstrip(":") == PRACTICE_HEADING
+    ]
     if not practice:
         found.error(
             head_line,
@@ -374,7 +378,9 @@ def _article(
         summary, implications = "\n".join(body[summary_start:end]).strip(), ""
     else:
         if len(practice) > 1:
-            found.error(lineno(practice[1][1]), "a second 'Practice Implications' section in one article")
+            found.error(
+                lineno(practice[1][1]), "a second 'Practice Implications' section in one article"
+            )
         pi_index = practice[0][1]
         summary = "\n".join(body[summary_start:pi_index]).strip()
         implications = "\n".join(body[pi_index + 1 : end]).strip()
@@ -474,7 +480,9 @@ def _topics(
         if canonical is None:
             suggestion = taxonomy.suggest(name)
             hint = f"; did you mean '{suggestion}'?" if suggestion else ""
-            found.error(line, f"unknown topic '{name}'{hint} (the taxonomy lists the allowed names)")
+            found.error(
+                line, f"unknown topic '{name}'{hint} (the taxonomy lists the allowed names)"
+            )
         elif canonical not in topics:
             topics.append(canonical)
     return tuple(topics)

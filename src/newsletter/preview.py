@@ -86,7 +86,9 @@ class LivePreview:
     with errors shows them in the page instead of stopping the server.
     """
 
-    def __init__(self, issue_path: Path, settings: Settings, host: str = "127.0.0.1", port: int = 8000):
+    def __init__(
+        self, issue_path: Path, settings: Settings, host: str = "127.0.0.1", port: int = 8000
+    ):
         self.issue_path = issue_path
         self.settings = settings
         self.version = 0
@@ -140,7 +142,9 @@ class LivePreview:
 
     def start_in_background(self, interval: float = 0.2) -> threading.Thread:
         threading.Thread(target=self._watch, args=(interval,), daemon=True).start()
-        thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
         thread.start()
         return thread
 
@@ -169,7 +173,7 @@ class LivePreview:
         live = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+            def do_GET(self) -> None:
                 if self.path == "/__version":
                     self._send(str(live.version), "text/plain")
                 elif self.path in ("/", "/email.html"):
@@ -192,4 +196,3 @@ class LivePreview:
                 pass  # the console belongs to the author's messages
 
         return Handler
-

@@ -104,7 +104,9 @@ def _render_template(env: jinja2.Environment, name: str, context: Mapping[str, o
     try:
         return env.get_template(name).render(context)
     except jinja2.TemplateNotFound as exc:
-        raise TemplateError(f"template {exc.name!r} not found in templates/ or the defaults") from None
+        raise TemplateError(
+            f"template {exc.name!r} not found in templates/ or the defaults"
+        ) from None
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{exc.filename or exc.name}:{exc.lineno}: {exc.message}") from None
     except jinja2.UndefinedError as exc:
@@ -166,7 +168,9 @@ def sample_fields(settings: Settings) -> dict[str, str]:
     }
 
 
-def write_preview(rendered: RenderedIssue, settings: Settings, out_dir: Path | None = None) -> tuple[Path, Path]:
+def write_preview(
+    rendered: RenderedIssue, settings: Settings, out_dir: Path | None = None
+) -> tuple[Path, Path]:
     """Write email.html and email.txt with the sample recipient filled in; return their paths."""
     folder = out_dir or settings.paths.build / rendered.issue.month
     folder.mkdir(parents=True, exist_ok=True)

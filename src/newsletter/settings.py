@@ -257,4 +257,6 @@ def _address(value: str, where: Path, key: str) -> str:
     try:
         return validate_email(value, check_deliverability=False).normalized
     except EmailNotValidError as exc:
-        raise SettingsError(f"{value!r} is not an email address: {exc}", path=where, key=key) from None
+        raise SettingsError(
+            f"{value!r} is not an email address: {exc}", path=where, key=key
+        ) from None

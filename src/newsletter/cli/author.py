@@ -30,7 +30,9 @@ def init(folder: Path) -> None:
     for path in created:
         click.echo(f"created {path}")
     issue = next((p for p in created if p.parent.name == "issues"), None)
-    click.echo(f"\nNext: cd {folder} && newsletter preview {issue.relative_to(folder) if issue else 'issues/…'}")
+    click.echo(
+        f"\nNext: cd {folder} && newsletter preview {issue.relative_to(folder) if issue else 'issues/…'}"
+    )
 
 
 @click.command()
@@ -66,7 +68,9 @@ def check(app: AppContext, issue: Path, offline: bool, timeout: float, concurren
 @click.option("--open", "open_browser", is_flag=True, help="Open the preview in a browser.")
 @click.option("--serve", is_flag=True, help="Serve on localhost; rebuild and reload on changes.")
 @click.option("--port", default=8000, show_default=True, help="Port for --serve.")
-@click.option("--screenshot", is_flag=True, help="Save PNGs at 375 px and 700 px (headless Chromium).")
+@click.option(
+    "--screenshot", is_flag=True, help="Save PNGs at 375 px and 700 px (headless Chromium)."
+)
 @pass_app
 def preview(
     app: AppContext, issue: Path, open_browser: bool, serve: bool, port: int, screenshot: bool
@@ -83,7 +87,9 @@ def preview(
             click.echo(f"Screenshot: {path}")
     if serve:
         live = LivePreview(issue, settings, port=port)
-        click.echo(f"Serving {live.url} (rebuilds when the issue or a template changes; Ctrl-C stops)")
+        click.echo(
+            f"Serving {live.url} (rebuilds when the issue or a template changes; Ctrl-C stops)"
+        )
         if open_browser:
             webbrowser.open(live.url)
         try:
@@ -95,7 +101,9 @@ def preview(
 
 
 @click.command()
-@click.option("--copy", "name", metavar="NAME", help="Copy the packaged template NAME into templates/.")
+@click.option(
+    "--copy", "name", metavar="NAME", help="Copy the packaged template NAME into templates/."
+)
 @pass_app
 def templates(app: AppContext, name: str | None) -> None:
     """List the packaged templates, or copy one into templates/ to override it."""
