@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from newsletter.errors import TemplateError
-from newsletter.inline import inline_css
 from newsletter.parse import parse_issue
 from newsletter.render import (
     fill_placeholders,
@@ -158,17 +157,6 @@ def test_a_broken_template_is_a_clear_error(
 def test_invalid_mjml_is_a_clear_error() -> None:
     with pytest.raises(TemplateError, match="the MJML template does not render"):
         mjml_to_html("<mjml><mj-body><mj-section>")
-
-
-def test_inline_css_moves_rules_into_attributes_and_keeps_media_queries() -> None:
-    html = (
-        "<html><head><style>p { color: red; } @media (max-width: 480px) { p { color: blue !important; } }"
-        "</style></head><body><p>x</p></body></html>"
-    )
-    out = inline_css(html)
-    assert out.startswith("<!doctype html>")
-    assert '<p style="color:red">x</p>' in out
-    assert "color: blue !important" in out or "color:blue !important" in out
 
 
 def test_sample_preview_fields_leave_no_placeholder(

@@ -5,7 +5,7 @@ responsive and dark-mode @media rules need to beat inline styles), may fetch ext
 stylesheets, print cssutils warnings for CSS it does not know (``mso-*``), and drop the
 doctype. Each setting below undoes one of those.
 
-The @media and other at-rules cannot be inlined anyway, so they are set aside before premailer
+The @media rules, other at-rules and pseudo-class rules cannot be inlined anyway, so they are set aside before premailer
 runs, in ``<style data-premailer="ignore">`` blocks that it leaves as they are. That keeps
 their text byte for byte, and spares premailer re-serialising them through cssutils, which was
 the larger part of its time.
@@ -24,7 +24,11 @@ _COMMENT = re.compile(r"/\*.*?\*/", re.S)
 
 
 def split_at_rules(css: str) -> tuple[str, str]:
-    """Split a stylesheet into (plain rules, at-rules), each in its original order and text."""
+    """Split a stylesheet into (rules to inline, rules to keep), each in its original order.
+
+    Kept are at-rules and rules with pseudo-classes (``:root``, ``a:hover``), which no style
+    attribute can express.
+    """
     css = _COMMENT.sub("", css)
     plain: list[str] = []
     at_rules: list[str] = []
@@ -48,7 +52,9 @@ def split_at_rules(css: str) -> tuple[str, str]:
             i += 1
         statement = css[start:i].strip()
         if statement:
-            (at_rules if statement.startswith("@") else plain).append(statement)
+            selector = statement.split("{", 1)[0]
+            keep = statement.startswith("@") or ":" in selector
+            (at_rules if keep else plain).append(statement)
     return "\n".join(plain), "\n".join(at_rules)
 
 
