@@ -82,8 +82,15 @@ def _replace_line(text: str, prefix: str, replacement: str) -> str:
 
 
 def packaged_templates() -> list[str]:
-    folder = resources.files("newsletter").joinpath("templates")
-    return sorted(entry.name for entry in folder.iterdir() if entry.is_file())
+    """Template names as Jinja knows them, e.g. ``_footer.mjml`` or ``site/issue.html``."""
+    root = resources.files("newsletter").joinpath("templates")
+    names: list[str] = []
+    for entry in root.iterdir():
+        if entry.is_file():
+            names.append(entry.name)
+        elif entry.is_dir() and not entry.name.startswith("__"):
+            names.extend(f"{entry.name}/{sub.name}" for sub in entry.iterdir() if sub.is_file())
+    return sorted(names)
 
 
 def copy_template(name: str, templates_dir: Path) -> Path:
@@ -93,7 +100,7 @@ def copy_template(name: str, templates_dir: Path) -> Path:
     target = templates_dir / name
     if target.exists():
         raise NewsletterError(f"{target} already exists; remove it first to start from the default")
-    templates_dir.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     source = resources.files("newsletter").joinpath(f"templates/{name}").read_text("utf-8")
     target.write_text(source, "utf-8")
     return target

@@ -117,4 +117,29 @@ def templates(app: AppContext, name: str | None) -> None:
         click.echo(f"{template}{'  (overridden in ' + str(folder) + ')' if overridden else ''}")
 
 
-COMMANDS: list[click.Command] = [init, check, preview, templates]
+@click.command()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write (default: build/site).",
+)
+@click.option(
+    "--skip-broken", is_flag=True, help="Leave out issues with errors instead of stopping."
+)
+@pass_app
+def archive(app: AppContext, out: Path | None, skip_broken: bool) -> None:
+    """Build the web archive: issues by month, articles by topic, an Atom feed.
+
+    Links between pages are relative, so the folder can be hosted from anywhere; each issue's
+    page is the target of the email's "view in browser" link.
+    """
+    from newsletter.archive import build_archive
+
+    result = build_archive(app.settings, out=out, strict=not skip_broken)
+    for problem in result.skipped:
+        click.echo(f"skipped: {problem}", err=True)
+    click.echo(f"{len(result.issues)} issue(s), {len(result.pages)} page(s) in {result.folder}")
+    click.echo(f"Open {result.folder / 'index.html'}")
+
+
+COMMANDS: list[click.Command] = [init, check, preview, templates, archive]
