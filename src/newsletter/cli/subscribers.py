@@ -292,8 +292,9 @@ def export(app: AppContext, file: Path, statuses: tuple[str, ...]) -> None:
     """
     conn = _open(app)
     wanted = [Status(s.casefold()) for s in statuses]
-    total = sum(store.count_subscribers(conn, status=s) for s in wanted) if wanted else None
-    if total is None:
+    if wanted:
+        total = sum(store.count_subscribers(conn, status=s) for s in set(wanted))
+    else:
         total = store.count_subscribers(conn)
     with _progress(total, f"Exporting to {file.name}") as advance:
         written = csvio.export_csv(conn, file, statuses=wanted, on_progress=advance)
