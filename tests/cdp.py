@@ -7,6 +7,7 @@ enough to open pages at a phone's width, click like a person, and read what the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -160,10 +161,8 @@ class Browser:
         return str(self.evaluate(f"document.querySelector({json.dumps(selector)}).innerText"))
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(BrowserError, OSError):
             self._call("Browser.close")
-        except (BrowserError, OSError):
-            pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:

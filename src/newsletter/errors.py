@@ -74,6 +74,18 @@ class StoreError(NewsletterError):
     pass
 
 
+class ImportRejected(StoreError):
+    """A CSV import changed nothing; ``problems`` gives each rejected row as file:line."""
+
+    def __init__(self, message: str, problems: list[Problem]):
+        self.problems = problems
+        shown = problems[:50]
+        lines = [message, *(str(p) for p in shown)]
+        if len(problems) > len(shown):
+            lines.append(f"… and {len(problems) - len(shown)} more")
+        super().__init__("\n".join(lines))
+
+
 class MessageError(NewsletterError):
     pass
 

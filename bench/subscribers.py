@@ -1,0 +1,163 @@
+"""Time subscriber import, export and stats on a generated list, pinned to one CPU core.
+
+    python bench/subscribers.py [--rows 100000] [--skip-naive]
+
+Baselines come from the same run: the csv module merely reading the file, and a naive import
+(email-validator on every row, one INSERT and one COMMIT per row). Peak memory of the import
+is measured in child processes at two file sizes, to show that it does not grow with the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from email_validator import validate_email
+
+from newsletter import csvio, store
+from newsletter.taxonomy import Taxonomy
+
+IMPORT_LIMIT_SECONDS = 10.0
+_GIVEN = ["Ana", "Jide", "Zoë", "Søren", "Mai", "Łukasz", "Na", "Aoife", "Ólafur", "Kenji"]
+_FAMILY = ["Lima", "Okafor", "Müller", "Kierkegård", "Nguyễn", "Wąsik", "李", "Ní Bhriain"]
+_HANDLES = ["ana", "jide", "zoe", "soren", "mai", "lukasz", "na", "aoife", "olafur", "kenji"]
+_STATUSES = (
+    ["active"] * 85 + ["pending"] * 5 + ["unsubscribed"] * 6 + ["bounced"] * 3 + ["complained"]
+)
+
+
+def generate(path: Path, rows: int, taxonomy: Taxonomy) -> None:
+    """A list shaped like a real one: a few hundred domains, mixed names, topics and statuses."""
+    rng = random.Random(2021)
+    domains = [f"mail{n}.example.org" for n in range(300)] + ["example.com", "example.net"]
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(csvio.COLUMNS)
+        for n in range(rows):
+            given, family = rng.choice(_GIVEN), rng.choice(_FAMILY)
+            topics = rng.sample(taxonomy.topics, rng.choice([0, 0, 1, 2, 3]))
+            writer.writerow(
+                [
+                    f"{rng.choice(_HANDLES)}.{n}@{rng.choice(domains)}",
+                    f"{given} {family}",
+                    "; ".join(topics),
+                    rng.choice(_STATUSES),
+                ]
+            )
+
+
+def timed(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def read_only(path: Path) -> None:
+    with path.open(encoding="utf-8", newline="") as handle:
+        for _ in csv.reader(handle):
+            pass
+
+
+def naive_import(path: Path, database: Path) -> None:
+    conn = sqlite3.connect(database, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(
+        "CREATE TABLE subscribers (email TEXT UNIQUE, name TEXT, topics TEXT, status TEXT)"
+    )
+    with path.open(encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle):
+            email = validate_email(row["email"], check_deliverability=False).normalized
+            conn.execute("BEGIN")
+            conn.execute(
+                "INSERT OR REPLACE INTO subscribers VALUES (?, ?, ?, ?)",
+                (email, row["name"], row["topics"], row["status"]),
+            )
+            conn.execute("COMMIT")
+    conn.close()
+
+
+def child_import(path: Path, database: Path) -> None:
+    """Run in a child process: import, then print the time and the peak RSS as JSON."""
+    conn = store.open_store(database)
+    seconds = timed(lambda: csvio.import_csv(conn, path, Taxonomy.default()))
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "peak_mib": peak_kib / 1024}))
+
+
+def measure_in_child(path: Path, database: Path) -> dict[str, float]:
+    output = subprocess.run(
+        [sys.executable, __file__, "--child-import", str(path), str(database)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    result: dict[str, float] = json.loads(output)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--skip-naive", action="store_true", help="skip the slow baseline")
+    parser.add_argument("--child-import", nargs=2, metavar=("CSV", "DB"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_import:
+        child_import(Path(args.child_import[0]), Path(args.child_import[1]))
+        return
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # children inherit it
+
+    taxonomy = Taxonomy.default()
+    rows: int = args.rows
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        big, small = folder / "big.csv", folder / "small.csv"
+        generate(big, rows, taxonomy)
+        generate(small, max(rows // 5, 1), taxonomy)
+        size_mib = big.stat().st_size / 2**20
+        print(f"{rows:,} rows, {size_mib:.1f} MiB, one CPU core, Python {sys.version.split()[0]}")
+
+        results: list[tuple[str, float]] = []
+        results.append(("csv module reading the file (baseline)", timed(lambda: read_only(big))))
+        if not args.skip_naive:
+            naive = timed(lambda: naive_import(big, folder / "naive.db"))
+            results.append(("naive import: validate, INSERT, COMMIT per row", naive))
+
+        small_run = measure_in_child(small, folder / "small.db")
+        big_run = measure_in_child(big, folder / "big.db")
+        results.append(("import into an empty store", big_run["seconds"]))
+
+        conn = store.open_store(folder / "big.db")
+        again = timed(lambda: csvio.import_csv(conn, big, taxonomy))
+        results.append(("import again (every row unchanged)", again))
+        results.append(("export", timed(lambda: csvio.export_csv(conn, folder / "out.csv"))))
+        results.append(("stats", timed(lambda: store.stats(conn))))
+        conn.close()
+
+    baseline = results[0][1]
+    print(f"\n| {'step':<48} | {'seconds':>8} | {'rows/s':>9} | {'× baseline':>10} |")
+    print(f"|{'-' * 50}|{'-' * 9}:|{'-' * 10}:|{'-' * 11}:|")
+    for label, seconds in results:
+        rate = rows / seconds if seconds else float("inf")
+        print(f"| {label:<48} | {seconds:8.2f} | {rate:9,.0f} | {seconds / baseline:10.1f} |")
+    print(
+        f"\nImport peak RSS: {small_run['peak_mib']:.0f} MiB for {max(rows // 5, 1):,} rows, "
+        f"{big_run['peak_mib']:.0f} MiB for {rows:,} rows."
+    )
+    verdict = "PASS" if big_run["seconds"] <= IMPORT_LIMIT_SECONDS else "FAIL"
+    print(f"Import within {IMPORT_LIMIT_SECONDS:.0f} s: {verdict}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""The admin's ``newsletter subscribers`` commands: options in, library calls, output out."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from newsletter import csvio, store
+from newsletter.cli import AppContext, pass_app
+from newsletter.store import Status, StoreConnection, Subscriber
+
+_STATUS_CHOICE = click.Choice([s.value for s in Status], case_sensitive=False)
+
+
+def _open(app: AppContext) -> StoreConnection:
+    conn = store.open_store(app.settings.paths.database)
+    click.get_current_context().call_on_close(conn.close)
+    return conn
+
+
+def _stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on a terminal; nothing at all in a pipe or a log."""
+    if not _stderr_is_terminal():
+        yield None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        done = 0
+
+        def advance(now: int) -> None:
+            nonlocal done
+            bar.update(now - done)
+            done = now
+
+        yield advance
+
+
+def _topics_text(subscriber: Subscriber) -> str:
+    return "; ".join(subscriber.topics) or "(all topics)"
+
+
+@click.group()
+def subscribers() -> None:
+    """Keep the mailing list: add, import, export, unsubscribe, and see who is on it."""
+
+
+@subscribers.command()
+@click.argument("email")
+@click.option("--name", default="", help="The subscriber's name, used in the greeting.")
+@click.option(
+    "--topic",
+    "topics",
+    multiple=True,
+    help="A topic of interest from the taxonomy; repeat for more. None means every topic.",
+)
+@click.option(
+    "--pending",
+    is_flag=True,
+    help="Add as pending (awaiting double opt-in) instead of active.",
+)
+@pass_app
+def add(app: AppContext, email: str, name: str, topics: tuple[str, ...], pending: bool) -> None:
+    """Add one subscriber."""
+    conn = _open(app)
+    added = store.add_subscriber(
+        conn,
+        email,
+        name=name,
+        topics=topics,
+        status=Status.PENDING if pending else Status.ACTIVE,
+        source=store.SOURCE_COMMAND,
+        taxonomy=app.settings.taxonomy,
+    )
+    click.echo(f"Added {added.email} ({added.status}; topics: {_topics_text(added)}).")
+
+
+@subscribers.command()
+@click.argument("email")
+@click.option("--yes", "-y", is_flag=True, help="Delete without asking.")
+@pass_app
+def remove(app: AppContext, email: str, yes: bool) -> None:
+    """Delete a subscriber's record entirely.
+
+    To stop sending to someone, use `unsubscribe`: it keeps the address on file so that no
+    later import can add it back.
+    """
+    conn = _open(app)
+    found = store.require_subscriber(conn, email)
+    if not yes:
+        click.confirm(
+            f"Delete {found.email} ({found.status}) and forget the address? A later import "
+            "could add it again; `unsubscribe` keeps it suppressed instead.",
+            abort=True,
+        )
+    store.remove_subscriber(conn, found.id)
+    click.echo(f"Deleted {found.email}.")
+
+
+@subscribers.command()
+@click.argument("email")
+@click.option("--reason", default="by the admin", show_default=True, help="Why, for the record.")
+@pass_app
+def unsubscribe(app: AppContext, email: str, reason: str) -> None:
+    """Stop sending to a subscriber, keeping the address suppressed."""
+    conn = _open(app)
+    before = store.require_subscriber(conn, email)
+    after = store.set_status(conn, before.id, Status.UNSUBSCRIBED, reason, store.SOURCE_COMMAND)
+    if before.status is Status.UNSUBSCRIBED:
+        click.echo(
+            f"{after.email} was already unsubscribed ({after.status_changed_at}, "
+            f"{after.status_reason or 'no reason given'})."
+        )
+    else:
+        click.echo(f"Unsubscribed {after.email} (was {before.status}).")
+
+
+def _topic_option(app: AppContext, topic: str | None) -> str | None:
+    if topic is None:
+        return None
+    return store.canonical_topics([topic], app.settings.taxonomy)[0]
+
+
+@subscribers.command(name="list")
+@click.option("--status", type=_STATUS_CHOICE, help="Only subscribers with this status.")
+@click.option("--topic", help="Only those interested in this topic (or in every topic).")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of objects, for scripts.")
+@pass_app
+def list_(app: AppContext, status: str | None, topic: str | None, as_json: bool) -> None:
+    """List subscribers in the order they were added: email, status, name, topics."""
+    conn = _open(app)
+    rows = store.iter_subscribers(
+        conn,
+        status=None if status is None else Status(status.casefold()),
+        topic=_topic_option(app, topic),
+    )
+    if as_json:
+        # Streamed element by element: the list may not fit in memory as one document.
+        click.echo("[", nl=False)
+        for index, subscriber in enumerate(rows):
+            click.echo(
+                ("," if index else "")
+                + "\n  "
+                + json.dumps(asdict(subscriber), ensure_ascii=False),
+                nl=False,
+            )
+        click.echo("\n]")
+        return
+    for subscriber in rows:
+        click.echo(
+            "\t".join(
+                (subscriber.email, subscriber.status, subscriber.name, "; ".join(subscriber.topics))
+            )
+        )
+
+
+@subscribers.command()
+@click.argument("email")
+@pass_app
+def show(app: AppContext, email: str) -> None:
+    """Everything the store holds about one subscriber."""
+    found = store.require_subscriber(_open(app), email)
+    fields = [
+        ("email", found.email),
+        ("name", found.name or "-"),
+        ("status", found.status.value),
+        ("topics", _topics_text(found)),
+        ("source", found.source),
+        ("created", found.created_at),
+        ("confirmed", found.confirmed_at or "-"),
+        ("status changed", found.status_changed_at),
+        ("reason", found.status_reason or "-"),
+        ("changed by", found.status_source),
+        ("id", str(found.id)),
+    ]
+    for label, value in fields:
+        click.echo(f"{label + ':':<16}{value}")
+
+
+@subscribers.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def stats(app: AppContext, as_json: bool) -> None:
+    """Counts by status and by topic, and the list's growth month by month."""
+    result = store.stats(_open(app))
+    if as_json:
+        document = {
+            "total": result.total,
+            "by_status": {s.value: n for s, n in result.by_status.items()},
+            "by_topic": result.by_topic,
+            "all_topics": result.all_topics,
+            "growth": [{"month": m, "added": a, "total": t} for m, a, t in result.growth],
+        }
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"Subscribers: {result.total}")
+    click.echo("\nBy status")
+    for status, count in result.by_status.items():
+        click.echo(f"  {status.value:<14}{count:>8}")
+    click.echo("\nBy topic (subscribers naming it)")
+    width = max([len(t) for t in result.by_topic] + [14]) + 2
+    click.echo(f"  {'(every topic)':<{width}}{result.all_topics:>8}")
+    for topic, count in result.by_topic.items():
+        click.echo(f"  {topic:<{width}}{count:>8}")
+    click.echo("\nGrowth by month (added, running total)")
+    for month, added, total in result.growth:
+        click.echo(f"  {month}{added:>8}{total:>10}")
+
+
+@subscribers.command(name="import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--encoding",
+    default=csvio.DEFAULT_ENCODING,
+    show_default=True,
+    help="The file's text encoding, e.g. cp1252 or utf-16.",
+)
+@click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
+@click.option("--skip-invalid", is_flag=True, help="Import the valid rows even if some are not.")
+@pass_app
+def import_(app: AppContext, file: Path, encoding: str, dry_run: bool, skip_invalid: bool) -> None:
+    """Add and update subscribers from a CSV file (columns: email,name,topics,status).
+
+    Every row is checked first; by default one bad row means nothing is imported. An address
+    that unsubscribed, bounced or complained is never made active again by an import.
+    """
+    conn = _open(app)
+    with _progress(file.stat().st_size, f"Importing {file.name}") as advance:
+        report = csvio.import_csv(
+            conn,
+            file,
+            app.settings.taxonomy,
+            encoding=encoding,
+            dry_run=dry_run,
+            skip_invalid=skip_invalid,
+            on_progress=advance,
+        )
+    _print_report(report)
+
+
+def _print_report(report: csvio.ImportReport) -> None:
+    verb = "Would import" if report.dry_run else "Imported"
+    click.echo(
+        f"{verb} {report.path.name}: {report.added} added, {report.updated} updated, "
+        f"{report.unchanged} unchanged, {report.rejected_count} rejected."
+    )
+    if report.kept_count:
+        click.echo(
+            f"{report.kept_count} kept their status: an import never reactivates an address "
+            "that unsubscribed, bounced or complained."
+        )
+        for kept in report.kept:
+            click.echo(
+                f"  line {kept.line}: {kept.email} stays {kept.kept} (the file says {kept.asked})"
+            )
+    if report.rejected_count:
+        click.echo(f"{report.rejected_count} rows skipped:")
+        for row in report.rejected:
+            click.echo(f"  line {row.line}: {row.email or '(no address)'}: {row.reason}")
+    listed = len(report.kept) + len(report.rejected)
+    if listed < report.kept_count + report.rejected_count:
+        click.echo(f"  (the first {csvio.MAX_LISTED} of each are listed)")
+    if report.ignored_columns:
+        click.echo("Ignored columns: " + ", ".join(report.ignored_columns))
+    if report.dry_run:
+        click.echo("Dry run: nothing was changed.")
+
+
+@subscribers.command(name="export")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--status",
+    "statuses",
+    type=_STATUS_CHOICE,
+    multiple=True,
+    help="Only subscribers with this status; repeat for more. Default: everyone.",
+)
+@pass_app
+def export(app: AppContext, file: Path, statuses: tuple[str, ...]) -> None:
+    """Write subscribers to a CSV file that `import` reads back unchanged.
+
+    Cells that a spreadsheet would run as a formula are prefixed with an apostrophe.
+    """
+    conn = _open(app)
+    wanted = [Status(s.casefold()) for s in statuses]
+    if wanted:
+        total = sum(store.count_subscribers(conn, status=s) for s in set(wanted))
+    else:
+        total = store.count_subscribers(conn)
+    with _progress(total, f"Exporting to {file.name}") as advance:
+        written = csvio.export_csv(conn, file, statuses=wanted, on_progress=advance)
+    noun = "subscriber" if written == 1 else "subscribers"
+    click.echo(f"Exported {written} {noun} to {file}.")

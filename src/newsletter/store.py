@@ -1,0 +1,532 @@
+"""The subscriber store: one SQLite file shared by the CLI, the send path and the web endpoints.
+
+Open it with :func:`open_store`; every other function takes the connection it returns. Writes
+run in :func:`transaction` (``BEGIN IMMEDIATE``), so a writer waits for the busy timeout
+instead of failing half-way, and a failed write leaves the file as it was. Any SQLite failure
+surfaces as :class:`~newsletter.errors.StoreError` naming the file and what to do.
+
+The schema is versioned with ``PRAGMA user_version``: ``MIGRATIONS[n]`` takes a store from
+version ``n`` to ``n + 1``. Later features (the send journal) append steps; never edit a step
+that has shipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+
+from newsletter.errors import StoreError
+from newsletter.taxonomy import Taxonomy
+
+BUSY_TIMEOUT_SECONDS = 10.0
+
+
+class Status(StrEnum):
+    PENDING = "pending"  # double opt-in not yet confirmed
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+
+
+# Statuses that only the subscriber (or their mail server) can lift: an import or a bulk
+# operation must never turn them back into a mailing.
+SUPPRESSED = frozenset({Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED})
+
+# Where a subscriber or a status change came from. Imports record "import:<file name>".
+SOURCE_COMMAND = "command"
+SOURCE_WEB = "web"
+SOURCE_PROVIDER = "provider"
+SOURCE_IMPORT = "import"
+
+
+def import_source(path: Path | str) -> str:
+    return f"{SOURCE_IMPORT}:{Path(path).name}"
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    id: int
+    email: str
+    name: str
+    topics: tuple[str, ...]  # empty: interested in every topic
+    status: Status
+    source: str
+    created_at: str  # ISO 8601, UTC
+    confirmed_at: str | None
+    status_changed_at: str
+    status_reason: str
+    status_source: str
+
+    def wants(self, topic: str) -> bool:
+        return not self.topics or topic in self.topics
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    by_status: dict[Status, int]
+    by_topic: dict[str, int]  # subscribers naming the topic; all_topics counts the rest
+    all_topics: int
+    growth: list[tuple[str, int, int]]  # (YYYY-MM, added that month, total at month end)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+
+class StoreConnection(sqlite3.Connection):
+    """A connection that remembers its file, so that errors can name it."""
+
+    path: Path
+
+
+# --- Schema -------------------------------------------------------------------------------
+
+_STATUS_CHECK = ", ".join(f"'{s.value}'" for s in Status)
+
+MIGRATIONS: list[tuple[str, ...]] = [
+    # 0 -> 1: subscribers
+    (
+        f"""
+        CREATE TABLE subscribers (
+            id INTEGER PRIMARY KEY,
+            email TEXT NOT NULL,
+            email_key TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL DEFAULT '',
+            topics TEXT NOT NULL DEFAULT '[]',
+            status TEXT NOT NULL CHECK (status IN ({_STATUS_CHECK})),
+            source TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            confirmed_at TEXT,
+            status_changed_at TEXT NOT NULL,
+            status_reason TEXT NOT NULL DEFAULT '',
+            status_source TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX subscribers_by_status ON subscribers (status, id)",
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_COLUMNS = (
+    "id, email, name, topics, status, source, created_at, confirmed_at,"
+    " status_changed_at, status_reason, status_source"
+)
+
+
+# --- Connection and errors ----------------------------------------------------------------
+
+
+def open_store(path: Path, *, timeout: float = BUSY_TIMEOUT_SECONDS) -> StoreConnection:
+    """Open (creating on first use) and migrate the store at ``path``.
+
+    ``timeout`` is how long a write waits for another writer (a send, the web endpoints)
+    before giving up with a StoreError.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create its folder ({exc.strerror})") from None
+    try:
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, factory=StoreConnection)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open the subscriber store ({exc})") from None
+    conn.path = path
+    try:
+        with translate_errors(conn):
+            # WAL lets the web endpoints write while a send reads and writes its journal.
+            # synchronous stays FULL: an unsubscribe must survive a power cut.
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            _migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: StoreConnection) -> None:
+    version = _user_version(conn)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{conn.path}: the store has schema version {version}, but this version of "
+            f"newsletter knows only up to {SCHEMA_VERSION}; upgrade newsletter"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    with transaction(conn):
+        # Another process may have migrated while this one waited for the lock.
+        version = _user_version(conn)
+        for step in MIGRATIONS[version:]:
+            for statement in step:
+                conn.execute(statement)
+        # user_version is transactional: a failed migration leaves the old number.
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0])
+
+
+def _where(conn: sqlite3.Connection) -> str:
+    return str(getattr(conn, "path", "the subscriber store"))
+
+
+@contextmanager
+def translate_errors(conn: sqlite3.Connection) -> Iterator[None]:
+    """Turn SQLite's errors into StoreErrors a person can act on."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise _store_error(conn, exc) from exc
+
+
+def _store_error(conn: sqlite3.Connection, exc: sqlite3.Error) -> StoreError:
+    where = _where(conn)
+    code = getattr(exc, "sqlite_errorname", "")
+    if code.startswith("SQLITE_BUSY") or code.startswith("SQLITE_LOCKED"):
+        return StoreError(
+            f"{where} is locked by another process (a running send or the web endpoints?); "
+            "nothing was changed. Try again when it has finished."
+        )
+    if code.startswith("SQLITE_FULL"):
+        return StoreError(
+            f"{where}: the disk (or the store's size limit) is full; nothing was changed. "
+            "Free some space and run the command again."
+        )
+    if code.startswith("SQLITE_NOTADB") or code.startswith("SQLITE_CORRUPT"):
+        return StoreError(
+            f"{where} is not a newsletter database ({exc}). Check [paths] database in "
+            "newsletter.toml, or move the file away to start a new store."
+        )
+    if code.startswith("SQLITE_READONLY") or code.startswith("SQLITE_CANTOPEN"):
+        return StoreError(f"{where}: cannot write the store ({exc}); check the file's permissions.")
+    return StoreError(f"{where}: {exc}")
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction: everything inside commits together or not at all."""
+    with translate_errors(conn):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            # SQLite rolls back by itself after some errors (e.g. a full disk).
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+# --- Values -------------------------------------------------------------------------------
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = re.compile(rf"({_ATOM}(?:\.{_ATOM})*)@([A-Za-z0-9.-]+)")
+
+
+def normalize_email(address: str) -> str:
+    """The canonical spelling of ``address`` (email-validator's), or a StoreError saying why not.
+
+    Validating a domain is two thirds of email-validator's cost and a list has few distinct
+    domains, so plain ASCII addresses take a path that validates each domain once; the
+    result is the same as email-validator's (tests/test_store.py checks this).
+    """
+    address = address.strip()
+    plain = _PLAIN_ADDRESS.fullmatch(address)
+    if plain and len(plain[1]) <= 64:
+        domain = _normalized_domain(plain[2])
+        if domain is not None:
+            result = f"{plain[1]}@{domain}"
+            if len(result) <= 254:
+                return result
+    try:
+        return validate_email(address, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise StoreError(f"invalid address {address!r}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalized_domain(domain: str) -> str | None:
+    try:
+        return validate_email(f"x@{domain}", check_deliverability=False).domain
+    except EmailNotValidError:
+        return None  # the full validation says why, in terms of the real address
+
+
+def email_key(email: str) -> str:
+    """What makes two addresses the same subscriber: the address regardless of case."""
+    return email.casefold()
+
+
+def canonical_topics(names: Iterable[str], taxonomy: Taxonomy) -> tuple[str, ...]:
+    """The taxonomy's spelling of each name, in taxonomy order, without repeats."""
+    found: set[str] = set()
+    for name in names:
+        if not name.strip():
+            continue
+        topic = taxonomy.canonical(name)
+        if topic is None:
+            suggestion = taxonomy.suggest(name.strip())
+            hint = f"; did you mean '{suggestion}'?" if suggestion else ""
+            raise StoreError(f"unknown topic '{name.strip()}'{hint}")
+        found.add(topic)
+    return tuple(t for t in taxonomy.topics if t in found)
+
+
+def clean_name(name: str) -> str:
+    """A display name fit for a To: header: one line, no control characters."""
+    name = " ".join(name.split())
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise StoreError(f"name {name!r} contains control characters")
+    if len(name) > 200:
+        raise StoreError(f"name is {len(name)} characters long; at most 200 are allowed")
+    return name
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- Reading ------------------------------------------------------------------------------
+
+
+def _row_to_subscriber(row: tuple[Any, ...]) -> Subscriber:
+    topics = json.loads(str(row[3]))
+    return Subscriber(
+        id=int(row[0]),
+        email=str(row[1]),
+        name=str(row[2]),
+        topics=tuple(topics),
+        status=Status(row[4]),
+        source=str(row[5]),
+        created_at=str(row[6]),
+        confirmed_at=None if row[7] is None else str(row[7]),
+        status_changed_at=str(row[8]),
+        status_reason=str(row[9]),
+        status_source=str(row[10]),
+    )
+
+
+def get_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subscriber | None:
+    """The subscriber with this id or address (any case, any valid spelling), or None."""
+    with translate_errors(conn):
+        if isinstance(email_or_id, int):
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM subscribers WHERE id = ?", (email_or_id,)
+            ).fetchone()
+        else:
+            key = email_key(normalize_email(email_or_id))
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM subscribers WHERE email_key = ?", (key,)
+            ).fetchone()
+    return None if row is None else _row_to_subscriber(row)
+
+
+def require_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subscriber:
+    found = get_subscriber(conn, email_or_id)
+    if found is None:
+        raise StoreError(
+            f"no subscriber {email_or_id!r} in {_where(conn)}; "
+            "`newsletter subscribers list` shows who is there"
+        )
+    return found
+
+
+def iter_subscriber_batches(
+    conn: sqlite3.Connection,
+    *,
+    status: Status | None = None,
+    topic: str | None = None,
+    after_id: int = 0,
+    batch_size: int = 1000,
+) -> Iterator[list[Subscriber]]:
+    """Subscribers in id order, ``batch_size`` at a time, from the one after ``after_id``.
+
+    Each batch is its own short query (keyset pagination), so memory stays flat and no read
+    transaction is held open between batches: the web endpoints can write meanwhile, and a
+    subscriber who unsubscribes before their batch is read is not included. ``topic``
+    selects those interested in it, including those interested in every topic.
+    """
+    conditions = ["id > ?"]
+    params: list[object] = []
+    if status is not None:
+        conditions.append("status = ?")
+        params.append(status.value)
+    if topic is not None:
+        conditions.append(
+            "(topics = '[]' OR EXISTS (SELECT 1 FROM json_each(topics) WHERE value = ?))"
+        )
+        params.append(topic)
+    sql = f"SELECT {_COLUMNS} FROM subscribers WHERE {' AND '.join(conditions)} ORDER BY id LIMIT ?"
+    last = after_id
+    while True:
+        with translate_errors(conn):
+            rows = conn.execute(sql, (last, *params, batch_size)).fetchall()
+        if not rows:
+            return
+        batch = [_row_to_subscriber(row) for row in rows]
+        yield batch
+        last = batch[-1].id
+        if len(rows) < batch_size:
+            return
+
+
+def iter_active_batches(
+    conn: sqlite3.Connection, *, after_id: int = 0, batch_size: int = 1000
+) -> Iterator[list[Subscriber]]:
+    """The send path's recipients: active subscribers in id order, in batches."""
+    return iter_subscriber_batches(
+        conn, status=Status.ACTIVE, after_id=after_id, batch_size=batch_size
+    )
+
+
+def iter_subscribers(
+    conn: sqlite3.Connection, *, status: Status | None = None, topic: str | None = None
+) -> Iterator[Subscriber]:
+    """Every matching subscriber in id order, streamed."""
+    for batch in iter_subscriber_batches(conn, status=status, topic=topic):
+        yield from batch
+
+
+def count_subscribers(conn: sqlite3.Connection, *, status: Status | None = None) -> int:
+    with translate_errors(conn):
+        if status is None:
+            row = conn.execute("SELECT count(*) FROM subscribers").fetchone()
+        else:
+            row = conn.execute(
+                "SELECT count(*) FROM subscribers WHERE status = ?", (status.value,)
+            ).fetchone()
+    return int(row[0])
+
+
+def stats(conn: sqlite3.Connection) -> StoreStats:
+    """Counts by status and by topic, and how the list grew month by month."""
+    with translate_errors(conn):
+        by_status = {s: 0 for s in Status}
+        for status, count in conn.execute(
+            "SELECT status, count(*) FROM subscribers GROUP BY status"
+        ):
+            by_status[Status(status)] = int(count)
+        by_topic = {
+            str(topic): int(count)
+            for topic, count in conn.execute(
+                "SELECT value, count(*) FROM subscribers, json_each(subscribers.topics)"
+                " GROUP BY value ORDER BY count(*) DESC, value"
+            )
+        }
+        all_topics = int(
+            conn.execute("SELECT count(*) FROM subscribers WHERE topics = '[]'").fetchone()[0]
+        )
+        growth: list[tuple[str, int, int]] = []
+        total = 0
+        for month, added in conn.execute(
+            "SELECT substr(created_at, 1, 7) AS month, count(*) FROM subscribers"
+            " GROUP BY month ORDER BY month"
+        ):
+            total += int(added)
+            growth.append((str(month), int(added), total))
+    return StoreStats(by_status, by_topic, all_topics, growth)
+
+
+# --- Writing ------------------------------------------------------------------------------
+
+
+def add_subscriber(
+    conn: sqlite3.Connection,
+    email: str,
+    *,
+    name: str = "",
+    topics: Sequence[str] = (),
+    status: Status = Status.ACTIVE,
+    source: str = SOURCE_COMMAND,
+    taxonomy: Taxonomy | None = None,
+) -> Subscriber:
+    """Add a new subscriber; a StoreError if the address is already in the store.
+
+    ``topics`` are checked against ``taxonomy`` when given; otherwise they must already be
+    canonical names.
+    """
+    normalized = normalize_email(email)
+    wanted = canonical_topics(topics, taxonomy) if taxonomy is not None else tuple(topics)
+    name = clean_name(name)
+    stamp = now_utc()
+    with transaction(conn):
+        existing = conn.execute(
+            "SELECT status FROM subscribers WHERE email_key = ?", (email_key(normalized),)
+        ).fetchone()
+        if existing is not None:
+            raise StoreError(
+                f"{normalized} is already in the store (status {existing[0]}); "
+                "`newsletter subscribers show` gives the details"
+            )
+        conn.execute(
+            "INSERT INTO subscribers (email, email_key, name, topics, status, source,"
+            " created_at, confirmed_at, status_changed_at, status_reason, status_source)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '', ?)",
+            (
+                normalized,
+                email_key(normalized),
+                name,
+                json.dumps(list(wanted), ensure_ascii=False),
+                status.value,
+                source,
+                stamp,
+                stamp if status is Status.ACTIVE else None,
+                stamp,
+                source,
+            ),
+        )
+    return require_subscriber(conn, normalized)
+
+
+def set_status(
+    conn: sqlite3.Connection,
+    email_or_id: str | int,
+    status: Status,
+    reason: str = "",
+    source: str = SOURCE_COMMAND,
+) -> Subscriber:
+    """Record a status change (unsubscribe, bounce, complaint, confirmation) and its reason.
+
+    Setting the status a subscriber already has changes nothing and keeps the original
+    timestamp and reason: the first unsubscribe is the one that counts. Returns the
+    subscriber as stored afterwards; a StoreError if there is no such subscriber.
+    """
+    stamp = now_utc()
+    with transaction(conn):
+        current = require_subscriber(conn, email_or_id)
+        if current.status is status:
+            return current
+        conn.execute(
+            "UPDATE subscribers SET status = ?, status_changed_at = ?, status_reason = ?,"
+            " status_source = ?,"
+            " confirmed_at = CASE WHEN ? = 'active' THEN coalesce(confirmed_at, ?)"
+            " ELSE confirmed_at END"
+            " WHERE id = ?",
+            (status.value, stamp, reason, source, status.value, stamp, current.id),
+        )
+    return require_subscriber(conn, current.id)
+
+
+def remove_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subscriber:
+    """Delete a subscriber's row and return what it held. Unlike an unsubscribe, this forgets
+    the address: a later import can add it again."""
+    with transaction(conn):
+        current = require_subscriber(conn, email_or_id)
+        conn.execute("DELETE FROM subscribers WHERE id = ?", (current.id,))
+    return current

@@ -1,0 +1,222 @@
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from email_validator import EmailNotValidError, validate_email
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from newsletter import store
+from newsletter.errors import StoreError
+from newsletter.store import Status
+from newsletter.taxonomy import Taxonomy
+
+TAXONOMY = Taxonomy.default()
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[store.StoreConnection]:
+    connection = store.open_store(tmp_path / "newsletter.db")
+    yield connection
+    connection.close()
+
+
+def test_open_creates_a_versioned_wal_store(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "newsletter.db"
+    conn = store.open_store(path, timeout=2.5)
+    assert path.is_file()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 2500
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    conn.close()
+    # Opening again migrates nothing and keeps the data.
+    conn = store.open_store(path)
+    assert store.count_subscribers(conn) == 0
+    conn.close()
+
+
+def test_a_store_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "newsletter.db"
+    store.open_store(path).close()
+    raw = sqlite3.connect(path)
+    raw.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(StoreError, match="upgrade newsletter"):
+        store.open_store(path)
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "newsletter.db"
+    junk = b"this is a spreadsheet, honestly\n" * 200
+    path.write_bytes(junk)
+    with pytest.raises(StoreError, match="is not a newsletter database"):
+        store.open_store(path)
+    assert path.read_bytes() == junk
+
+
+def test_add_normalises_and_is_unique_regardless_of_case(conn: sqlite3.Connection) -> None:
+    added = store.add_subscriber(
+        conn,
+        " Ana.Silva@Example.ORG ",
+        name="Ana  Silva",
+        topics=["empathy", "ATTACHMENT"],
+        taxonomy=TAXONOMY,
+    )
+    assert added.email == "Ana.Silva@example.org"
+    assert added.name == "Ana Silva"
+    assert added.topics == ("Attachment", "Empathy")  # taxonomy order
+    assert added.status is Status.ACTIVE
+    assert added.confirmed_at == added.created_at
+    assert added.source == store.SOURCE_COMMAND
+    with pytest.raises(StoreError, match="already in the store"):
+        store.add_subscriber(conn, "ana.silva@EXAMPLE.org")
+    assert store.get_subscriber(conn, "ANA.SILVA@example.org") == added
+    assert store.get_subscriber(conn, added.id) == added
+    assert store.count_subscribers(conn) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"email": "not-an-address"}, "invalid address"),
+        ({"email": "a@b.org", "topics": ["Empaty"]}, "did you mean 'Empathy'"),
+        ({"email": "a@b.org", "name": "Bob\x00"}, "control characters"),
+    ],
+    ids=["address", "topic", "name"],
+)
+def test_add_rejects_bad_values(
+    conn: sqlite3.Connection, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(StoreError, match=message):
+        store.add_subscriber(conn, taxonomy=TAXONOMY, **kwargs)
+    assert store.count_subscribers(conn) == 0
+
+
+def test_set_status_records_when_why_and_who(conn: sqlite3.Connection) -> None:
+    store.add_subscriber(conn, "p@example.org", status=Status.PENDING)
+    pending = store.require_subscriber(conn, "p@example.org")
+    assert pending.confirmed_at is None
+    confirmed = store.set_status(conn, "p@example.org", Status.ACTIVE, "confirmed", "web")
+    assert confirmed.confirmed_at is not None
+    gone = store.set_status(conn, confirmed.id, Status.UNSUBSCRIBED, "one-click", "web")
+    assert (gone.status, gone.status_reason, gone.status_source) == (
+        Status.UNSUBSCRIBED,
+        "one-click",
+        "web",
+    )
+    # A second unsubscribe (say, from the provider's list) keeps the first one's record.
+    again = store.set_status(conn, gone.id, Status.UNSUBSCRIBED, "suppression list", "provider")
+    assert again == gone
+    with pytest.raises(StoreError, match="no subscriber"):
+        store.set_status(conn, "nobody@example.org", Status.BOUNCED)
+
+
+def test_batches_are_keyset_paginated_and_filtered(conn: sqlite3.Connection) -> None:
+    for i in range(25):
+        store.add_subscriber(
+            conn,
+            f"user{i}@example.org",
+            status=Status.BOUNCED if i % 5 == 0 else Status.ACTIVE,
+            topics=["Empathy"] if i % 2 else [],
+        )
+    batches = list(store.iter_active_batches(conn, batch_size=7))
+    ids = [s.id for batch in batches for s in batch]
+    assert ids == sorted(ids)
+    assert len(ids) == 20
+    assert all(len(batch) <= 7 for batch in batches)
+    resumed = [s.id for b in store.iter_active_batches(conn, after_id=ids[9]) for s in b]
+    assert resumed == ids[10:]
+    # Interested in Empathy: those naming it plus those who want every topic.
+    wanting = list(store.iter_subscribers(conn, topic="Empathy"))
+    assert len(wanting) == 25
+    naming_only_other = list(store.iter_subscribers(conn, topic="Training"))
+    assert {s.topics for s in naming_only_other} == {()}
+
+
+def test_stats_counts_by_status_topic_and_month(conn: sqlite3.Connection) -> None:
+    store.add_subscriber(conn, "a@example.org", topics=["Empathy", "Training"])
+    store.add_subscriber(conn, "b@example.org", topics=["Empathy"], status=Status.PENDING)
+    store.add_subscriber(conn, "c@example.org")
+    conn.execute("UPDATE subscribers SET created_at = '2024-01-15T00:00:00Z' WHERE id = 1")
+    result = store.stats(conn)
+    assert result.total == 3
+    assert result.by_status[Status.ACTIVE] == 2
+    assert result.by_status[Status.COMPLAINED] == 0
+    assert result.by_topic == {"Empathy": 2, "Training": 1}
+    assert result.all_topics == 1
+    assert result.growth[0] == ("2024-01", 1, 1)
+    assert result.growth[-1][2] == 3
+
+
+def test_remove_forgets_the_address(conn: sqlite3.Connection) -> None:
+    store.add_subscriber(conn, "gone@example.org")
+    removed = store.remove_subscriber(conn, "GONE@example.org")
+    assert removed.email == "gone@example.org"
+    assert store.get_subscriber(conn, "gone@example.org") is None
+
+
+def test_a_locked_store_is_a_clear_error_and_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "newsletter.db"
+    store.open_store(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    conn = store.open_store(path, timeout=0.1)
+    with pytest.raises(StoreError, match="locked by another process"):
+        store.add_subscriber(conn, "a@example.org")
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert store.count_subscribers(conn) == 0
+    conn.close()
+
+
+def test_a_full_disk_is_a_clear_error_and_rolls_back(conn: sqlite3.Connection) -> None:
+    store.add_subscriber(conn, "first@example.org")
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(StoreError, match="full"), store.transaction(conn):
+        for i in range(5000):
+            conn.execute(
+                "INSERT INTO subscribers (email, email_key, status, source, created_at,"
+                " status_changed_at, status_source) VALUES (?, ?, 'active', 'x', '', '', 'x')",
+                (f"{i}@example.org" + "x" * 200, f"{i}" + "x" * 200),
+            )
+    assert not conn.in_transaction
+    assert [s.email for s in store.iter_subscribers(conn)] == ["first@example.org"]
+
+
+_ADDRESS_PARTS = st.text(alphabet="abcXYZ09.-_+=!'#@ü", max_size=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    local=_ADDRESS_PARTS,
+    domain=st.one_of(_ADDRESS_PARTS, st.sampled_from(["Example.ORG", "a.b.c", "x-.org", "a..b"])),
+)
+def test_fast_normalisation_agrees_with_email_validator(local: str, domain: str) -> None:
+    address = f"{local}@{domain}"
+    try:
+        expected: str | None = validate_email(address, check_deliverability=False).normalized
+    except EmailNotValidError:
+        expected = None
+    try:
+        got: str | None = store.normalize_email(address)
+    except StoreError:
+        got = None
+    assert got == expected
+
+
+@given(st.emails())
+@settings(max_examples=200, deadline=None)
+def test_fast_normalisation_agrees_on_generated_addresses(address: str) -> None:
+    try:
+        expected: str | None = validate_email(address, check_deliverability=False).normalized
+    except EmailNotValidError:
+        expected = None
+    try:
+        got: str | None = store.normalize_email(address)
+    except StoreError:
+        got = None
+    assert got == expected
