@@ -151,7 +151,7 @@ def test_an_issue_with_errors_stops_the_build_unless_skipped(tmp_path: Path) -> 
     settings: Settings = load_settings(None, root=tmp_path)
     (tmp_path / "build" / "site").mkdir(parents=True)
     (tmp_path / "build" / "site" / "index.html").write_text("previous site", "utf-8")
-    with pytest.raises(IssueFileError, match="2026-11.md:11: Year must be"):
+    with pytest.raises(IssueFileError, match=r"2026-11\.md:11: Year must be"):
         build_archive(settings)
     assert (tmp_path / "build" / "site" / "index.html").read_text("utf-8") == "previous site"
     result = build_archive(settings, strict=False)

@@ -1,0 +1,134 @@
+"""Signed links: unsubscribe and confirmation tokens that need no database to check.
+
+A token is ``<purpose>.<subscriber id>[.<issued>].<signature>``: the purpose (``u`` for
+unsubscribe and preferences, ``c`` for confirming a subscription), the subscriber's id, for
+confirmations the time it was issued (base 36 seconds), and an HMAC-SHA256 over all that and
+the newsletter's List-Id, cut to 128 bits and base64url-encoded. The List-Id in the MAC ties a
+token to one newsletter: a token made for another newsletter, or changed in any character, or
+cut short, fails the constant-time comparison before anything is looked up.
+
+Unsubscribe tokens never expire: an email from years ago must still let its reader leave.
+Confirmation tokens expire after a week.
+
+The secret comes from the environment variable ``NEWSLETTER_SECRET``, or else from the
+git-ignored ``.newsletter-secret`` file that ``newsletter init`` writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from newsletter.errors import TokenError
+from newsletter.settings import Settings
+
+SECRET_ENV = "NEWSLETTER_SECRET"
+SECRET_FILE = ".newsletter-secret"
+UNSUBSCRIBE = "u"
+CONFIRM = "c"
+CONFIRM_MAX_AGE = 7 * 24 * 3600
+_SIGNATURE_BYTES = 16
+_MIN_SECRET_BYTES = 16
+
+
+def load_secret(settings: Settings) -> bytes:
+    """The signing secret; a clear error when there is none, before anything is sent."""
+    value = os.environ.get(SECRET_ENV, "").strip()
+    if value:
+        source = f"${SECRET_ENV}"
+    else:
+        path = settings.root / SECRET_FILE
+        try:
+            value = path.read_text("utf-8").strip()
+        except FileNotFoundError:
+            raise TokenError(
+                f"no secret for signing unsubscribe links: set {SECRET_ENV}, or create "
+                f"{path} (`newsletter init` writes one; or run "
+                f"`python -c 'import secrets; print(secrets.token_urlsafe(32))' > {SECRET_FILE}`)"
+            ) from None
+        except OSError as exc:
+            raise TokenError(f"cannot read the signing secret {path}: {exc.strerror}") from None
+        source = str(path)
+    if len(value.encode()) < _MIN_SECRET_BYTES:
+        raise TokenError(f"the signing secret in {source} is too short: use at least 16 random characters")
+    return value.encode()
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    purpose: str
+    subscriber_id: int
+    issued: int | None = None
+
+
+class Signer:
+    """Makes and checks tokens for one newsletter."""
+
+    def __init__(self, secret: bytes, newsletter_id: str):
+        # One key per newsletter, derived from the secret: tokens of two newsletters sharing a
+        # secret are still not interchangeable.
+        self._key = hmac.new(secret, b"newsletter-token\0" + newsletter_id.encode(), hashlib.sha256).digest()
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Signer:
+        return cls(load_secret(settings), settings.list_id)
+
+    def _sign(self, body: str) -> str:
+        digest = hmac.new(self._key, body.encode("ascii"), hashlib.sha256).digest()[:_SIGNATURE_BYTES]
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+    def unsubscribe_token(self, subscriber_id: int) -> str:
+        body = f"{UNSUBSCRIBE}.{subscriber_id}"
+        return f"{body}.{self._sign(body)}"
+
+    def confirm_token(self, subscriber_id: int, *, now: float | None = None) -> str:
+        issued = int(time.time() if now is None else now)
+        body = f"{CONFIRM}.{subscriber_id}.{_base36(issued)}"
+        return f"{body}.{self._sign(body)}"
+
+    def verify(self, token: str, purpose: str, *, now: float | None = None) -> TokenClaims:
+        """The token's claims, or TokenError when it is forged, altered, cut or expired."""
+        body, _, signature = token.rpartition(".")
+        if not body or not hmac.compare_digest(self._sign(body).encode(), signature.encode("ascii", "replace")):
+            raise TokenError("this link is not valid: it may have been changed or cut short")
+        parts = body.split(".")
+        if parts[0] != purpose:
+            raise TokenError("this link is not valid for this page")
+        try:
+            subscriber_id = int(parts[1])
+            issued = int(parts[2], 36) if purpose == CONFIRM else None
+        except (IndexError, ValueError):
+            raise TokenError("this link is not valid") from None
+        if issued is not None:
+            age = (time.time() if now is None else now) - issued
+            if age > CONFIRM_MAX_AGE:
+                raise TokenError("this confirmation link has expired: please subscribe again")
+        return TokenClaims(purpose, subscriber_id, issued)
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+        if not number:
+            return out
+
+
+def web_url(settings: Settings) -> str:
+    """Where `newsletter serve` is reachable from the internet; the archive's URL by default."""
+    return str(settings.section("web").get("url", settings.base_url)).rstrip("/")
+
+
+def unsubscribe_url(settings: Settings, signer: Signer, subscriber_id: int) -> str:
+    return f"{web_url(settings)}/unsubscribe/{signer.unsubscribe_token(subscriber_id)}"
+
+
+def secret_path(root: Path) -> Path:
+    return root / SECRET_FILE
