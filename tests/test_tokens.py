@@ -88,7 +88,9 @@ def test_secret_comes_from_the_environment_or_the_local_file(
 ) -> None:
     settings: Settings = load_settings(None, root=tmp_path)
     monkeypatch.delenv(SECRET_ENV, raising=False)
-    with pytest.raises(TokenError, match="no secret for signing unsubscribe links: set NEWSLETTER_SECRET"):
+    with pytest.raises(
+        TokenError, match="no secret for signing unsubscribe links: set NEWSLETTER_SECRET"
+    ):
         load_secret(settings)
     (tmp_path / ".newsletter-secret").write_text("short\n")
     with pytest.raises(TokenError, match="too short"):

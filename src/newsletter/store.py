@@ -116,6 +116,26 @@ MIGRATIONS: list[tuple[str, ...]] = [
         """,
         "CREATE INDEX subscribers_by_status ON subscribers (status, id)",
     ),
+    # 1 -> 2: the send journal, one row per (issue, subscriber); see newsletter.journal
+    (
+        """
+        CREATE TABLE journal (
+            issue TEXT NOT NULL,
+            subscriber_id INTEGER NOT NULL,
+            state TEXT NOT NULL
+                CHECK (state IN ('queued', 'sending', 'sent', 'failed', 'deferred')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            provider TEXT NOT NULL DEFAULT '',
+            provider_message_id TEXT NOT NULL DEFAULT '',
+            reason TEXT NOT NULL DEFAULT '',
+            queued_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            sent_at TEXT,
+            PRIMARY KEY (issue, subscriber_id)
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX journal_by_state ON journal (issue, state, subscriber_id)",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -55,7 +55,9 @@ def load_secret(settings: Settings) -> bytes:
             raise TokenError(f"cannot read the signing secret {path}: {exc.strerror}") from None
         source = str(path)
     if len(value.encode()) < _MIN_SECRET_BYTES:
-        raise TokenError(f"the signing secret in {source} is too short: use at least 16 random characters")
+        raise TokenError(
+            f"the signing secret in {source} is too short: use at least 16 random characters"
+        )
     return value.encode()
 
 
@@ -72,14 +74,18 @@ class Signer:
     def __init__(self, secret: bytes, newsletter_id: str):
         # One key per newsletter, derived from the secret: tokens of two newsletters sharing a
         # secret are still not interchangeable.
-        self._key = hmac.new(secret, b"newsletter-token\0" + newsletter_id.encode(), hashlib.sha256).digest()
+        self._key = hmac.new(
+            secret, b"newsletter-token\0" + newsletter_id.encode(), hashlib.sha256
+        ).digest()
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Signer:
         return cls(load_secret(settings), settings.list_id)
 
     def _sign(self, body: str) -> str:
-        digest = hmac.new(self._key, body.encode("ascii"), hashlib.sha256).digest()[:_SIGNATURE_BYTES]
+        digest = hmac.new(self._key, body.encode("ascii"), hashlib.sha256).digest()[
+            :_SIGNATURE_BYTES
+        ]
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
     def unsubscribe_token(self, subscriber_id: int) -> str:
@@ -94,7 +100,9 @@ class Signer:
     def verify(self, token: str, purpose: str, *, now: float | None = None) -> TokenClaims:
         """The token's claims, or TokenError when it is forged, altered, cut or expired."""
         body, _, signature = token.rpartition(".")
-        if not body or not hmac.compare_digest(self._sign(body).encode(), signature.encode("ascii", "replace")):
+        if not body or not hmac.compare_digest(
+            self._sign(body).encode(), signature.encode("ascii", "replace")
+        ):
             raise TokenError("this link is not valid: it may have been changed or cut short")
         parts = body.split(".")
         if parts[0] != purpose:
