@@ -14,8 +14,10 @@ the text around it, and no encoded line ever exceeds 76 characters.
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 import html
+import json
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
@@ -110,9 +112,28 @@ class _Part:
             out.append(values[slot])
             out.append(literals[index])
 
+    @functools.cached_property
+    def json_literals(self) -> tuple[bytes, ...]:
+        """The literals as the inside of JSON strings (UTF-8), escaped once per issue."""
+        return tuple(_json_inner(literal) for literal in self.literals)
+
+    def fill_json(self, values: dict[str, bytes]) -> bytes:
+        """The filled part as a JSON string literal; ``values`` already JSON-escaped."""
+        literals = self.json_literals
+        out = [b'"', literals[0]]
+        for index, slot in enumerate(self.slots, start=1):
+            out.append(values[slot])
+            out.append(literals[index])
+        out.append(b'"')
+        return b"".join(out)
+
     def with_markers(self, marker: Callable[[str], str]) -> str:
         """The part with each placeholder replaced by a provider's own substitution tag."""
         return self.fill({slot: marker(slot) for slot in PLACEHOLDERS})
+
+
+def _json_inner(text: str) -> bytes:
+    return json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8")
 
 
 def _qp_encode(text: str) -> bytes:
@@ -379,6 +400,15 @@ class OutgoingMessage:
     @property
     def text(self) -> str:
         return self.issue.text_part.fill(self.values("text"))
+
+    def html_json(self) -> bytes:
+        """``html`` as a JSON string literal, spliced from pieces escaped once per issue."""
+        values = {key: _json_inner(value) for key, value in self.values("html").items()}
+        return self.issue.html_part.fill_json(values)
+
+    def text_json(self) -> bytes:
+        values = {key: _json_inner(value) for key, value in self.values("text").items()}
+        return self.issue.text_part.fill_json(values)
 
     def api_headers(self) -> dict[str, str]:
         """The headers an HTTP provider must add through its custom-headers field."""
