@@ -117,19 +117,31 @@ class _Part:
         """The literals as the inside of JSON strings (UTF-8), escaped once per issue."""
         return tuple(_json_inner(literal) for literal in self.literals)
 
-    def fill_json(self, values: dict[str, bytes]) -> bytes:
-        """The filled part as a JSON string literal; ``values`` already JSON-escaped."""
+    def fill_json(self, values: dict[str, bytes]) -> list[bytes]:
+        """The filled part as the pieces of a JSON string literal, to be joined by the caller.
+
+        ``values`` are already JSON-escaped. Returning pieces lets a batch of many messages be
+        joined once, instead of copying each body again at every level of nesting.
+        """
         literals = self.json_literals
         out = [b'"', literals[0]]
         for index, slot in enumerate(self.slots, start=1):
             out.append(values[slot])
             out.append(literals[index])
         out.append(b'"')
-        return b"".join(out)
+        return out
 
     def with_markers(self, marker: Callable[[str], str]) -> str:
         """The part with each placeholder replaced by a provider's own substitution tag."""
         return self.fill({slot: marker(slot) for slot in PLACEHOLDERS})
+
+
+_HTML_SPECIAL = re.compile(r"[&<>\"']")
+
+
+def _escape_html(value: str) -> str:
+    # Most names, addresses and URLs have nothing to escape; skip the five replaces for them.
+    return html.escape(value, quote=True) if _HTML_SPECIAL.search(value) else value
 
 
 def _json_inner(text: str) -> bytes:
@@ -390,7 +402,7 @@ class OutgoingMessage:
             "unsubscribe_url": self.recipient.unsubscribe_url,
         }
         if part == "html":
-            return {key: html.escape(value, quote=True) for key, value in raw.items()}
+            return {key: _escape_html(value) for key, value in raw.items()}
         return raw
 
     @property
@@ -401,12 +413,12 @@ class OutgoingMessage:
     def text(self) -> str:
         return self.issue.text_part.fill(self.values("text"))
 
-    def html_json(self) -> bytes:
-        """``html`` as a JSON string literal, spliced from pieces escaped once per issue."""
+    def html_json(self) -> list[bytes]:
+        """``html`` as the pieces of a JSON string literal, most of them escaped once per issue."""
         values = {key: _json_inner(value) for key, value in self.values("html").items()}
         return self.issue.html_part.fill_json(values)
 
-    def text_json(self) -> bytes:
+    def text_json(self) -> list[bytes]:
         values = {key: _json_inner(value) for key, value in self.values("text").items()}
         return self.issue.text_part.fill_json(values)
 
@@ -431,9 +443,9 @@ class OutgoingMessage:
             "unsubscribe_url": _qp_value(url),
         }
         html_values = {
-            "name": _qp_value(html.escape(name, quote=True)),
-            "email": _qp_value(html.escape(email, quote=True)),
-            "unsubscribe_url": _qp_value(html.escape(url, quote=True)),
+            "name": _qp_value(_escape_html(name)),
+            "email": _qp_value(_escape_html(email)),
+            "unsubscribe_url": _qp_value(_escape_html(url)),
         }
         out = [
             issue._head_from,

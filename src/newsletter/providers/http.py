@@ -17,6 +17,7 @@ from __future__ import annotations
 import email.utils
 import json
 import re
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,15 +54,49 @@ def plain_address(name: str, address: str) -> str:
     return f"{name} <{address}>"
 
 
-def json_object(fields: dict[str, Any], **preencoded: bytes) -> bytes:
-    """``fields`` as a JSON object, followed by members whose values are already JSON bytes."""
+def json_object(fields: dict[str, Any], **preencoded: list[bytes]) -> list[bytes]:
+    """The pieces of a JSON object: ``fields``, then members whose values are JSON pieces."""
     head = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    tail = b"".join(
-        b',"' + name.encode("ascii") + b'":' + value for name, value in preencoded.items()
-    )
-    if fields:
-        return head[:-1] + tail + b"}"
-    return b"{" + tail[1:] + b"}"
+    pieces = [head[:-1]] if fields else [b"{"]
+    separator = b',"' if fields else b'"'
+    for name, value in preencoded.items():
+        pieces.append(separator + name.encode("ascii") + b'":')
+        pieces.extend(value)
+        separator = b',"'
+    pieces.append(b"}")
+    return pieces
+
+
+def json_array(items: list[list[bytes]]) -> bytes:
+    """Join the pieces of several JSON values into one array, copying each byte once."""
+    pieces = [b"["]
+    for index, item in enumerate(items):
+        if index:
+            pieces.append(b",")
+        pieces.extend(item)
+    pieces.append(b"]")
+    return b"".join(pieces)
+
+
+def encode_multipart(form: list[tuple[str, str]]) -> tuple[bytes, str]:
+    """A multipart/form-data body and its Content-Type, for plain (non-file) fields.
+
+    Written here rather than left to urllib3, whose per-field objects cost more than the rest
+    of a 1,000-recipient Mailgun batch put together.
+    """
+    encoded = [(name.encode("ascii"), value.encode("utf-8")) for name, value in form]
+    while True:
+        boundary = secrets.token_hex(16).encode("ascii")
+        if not any(boundary in value for _, value in encoded):
+            break
+    pieces = []
+    for name, value in encoded:
+        pieces.append(b"--" + boundary + b'\r\nContent-Disposition: form-data; name="')
+        pieces.append(name + b'"\r\n\r\n')
+        pieces.append(value)
+        pieces.append(b"\r\n")
+    pieces.append(b"--" + boundary + b"--\r\n")
+    return b"".join(pieces), f"multipart/form-data; boundary={boundary.decode('ascii')}"
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -130,17 +165,15 @@ class HttpProvider(Provider):
             return []
         request = self.build_request(messages)
         headers = dict(request.headers)
-        files: Any = None
-        if request.body is not None:
+        body = request.body
+        if body is not None:
             headers["Content-Type"] = "application/json"
         elif request.form is not None:
-            # (None, value) makes requests send a plain multipart field, not a file.
-            files = [(name, (None, value)) for name, value in request.form]
+            body, headers["Content-Type"] = encode_multipart(request.form)
         try:
             response = self.session.post(
                 self.base_url + request.path,
-                data=request.body,
-                files=files,
+                data=body,
                 headers=headers,
                 timeout=(min(10.0, self.timeout), self.timeout),
             )

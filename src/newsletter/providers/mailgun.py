@@ -76,12 +76,18 @@ class MailgunProvider(HttpProvider):
         for message in unique:
             recipient = message.recipient
             form.append(("to", plain_address(recipient.name, recipient.email)))
-            values = {f"nl_text_{k}": v for k, v in message.values("text").items()}
-            values |= {f"nl_html_{k}": v for k, v in message.values("html").items()}
-            values["nl_header_unsubscribe_url"] = recipient.unsubscribe_url
-            values["nl_recipient_id"] = str(recipient.id)
-            variables[recipient.email] = values
-        form.append(("recipient-variables", json.dumps(variables, ensure_ascii=False)))
+            text, html = message.values("text"), message.values("html")
+            variables[recipient.email] = {
+                "nl_text_name": text["name"],
+                "nl_text_email": text["email"],
+                "nl_text_unsubscribe_url": text["unsubscribe_url"],
+                "nl_html_name": html["name"],
+                "nl_html_email": html["email"],
+                "nl_html_unsubscribe_url": html["unsubscribe_url"],
+                "nl_header_unsubscribe_url": recipient.unsubscribe_url,
+                "nl_recipient_id": str(recipient.id),
+            }
+        form.append(("recipient-variables", json.dumps(variables)))
         return ApiRequest(path=f"/v3/{self.domain}/messages", form=form)
 
     def parse_reply(

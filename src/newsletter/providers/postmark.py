@@ -18,7 +18,13 @@ import requests
 from newsletter.errors import ProviderError
 from newsletter.messages import OutgoingMessage
 from newsletter.providers.base import DeliveryResult
-from newsletter.providers.http import ApiRequest, HttpProvider, json_object, plain_address
+from newsletter.providers.http import (
+    ApiRequest,
+    HttpProvider,
+    json_array,
+    json_object,
+    plain_address,
+)
 from newsletter.settings import Settings
 
 # Per-message codes that concern the account or server, not the recipient: stop the send.
@@ -62,7 +68,7 @@ class PostmarkProvider(HttpProvider):
             items.append(
                 json_object(fields, TextBody=message.text_json(), HtmlBody=message.html_json())
             )
-        return ApiRequest(path="/email/batch", body=b"[" + b",".join(items) + b"]")
+        return ApiRequest(path="/email/batch", body=json_array(items))
 
     def parse_reply(
         self, messages: Sequence[OutgoingMessage], response: requests.Response

@@ -18,7 +18,13 @@ import requests
 
 from newsletter.messages import OutgoingMessage
 from newsletter.providers.base import DeliveryResult
-from newsletter.providers.http import ApiRequest, HttpProvider, json_object, plain_address
+from newsletter.providers.http import (
+    ApiRequest,
+    HttpProvider,
+    json_array,
+    json_object,
+    plain_address,
+)
 
 IDEMPOTENCY_KEY_LIMIT = 256
 
@@ -54,7 +60,7 @@ class ResendProvider(HttpProvider):
             items.append(json_object(fields, text=message.text_json(), html=message.html_json()))
         return ApiRequest(
             path="/emails/batch",
-            body=b"[" + b",".join(items) + b"]",
+            body=json_array(items),
             headers={
                 "Idempotency-Key": batch_idempotency_key(messages),
                 "x-batch-validation": "permissive",

@@ -9,6 +9,7 @@ Settings: ``base_url``, ``timeout``. Credential: ``SENDGRID_API_KEY``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 
@@ -19,7 +20,6 @@ from newsletter.providers.base import DeliveryResult
 from newsletter.providers.http import (
     ApiRequest,
     HttpProvider,
-    json_object,
     merge_results,
     split_duplicates,
 )
@@ -71,7 +71,7 @@ class SendGridProvider(HttpProvider):
         }
         if issue.reply_to:
             payload["reply_to"] = {"email": issue.reply_to}
-        return ApiRequest(path="/v3/mail/send", body=json_object(payload))
+        return ApiRequest(path="/v3/mail/send", body=json.dumps(payload).encode("ascii"))
 
     @staticmethod
     def _text_key(slot: str) -> str:
