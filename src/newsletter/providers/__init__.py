@@ -1,0 +1,53 @@
+"""Providers: the adapters that hand messages to a mail service.
+
+Providers are found through the entry-point group ``newsletter.providers``; the built-in ones
+register themselves there in pyproject.toml exactly as a third-party package would.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from newsletter.errors import ProviderConfigError
+from newsletter.providers.base import DeliveryResult, DeliveryStatus, Provider
+from newsletter.settings import Settings
+
+ENTRY_POINT_GROUP = "newsletter.providers"
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "DeliveryResult",
+    "DeliveryStatus",
+    "Provider",
+    "create_provider",
+    "installed_providers",
+    "load_provider",
+]
+
+
+def installed_providers() -> list[str]:
+    """The names of every installed provider, sorted."""
+    return sorted({point.name for point in entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def load_provider(name: str) -> type[Provider]:
+    """The provider class registered as ``name``."""
+    points = [point for point in entry_points(group=ENTRY_POINT_GROUP) if point.name == name]
+    if not points:
+        installed = ", ".join(installed_providers()) or "none"
+        raise ProviderConfigError(
+            name or "provider",
+            f"no provider named {name!r} is installed; installed providers: {installed}. "
+            "Set [provider] name in newsletter.toml to one of them.",
+        )
+    provider = points[0].load()
+    if not (isinstance(provider, type) and issubclass(provider, Provider)):
+        raise ProviderConfigError(
+            name, f"the entry point {points[0].value} is not a newsletter Provider subclass"
+        )
+    return provider
+
+
+def create_provider(settings: Settings) -> Provider:
+    """The provider ``settings`` name, configured from its ``[provider]`` table (not opened)."""
+    return load_provider(settings.provider)(settings)

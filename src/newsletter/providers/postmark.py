@@ -1,0 +1,101 @@
+"""The ``postmark`` provider: Postmark's /email/batch, up to 500 messages a call.
+
+Postmark has no per-recipient substitution in this endpoint, so each message carries its own
+filled bodies; those are spliced from JSON pieces escaped once per issue. The reply is 200 with
+one entry per message, in order, each with its own ErrorCode.
+
+Settings: ``message_stream`` (default "broadcast", Postmark's stream for newsletters),
+``base_url``, ``timeout``. Credential: ``POSTMARK_SERVER_TOKEN``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import requests
+
+from newsletter.errors import ProviderError
+from newsletter.messages import OutgoingMessage
+from newsletter.providers.base import DeliveryResult
+from newsletter.providers.http import (
+    ApiRequest,
+    HttpProvider,
+    json_array,
+    json_object,
+    plain_address,
+)
+from newsletter.settings import Settings
+
+# Per-message codes that concern the account or server, not the recipient: stop the send.
+_ACCOUNT_CODES = {10, 400, 401, 405, 412, 413}
+# Per-message codes worth trying again later.
+_TEMPORARY_CODES = {100, 429}
+
+
+class PostmarkProvider(HttpProvider):
+    name = "postmark"
+    credential_variable = "POSTMARK_SERVER_TOKEN"
+    default_base_url = "https://api.postmarkapp.com"
+    known_options = HttpProvider.known_options | {"message_stream"}
+    default_batch_size = 500
+    max_batch_size = 500  # Postmark's documented limit per batch call
+
+    def __init__(self, settings: Settings, options: dict[str, Any] | None = None):
+        super().__init__(settings, options)
+        self.message_stream = self.option("message_stream", str, "broadcast")
+
+    def authenticate(self, session: requests.Session, credential: str) -> None:
+        session.headers["X-Postmark-Server-Token"] = credential
+
+    def build_request(self, messages: Sequence[OutgoingMessage]) -> ApiRequest:
+        issue = messages[0].issue
+        sender = plain_address(issue.from_name, issue.from_email)
+        items = []
+        for message in messages:
+            fields: dict[str, Any] = {
+                "From": sender,
+                "To": plain_address(message.recipient.name, message.recipient.email),
+                "Subject": message.subject,
+                "MessageStream": self.message_stream,
+                "Headers": [
+                    {"Name": name, "Value": value} for name, value in message.api_headers().items()
+                ],
+                "Metadata": {"newsletter_recipient": str(message.recipient_id)},
+            }
+            if issue.reply_to:
+                fields["ReplyTo"] = issue.reply_to
+            items.append(
+                json_object(fields, TextBody=message.text_json(), HtmlBody=message.html_json())
+            )
+        return ApiRequest(path="/email/batch", body=json_array(items))
+
+    def parse_reply(
+        self, messages: Sequence[OutgoingMessage], response: requests.Response
+    ) -> list[DeliveryResult]:
+        if response.status_code != 200:
+            # 422 with {"ErrorCode", "Message"}: the request as a whole is wrong.
+            raise self.refuse(response, "Postmark refused the batch")
+        try:
+            entries = response.json()
+            if not isinstance(entries, list) or len(entries) != len(messages):
+                raise ValueError
+            return [
+                self._result(message, entry, response)
+                for message, entry in zip(messages, entries, strict=True)
+            ]
+        except (ValueError, KeyError, TypeError):
+            raise self.refuse(response, "unexpected reply from Postmark") from None
+
+    def _result(
+        self, message: OutgoingMessage, entry: dict[str, Any], response: requests.Response
+    ) -> DeliveryResult:
+        code = int(entry["ErrorCode"])
+        if code == 0:
+            return DeliveryResult.accepted(message, str(entry.get("MessageID", "")))
+        reason = f"ErrorCode {code}: {entry.get('Message', '')}"
+        if code in _ACCOUNT_CODES:
+            raise ProviderError(self.name, f"Postmark refused the account: {reason}")
+        if code in _TEMPORARY_CODES:
+            return DeliveryResult.temporary(message, reason)
+        return DeliveryResult.permanent(message, reason)

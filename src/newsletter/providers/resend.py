@@ -1,0 +1,101 @@
+"""The ``resend`` provider: Resend's /emails/batch, up to 100 emails a call.
+
+Each call carries an ``Idempotency-Key`` derived from the messages' own keys (issue and
+subscriber), so sending the same batch again within Resend's 24-hour window returns the first
+answer instead of sending twice. Validation is permissive: an invalid email is reported in
+``errors`` by index and the others are still sent.
+
+Settings: ``base_url``, ``timeout``. Credential: ``RESEND_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import requests
+
+from newsletter.messages import OutgoingMessage
+from newsletter.providers.base import DeliveryResult
+from newsletter.providers.http import (
+    ApiRequest,
+    HttpProvider,
+    json_array,
+    json_object,
+    plain_address,
+)
+
+IDEMPOTENCY_KEY_LIMIT = 256
+
+
+def batch_idempotency_key(messages: Sequence[OutgoingMessage]) -> str:
+    """One key for the batch: the same messages in the same order always give the same key."""
+    digest = hashlib.sha256("\n".join(m.idempotency_key for m in messages).encode()).hexdigest()
+    first, last = messages[0], messages[-1]
+    key = f"newsletter/{first.month}/{first.recipient_id}-{last.recipient_id}/{digest[:32]}"
+    return key[:IDEMPOTENCY_KEY_LIMIT]
+
+
+class ResendProvider(HttpProvider):
+    name = "resend"
+    credential_variable = "RESEND_API_KEY"
+    default_base_url = "https://api.resend.com"
+    default_batch_size = 100
+    max_batch_size = 100  # Resend's documented limit per batch call
+
+    def build_request(self, messages: Sequence[OutgoingMessage]) -> ApiRequest:
+        issue = messages[0].issue
+        sender = plain_address(issue.from_name, issue.from_email)
+        items = []
+        for message in messages:
+            fields: dict[str, Any] = {
+                "from": sender,
+                "to": [plain_address(message.recipient.name, message.recipient.email)],
+                "subject": message.subject,
+                "headers": message.api_headers(),
+            }
+            if issue.reply_to:
+                fields["reply_to"] = [issue.reply_to]
+            items.append(json_object(fields, text=message.text_json(), html=message.html_json()))
+        return ApiRequest(
+            path="/emails/batch",
+            body=json_array(items),
+            headers={
+                "Idempotency-Key": batch_idempotency_key(messages),
+                "x-batch-validation": "permissive",
+            },
+        )
+
+    def parse_reply(
+        self, messages: Sequence[OutgoingMessage], response: requests.Response
+    ) -> list[DeliveryResult]:
+        if response.status_code == 409 and self._error_name(response) == (
+            "concurrent_idempotent_requests"
+        ):
+            # The same batch is still being processed: its answer will be there shortly.
+            return self.whole_batch(
+                messages, "the same batch is in progress at Resend", retry_after=1.0
+            )
+        if response.status_code != 200:
+            raise self.refuse(response, "Resend refused the batch")
+        try:
+            body = response.json()
+            refused = {int(e["index"]): str(e.get("message", "")) for e in body.get("errors") or []}
+            ids = iter(str(item["id"]) for item in body["data"])
+            results = []
+            for index, message in enumerate(messages):
+                if index in refused:
+                    results.append(DeliveryResult.permanent(message, refused[index]))
+                else:
+                    results.append(DeliveryResult.accepted(message, next(ids)))
+            return results
+        except (ValueError, KeyError, TypeError, AttributeError, StopIteration):
+            raise self.refuse(response, "unexpected reply from Resend") from None
+
+    @staticmethod
+    def _error_name(response: requests.Response) -> str:
+        try:
+            return str(response.json().get("name", ""))
+        except (ValueError, AttributeError):
+            return ""
