@@ -6,9 +6,10 @@ from pathlib import Path
 
 from pytest_httpserver import HTTPServer
 
-from .conftest import make_recipient, make_rendered, write_settings
 from newsletter.messages import OutgoingMessage, prepare_issue
 from newsletter.settings import Settings
+
+from .conftest import make_recipient, make_rendered, write_settings
 
 CREDENTIALS = {
     "mailgun": ("MAILGUN_API_KEY", "key-test-0123456789"),

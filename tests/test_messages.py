@@ -13,10 +13,11 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from .conftest import make_recipient, make_rendered, write_settings
 from newsletter.errors import MessageError
 from newsletter.messages import PreparedIssue, Recipient, check_line_lengths, prepare_issue
 from newsletter.settings import Settings, load_settings
+
+from .conftest import make_recipient, make_rendered, write_settings
 
 
 def parse(raw: bytes) -> EmailMessage:

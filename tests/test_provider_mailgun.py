@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from pytest_httpserver import HTTPServer
 
-from .conftest import make_recipient
-from .http_helpers import CREDENTIALS, batch, http_settings
 from newsletter.errors import ProviderError
 from newsletter.providers.mailgun import MailgunProvider
+
+from .conftest import make_recipient
+from .http_helpers import CREDENTIALS, batch, http_settings
 
 VARIABLE, KEY = CREDENTIALS["mailgun"]
 BASIC = "Basic " + base64.b64encode(f"api:{KEY}".encode()).decode()

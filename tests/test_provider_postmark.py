@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 from pytest_httpserver import HTTPServer
 
-from .http_helpers import CREDENTIALS, batch, http_settings
 from newsletter.errors import ProviderError
 from newsletter.providers.postmark import PostmarkProvider
+
+from .http_helpers import CREDENTIALS, batch, http_settings
 
 VARIABLE, TOKEN = CREDENTIALS["postmark"]
 PATH = "/email/batch"

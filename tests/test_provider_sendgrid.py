@@ -7,9 +7,10 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
-from .http_helpers import CREDENTIALS, batch, http_settings
 from newsletter.errors import ProviderError
 from newsletter.providers.sendgrid import SendGridProvider
+
+from .http_helpers import CREDENTIALS, batch, http_settings
 
 VARIABLE, KEY = CREDENTIALS["sendgrid"]
 PATH = "/v3/mail/send"

@@ -14,11 +14,12 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .conftest import make_recipient, make_rendered, write_settings
 from newsletter.errors import ProviderConfigError, ProviderError
 from newsletter.messages import OutgoingMessage, prepare_issue
 from newsletter.providers.smtp import PASSWORD_VARIABLE, SmtpProvider
 from newsletter.settings import Settings
+
+from .conftest import make_recipient, make_rendered, write_settings
 from .smtp_servers import SinkHandler, password_checker, smtp_server
 
 

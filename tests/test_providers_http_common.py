@@ -9,10 +9,11 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from .conftest import write_settings
-from .http_helpers import CREDENTIALS, PATHS, batch, http_settings
 from newsletter.errors import ProviderConfigError, ProviderError
 from newsletter.providers import load_provider
+
+from .conftest import write_settings
+from .http_helpers import CREDENTIALS, PATHS, batch, http_settings
 from .smtp_servers import free_port
 
 PROVIDERS = sorted(CREDENTIALS)

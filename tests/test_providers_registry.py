@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import make_recipient, make_rendered, write_settings
 from newsletter.errors import ProviderConfigError
 from newsletter.messages import prepare_issue
 from newsletter.providers import create_provider, installed_providers, load_provider
 from newsletter.providers.null import NullProvider
 from newsletter.providers.outbox import OutboxProvider
 from newsletter.settings import Settings
+
+from .conftest import make_recipient, make_rendered, write_settings
 
 BUILT_INS = ["mailgun", "null", "outbox", "postmark", "resend", "sendgrid", "smtp"]
 
