@@ -48,6 +48,6 @@ def load_provider(name: str) -> type[Provider]:
     return provider
 
 
-def create_provider(settings: Settings) -> Provider:
-    """The provider ``settings`` name, configured from its ``[provider]`` table (not opened)."""
-    return load_provider(settings.provider)(settings)
+def create_provider(settings: Settings, name: str | None = None, *, dry_run: bool = False) -> Provider:
+    """The provider ``name`` (default: the settings'), configured from ``[provider]``; not opened."""
+    return load_provider(name or settings.provider)(settings, dry_run=dry_run)

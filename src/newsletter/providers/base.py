@@ -79,13 +79,22 @@ class Provider:
     known_options: ClassVar[frozenset[str]] = frozenset()
     default_batch_size: ClassVar[int] = 100
     max_batch_size: ClassVar[int] = 1000
+    # True when resending a message whose fate is unknown cannot deliver it twice, because the
+    # service honours an idempotency key derived from (issue, subscriber).
+    idempotent_retries: ClassVar[bool] = False
+    # Keys every provider takes, read by the send loop rather than the provider.
+    common_options: ClassVar[frozenset[str]] = frozenset({"batch_size", "rate"})
 
-    def __init__(self, settings: Settings, options: dict[str, Any] | None = None):
+    def __init__(
+        self, settings: Settings, options: dict[str, Any] | None = None, *, dry_run: bool = False
+    ):
         self.settings = settings
+        self.dry_run = dry_run
+        self.missing_credentials: list[str] = []
         self.options = dict(settings.provider_options if options is None else options)
-        unknown = sorted(set(self.options) - self.known_options - {"batch_size"})
+        unknown = sorted(set(self.options) - self.known_options - self.common_options)
         if unknown:
-            known = ", ".join(sorted(self.known_options | {"batch_size"}))
+            known = ", ".join(sorted(self.known_options | self.common_options))
             raise ProviderConfigError(
                 self.name,
                 f"unknown setting [provider] {unknown[0]}; the {self.name} provider takes: {known}",
@@ -123,6 +132,11 @@ class Provider:
     def secret(self, variable: str) -> str:
         """A credential from the environment; never from a file, never echoed back."""
         value = os.environ.get(variable, "")
+        if not value and self.dry_run:
+            # A dry run builds the real payloads but sends nothing, so it can go on; the
+            # summary says the real send would stop here.
+            self.missing_credentials.append(variable)
+            return ""
         if not value:
             raise ProviderConfigError(
                 self.name,

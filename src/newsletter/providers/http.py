@@ -122,8 +122,10 @@ class HttpProvider(Provider):
     credential_variable: ClassVar[str] = ""
     known_options = frozenset({"base_url", "timeout"})
 
-    def __init__(self, settings: Settings, options: dict[str, Any] | None = None):
-        super().__init__(settings, options)
+    def __init__(
+        self, settings: Settings, options: dict[str, Any] | None = None, *, dry_run: bool = False
+    ):
+        super().__init__(settings, options, dry_run=dry_run)
         self.base_url = self.option("base_url", str, self.default_base_url).rstrip("/")
         self.timeout = self.option("timeout", float, 30.0)
         self._credential = self.secret(self.credential_variable)

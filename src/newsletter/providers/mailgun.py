@@ -42,12 +42,14 @@ class MailgunProvider(HttpProvider):
     default_batch_size = 1000
     max_batch_size = 1000  # Mailgun's documented limit for batch sending
 
-    def __init__(self, settings: Settings, options: dict[str, Any] | None = None):
+    def __init__(
+        self, settings: Settings, options: dict[str, Any] | None = None, *, dry_run: bool = False
+    ):
         options = dict(settings.provider_options if options is None else options)
         region = options.get("region", "us")
         if "base_url" not in options and region in _REGIONS:
             options["base_url"] = _REGIONS[region]
-        super().__init__(settings, options)
+        super().__init__(settings, options, dry_run=dry_run)
         self.choice("region", tuple(_REGIONS), "us")
         self.domain = self.option("domain", str, settings.sender_domain)
 

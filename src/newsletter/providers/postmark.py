@@ -41,8 +41,10 @@ class PostmarkProvider(HttpProvider):
     default_batch_size = 500
     max_batch_size = 500  # Postmark's documented limit per batch call
 
-    def __init__(self, settings: Settings, options: dict[str, Any] | None = None):
-        super().__init__(settings, options)
+    def __init__(
+        self, settings: Settings, options: dict[str, Any] | None = None, *, dry_run: bool = False
+    ):
+        super().__init__(settings, options, dry_run=dry_run)
         self.message_stream = self.option("message_stream", str, "broadcast")
 
     def authenticate(self, session: requests.Session, credential: str) -> None:

@@ -43,6 +43,9 @@ class ResendProvider(HttpProvider):
     default_base_url = "https://api.resend.com"
     default_batch_size = 100
     max_batch_size = 100  # Resend's documented limit per batch call
+    # Resend keeps an idempotency key for 24 hours, so a batch resent with the same messages
+    # cannot be delivered twice.
+    idempotent_retries = True
 
     def build_request(self, messages: Sequence[OutgoingMessage]) -> ApiRequest:
         issue = messages[0].issue

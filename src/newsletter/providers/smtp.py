@@ -61,8 +61,10 @@ class SmtpProvider(Provider):
     )
     default_batch_size = 100
 
-    def __init__(self, settings: Settings, options: dict[str, Any] | None = None):
-        super().__init__(settings, options)
+    def __init__(
+        self, settings: Settings, options: dict[str, Any] | None = None, *, dry_run: bool = False
+    ):
+        super().__init__(settings, options, dry_run=dry_run)
         self.host = self.option("host", str, "")
         if not self.host:
             raise ProviderConfigError(self.name, "[provider] host is missing: the relay's name")
@@ -72,6 +74,10 @@ class SmtpProvider(Provider):
         self.connections = self.option("connections", int, 1)
         if not 1 <= self.connections <= 64:
             raise ProviderConfigError(self.name, "[provider] connections must be from 1 to 64")
+        if "batch_size" not in self.options:
+            # The send journal marks a batch "sending" before handing it over, so the batch is
+            # what a crash can leave uncertain: one message per connection keeps that small.
+            self.batch_size = self.connections
         self.timeout = self.option("timeout", float, 30.0)
         self.ca_file = self.option("ca_file", str, "")
         self.envelope_from = self.option("envelope_from", str, "") or self.settings.from_email
