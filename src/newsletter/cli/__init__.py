@@ -57,11 +57,13 @@ def main(ctx: click.Context, config: Path | None) -> None:
 
 def _register() -> None:
     # Imported here so that each command module can import ``main``'s helpers from this one.
-    from newsletter.cli import author, subscribers
+    from newsletter.cli import author, sending, subscribers
 
     for command in author.COMMANDS:
         main.add_command(command)
     main.add_command(subscribers.subscribers)
+    for command in sending.COMMANDS:
+        main.add_command(command)
 
 
 _register()

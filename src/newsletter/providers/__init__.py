@@ -48,6 +48,8 @@ def load_provider(name: str) -> type[Provider]:
     return provider
 
 
-def create_provider(settings: Settings, name: str | None = None, *, dry_run: bool = False) -> Provider:
+def create_provider(
+    settings: Settings, name: str | None = None, *, dry_run: bool = False
+) -> Provider:
     """The provider ``name`` (default: the settings'), configured from ``[provider]``; not opened."""
     return load_provider(name or settings.provider)(settings, dry_run=dry_run)

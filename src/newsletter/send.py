@@ -1,0 +1,601 @@
+"""``newsletter send``: one issue to every active subscriber, exactly once, whatever happens.
+
+The loop, batch by batch, in subscriber id order::
+
+    journal rows queued/deferred ──read──▶ mark "sending" (commit) ──▶ provider.send_batch
+          ▲                                                                   │
+          └──── deferred (temporary; retried with backoff, then next run) ◀───┤
+                 sent (accepted) / failed (permanent) / sending (fate unknown)◀┘  (commit)
+
+The "sending" mark is committed before the provider is called and the outcome right after it
+answers, so a crash at any instant leaves, for each subscriber, either a final state, a row
+still queued (never handed over), or a row in "sending" (handed over, fate unknown). Running
+the same command again skips the first, sends the second, and reports the third by name
+without resending it, unless asked to (``resend_uncertain``) or unless the provider honours
+idempotency keys, which makes a resend harmless.
+
+Memory does not grow with the list: recipients are read from the store one batch at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from newsletter.check import check_issue
+from newsletter.errors import (
+    IssueFileError,
+    MessageError,
+    NewsletterError,
+    ProviderError,
+    SendError,
+)
+from newsletter.journal import JournalEntry, JournalState, Outcome, SendJournal
+from newsletter.messages import OutgoingMessage, PreparedIssue, Recipient, prepare_issue
+from newsletter.parse import parse_issue
+from newsletter.providers import Provider, create_provider
+from newsletter.providers.base import DeliveryResult
+from newsletter.render import RenderedIssue, render_issue
+from newsletter.settings import Settings
+from newsletter.store import get_subscriber, open_store
+from newsletter.tokens import Signer, unsubscribe_url
+
+# After this many provider calls in a row that delivered nothing, the provider is taken to be
+# down (or refusing everything): the send stops instead of grinding through the list.
+MAX_CONSECUTIVE_FAILED_CALLS = 6
+DEFAULT_RETRY_BUDGET = 300.0  # seconds of waiting for temporary failures, per run
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 60.0
+
+
+@dataclass
+class SendOptions:
+    dry_run: bool = False
+    limit: int | None = None
+    rate: float | None = None  # messages per second
+    provider: str | None = None
+    resend_uncertain: bool = False
+    retry_failed: bool = False
+    retry_budget: float = DEFAULT_RETRY_BUDGET
+    # Injected by tests and the benchmark; real sends sleep for real.
+    sleep: Callable[[float], None] = time.sleep
+
+
+@dataclass
+class SendReport:
+    """What a run did, for the summary and for ``newsletter status``."""
+
+    issue: str
+    provider: str
+    dry_run: bool
+    to_send: int = 0  # queued or deferred when the run started
+    sent: int = 0
+    failed: int = 0
+    deferred: int = 0
+    skipped_already_sent: int = 0
+    left_the_list: int = 0  # unsubscribed (or bounced…) before their turn
+    uncertain: list[JournalEntry] = field(default_factory=list)
+    failures: list[tuple[int, str, str]] = field(default_factory=list)  # (id, email, reason)
+    missing_credentials: list[str] = field(default_factory=list)
+    outbox: Path | None = None
+    stopped: str = ""  # why the run stopped early, if it did
+
+    @property
+    def handled(self) -> int:
+        return self.sent + self.failed + self.deferred
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int
+    sent: int
+    failed: int
+    deferred: int
+    elapsed: float
+
+
+class TokenBucket:
+    """At most ``rate`` messages a second on average, with bursts of up to one second's worth."""
+
+    def __init__(self, rate: float, sleep: Callable[[float], None] = time.sleep):
+        if rate <= 0:
+            raise SendError(f"the rate must be above 0 messages a second, not {rate:g}")
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+        self.sleep = sleep
+
+    def take(self, count: int) -> None:
+        # A batch larger than the bucket waits for the tokens it lacks, then goes at once.
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.tokens >= min(count, self.capacity):
+                self.tokens -= count
+                return
+            self.sleep((min(count, self.capacity) - self.tokens) / self.rate)
+
+
+def parse_rate(text: str) -> float:
+    """``"50/s"``, ``"50"`` or ``"3000/min"`` as messages per second."""
+    value, _, unit = text.strip().partition("/")
+    per = {"": 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}.get(unit.strip())
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1
+    if per is None or number <= 0:
+        raise SendError(f"rate {text!r} is not a rate such as 50/s or 3000/min")
+    return number / per
+
+
+@dataclass
+class PreparedSend:
+    """Everything decided before the first message: the issue, its render, the provider."""
+
+    settings: Settings
+    issue_path: Path
+    rendered: RenderedIssue
+    prepared: PreparedIssue
+    provider: Provider
+    signer: Signer
+    options: SendOptions
+
+    @property
+    def month(self) -> str:
+        return self.rendered.issue.month
+
+
+def prepare_send(settings: Settings, issue_path: Path, options: SendOptions) -> PreparedSend:
+    """Check the issue (as ``check --offline``), render it once, and set up the provider.
+
+    Everything that can stop a send stops it here, before any journal row is written.
+    """
+    report = check_issue(issue_path, settings, offline=True)
+    if report.errors:
+        raise IssueFileError(report.errors)
+    issue = parse_issue(issue_path, settings.taxonomy)
+    rendered = render_issue(issue, settings)
+    prepared = prepare_issue(rendered, settings)
+    signer = Signer.for_settings(settings)
+    provider = create_provider(settings, options.provider, dry_run=options.dry_run)
+    if options.rate is None:
+        configured = settings.provider_options.get("rate")
+        if configured is not None:
+            options.rate = parse_rate(str(configured))
+    return PreparedSend(settings, issue_path, rendered, prepared, provider, signer, options)
+
+
+def pending_count(settings: Settings, month: str, options: SendOptions) -> tuple[int, int]:
+    """(to send, already sent) for an issue, as a send started now with ``options`` would see it."""
+    conn = open_store(settings.paths.database)
+    try:
+        active = conn.execute(
+            "SELECT count(*) FROM subscribers WHERE status = 'active'"
+        ).fetchone()[0]
+        rows = dict(
+            conn.execute(
+                "SELECT j.state, count(*) FROM journal AS j JOIN subscribers AS s "
+                "ON s.id = j.subscriber_id AND s.status = 'active' WHERE j.issue = ? GROUP BY j.state",
+                (month,),
+            ).fetchall()
+        )
+    finally:
+        conn.close()
+    final = ["sent"]
+    if not options.retry_failed:
+        final.append("failed")
+    if not options.resend_uncertain:
+        final.append("sending")
+    done = sum(int(rows.get(state, 0)) for state in final)
+    return int(active) - done, int(rows.get("sent", 0))
+
+
+class Sender:
+    """Runs one send; see the module docstring for the guarantees."""
+
+    def __init__(self, job: PreparedSend, on_progress: Callable[[Progress], None] | None = None):
+        self.job = job
+        self.options = job.options
+        self.provider = job.provider
+        self.on_progress = on_progress
+        self.report = SendReport(job.month, self.provider.name, self.options.dry_run)
+        self.bucket = (
+            TokenBucket(self.options.rate, self.options.sleep) if self.options.rate else None
+        )
+        self.retry_deadline = time.monotonic() + self.options.retry_budget
+        self.consecutive_failed_calls = 0
+        self.started = time.monotonic()
+        self.interrupted = threading.Event()
+
+    # --- the run ----------------------------------------------------------------------------
+
+    def run(self) -> SendReport:
+        conn = open_store(self.job.settings.paths.database)
+        try:
+            if self.options.dry_run:
+                self._dry_run(conn)
+            else:
+                self._send(conn)
+        finally:
+            conn.close()
+        return self.report
+
+    def _send(self, conn: sqlite3.Connection) -> None:
+        journal = SendJournal(conn, self.job.month)
+        if self.options.retry_failed:
+            journal.requeue(JournalState.FAILED)
+        if self.options.resend_uncertain:
+            # Even with an idempotency key this takes a person's word: the key of a batch
+            # depends on its exact messages, and a later run may group them differently.
+            journal.requeue(JournalState.SENDING)
+        journal.queue_active()
+        self.report.left_the_list = journal.drop_inactive_queued()
+        counts = journal.counts()
+        self.report.to_send = counts[JournalState.QUEUED] + counts[JournalState.DEFERRED]
+        self.report.skipped_already_sent = counts[JournalState.SENT]
+        total = (
+            self.report.to_send
+            if self.options.limit is None
+            else min(self.options.limit, self.report.to_send)
+        )
+
+        chunk = self.provider.batch_size
+        handed_over = 0
+        self.provider.open()
+        try:
+            # Rows deferred in this run are picked up again by the next run, not this one:
+            # the keyset (after_id) only moves forward.
+            for rows in journal.pending_batches(chunk):
+                if self.options.limit is not None:
+                    rows = rows[: max(0, self.options.limit - handed_over)]
+                    if not rows:
+                        break
+                handed_over += len(rows)
+                self._deliver(journal, rows)
+                self._progress(total)
+        finally:
+            self.provider.close()
+        self.report.uncertain = journal.entries(JournalState.SENDING, limit=1000)
+        self.report.failures = [
+            (e.subscriber_id, e.email, e.reason)
+            for e in journal.entries(JournalState.FAILED, limit=1000)
+        ]
+
+    def _messages(
+        self, rows: Sequence[tuple[int, str, str]]
+    ) -> tuple[list[OutgoingMessage], list[Outcome]]:
+        messages: list[OutgoingMessage] = []
+        refused: list[Outcome] = []
+        for subscriber_id, email, name in rows:
+            recipient = Recipient(
+                subscriber_id,
+                email,
+                name,
+                unsubscribe_url(self.job.settings, self.job.signer, subscriber_id),
+            )
+            try:
+                messages.append(self.job.prepared.message_for(recipient))
+            except MessageError as exc:
+                # This subscriber's data cannot go in a header (e.g. a line break in the
+                # name): a permanent failure for them alone.
+                refused.append(Outcome(subscriber_id, JournalState.FAILED, reason=str(exc)))
+        return messages, refused
+
+    def _deliver(self, journal: SendJournal, rows: Sequence[tuple[int, str, str]]) -> None:
+        marked = journal.mark_sending([r[0] for r in rows], self.provider.name)
+        self.report.left_the_list += len(rows) - len(marked)
+        messages, refused = self._messages([r for r in rows if r[0] in marked])
+        if refused:
+            journal.record(refused)
+            self.report.failed += len(refused)
+        attempt = 0
+        while messages:
+            if self.bucket is not None:
+                self.bucket.take(len(messages))
+            try:
+                results = self.provider.send_batch(messages)
+            except ProviderError as exc:
+                # Nothing in this batch was accepted: put it back for the next run, then stop.
+                journal.record(
+                    Outcome(m.recipient_id, JournalState.DEFERRED, reason=str(exc)[:500])
+                    for m in messages
+                )
+                self.report.deferred += len(messages)
+                raise SendError(
+                    f"the {self.provider.name} provider stopped the send: {exc}\n"
+                    "Nothing more was sent. Fix the cause and run the same command again to resume."
+                ) from exc
+            outcomes, retry = self._classify(messages, results)
+            journal.record(outcomes)
+            if any(r.status == "accepted" for r in results):
+                self.consecutive_failed_calls = 0
+            elif retry and len(retry) == len(messages):
+                self.consecutive_failed_calls += 1
+            if not retry:
+                return
+            reason = next(r.reason for r in results if r.status == "temporary")
+            if self.consecutive_failed_calls >= MAX_CONSECUTIVE_FAILED_CALLS:
+                raise SendError(
+                    f"the {self.provider.name} provider failed {self.consecutive_failed_calls} calls "
+                    f"in a row (last: {reason}); stopped so as not to grind through the list. "
+                    f"{len(retry)} message(s) are deferred; run the same command again to resume."
+                )
+            delay = self._backoff(
+                attempt, [r.retry_after for r in results if r.status == "temporary"]
+            )
+            if delay is None:
+                return  # out of retry budget: the rows stay deferred for the next run
+            self.options.sleep(delay)
+            attempt += 1
+            # Re-mark before retrying: a subscriber who left while we waited is not sent to.
+            again = journal.mark_sending([m.recipient_id for m in retry], self.provider.name)
+            self.report.deferred -= len(retry)
+            self.report.left_the_list += len(retry) - len(again)
+            messages = [m for m in retry if m.recipient_id in again]
+
+    def _classify(
+        self, messages: Sequence[OutgoingMessage], results: Sequence[DeliveryResult]
+    ) -> tuple[list[Outcome], list[OutgoingMessage]]:
+        outcomes: list[Outcome] = []
+        retry: list[OutgoingMessage] = []
+        for message, result in zip(messages, results, strict=True):
+            if result.status == "accepted":
+                outcomes.append(
+                    Outcome(message.recipient_id, JournalState.SENT, result.provider_message_id)
+                )
+                self.report.sent += 1
+            elif result.status == "permanent":
+                outcomes.append(
+                    Outcome(message.recipient_id, JournalState.FAILED, reason=result.reason)
+                )
+                self.report.failed += 1
+            elif result.uncertain and not self.provider.idempotent_retries:
+                # The provider may have it: leave the row "sending" so that no run resends it
+                # unless told to. It is reported by name at the end. (With an idempotency key,
+                # the retry below resends the same batch, which the service drops if it has it.)
+                continue
+            else:
+                outcomes.append(
+                    Outcome(message.recipient_id, JournalState.DEFERRED, reason=result.reason)
+                )
+                self.report.deferred += 1
+                retry.append(message)
+        return outcomes, retry
+
+    def _backoff(self, attempt: int, retry_after: list[float | None]) -> float | None:
+        """Seconds to wait before the next attempt, or None when the budget is spent."""
+        exponential = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
+        # Full jitter spreads retries from many senders; Retry-After is a floor, not a hint.
+        delay = random.uniform(exponential / 2, exponential)
+        hinted = [r for r in retry_after if r is not None]
+        if hinted:
+            delay = max(delay, max(hinted))
+        if time.monotonic() + delay > self.retry_deadline:
+            return None
+        return delay
+
+    def _progress(self, total: int) -> None:
+        if self.on_progress is not None:
+            r = self.report
+            self.on_progress(
+                Progress(
+                    r.handled, total, r.sent, r.failed, r.deferred, time.monotonic() - self.started
+                )
+            )
+
+    # --- the dry run ------------------------------------------------------------------------
+
+    def _dry_run(self, conn: sqlite3.Connection) -> None:
+        """Everything but the sending: selection, personalisation, the provider's payloads."""
+        outbox = self.job.settings.paths.build / "outbox" / self.job.month
+        self.report.outbox = outbox
+        writer = DryRunWriter(self.provider, outbox)
+        already = {
+            int(r[0])
+            for r in conn.execute(
+                "SELECT subscriber_id FROM journal WHERE issue = ? AND state IN ('sent', 'failed', 'sending')",
+                (self.job.month,),
+            )
+        }
+        self.report.skipped_already_sent = len(already)
+        after = 0
+        total_limit = self.options.limit
+        while True:
+            rows = conn.execute(
+                "SELECT id, email, name FROM subscribers WHERE status = 'active' AND id > ? ORDER BY id LIMIT ?",
+                (after, self.provider.batch_size),
+            ).fetchall()
+            if not rows:
+                break
+            after = int(rows[-1][0])
+            batch = [(int(r[0]), str(r[1]), str(r[2])) for r in rows if int(r[0]) not in already]
+            if total_limit is not None:
+                batch = batch[: max(0, total_limit - self.report.to_send)]
+            if not batch:
+                if total_limit is not None and self.report.to_send >= total_limit:
+                    break
+                continue
+            self.report.to_send += len(batch)
+            messages, refused = self._messages(batch)
+            self.report.failed += len(refused)
+            self.report.failures.extend((o.subscriber_id, "", o.reason) for o in refused)
+            writer.write(messages)
+            self.report.sent += len(messages)
+            self._progress(self.report.to_send)
+        writer.close()
+        self.report.missing_credentials = list(self.provider.missing_credentials)
+
+
+class DryRunWriter:
+    """Writes what a provider would send into the outbox, with credentials left out.
+
+    HTTP providers' real request bodies (built by their own ``build_request``) go to
+    ``<provider>-batch-NNNN.json``; for the others each message goes there as an .eml file,
+    which is what SMTP would carry.
+    """
+
+    def __init__(self, provider: Provider, outbox: Path):
+        from newsletter.providers.outbox import write_index
+
+        self.provider = provider
+        self.outbox = outbox
+        self.batches = 0
+        self._write_index = write_index
+        self._index: dict[str, tuple[str, str]] = {}
+        outbox.mkdir(parents=True, exist_ok=True)
+        for stale in (*outbox.glob("*.eml"), *outbox.glob("*-batch-*.json")):
+            stale.unlink()
+
+    def write(self, messages: Sequence[OutgoingMessage]) -> None:
+        from newsletter.providers.http import HttpProvider
+
+        if not messages:
+            return
+        if isinstance(self.provider, HttpProvider):
+            request = self.provider.build_request(messages)
+            self.batches += 1
+            payload: object
+            if request.body is not None:
+                try:
+                    payload = json.loads(request.body)
+                except ValueError as exc:
+                    raise SendError(
+                        f"{self.provider.name}: the payload built is not valid JSON: {exc}"
+                    ) from None
+            else:
+                payload = [{"name": n, "value": v} for n, v in request.form or []]
+            document = {
+                "provider": self.provider.name,
+                "method": "POST",
+                "url": self.provider.base_url + request.path,
+                # Only non-secret headers: the credential is set on the session, never here.
+                "headers": {
+                    k: v for k, v in request.headers.items() if k.lower() != "authorization"
+                },
+                "credential": f"[redacted: ${self.provider.credential_variable}]",
+                "payload": payload,
+            }
+            path = self.outbox / f"{self.provider.name}-batch-{self.batches:04d}.json"
+            path.write_text(json.dumps(document, ensure_ascii=False, indent=1), "utf-8")
+            return
+        for message in messages:
+            (self.outbox / f"{message.recipient_id}.eml").write_bytes(message.as_bytes())
+            self._index[f"{message.recipient_id}.eml"] = (message.to_header, message.subject)
+
+    def close(self) -> None:
+        if self._index:
+            self._write_index(self.outbox, self._index)
+
+
+def send_issue(
+    settings: Settings,
+    issue_path: Path,
+    options: SendOptions,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> SendReport:
+    """Check, render and send one issue; see the module docstring."""
+    return Sender(prepare_send(settings, issue_path, options), on_progress).run()
+
+
+def send_test(
+    settings: Settings, issue_path: Path, address: str, *, provider: str | None = None
+) -> DeliveryResult:
+    """Send the personalised issue to one address, outside the journal (``--to``)."""
+    from newsletter.store import normalize_email
+
+    job = prepare_send(settings, issue_path, SendOptions(provider=provider))
+    email = normalize_email(address)
+    conn = open_store(settings.paths.database)
+    try:
+        subscriber = get_subscriber(conn, email)
+    finally:
+        conn.close()
+    # A subscriber gets their own links; anyone else a link that leads to "not on the list".
+    subscriber_id = subscriber.id if subscriber else 0
+    name = subscriber.name if subscriber else ""
+    recipient = Recipient(
+        subscriber_id, email, name, unsubscribe_url(settings, job.signer, subscriber_id)
+    )
+    message = job.prepared.message_for(recipient)
+    with job.provider as opened:
+        (result,) = opened.send_batch([message])
+    return result
+
+
+@dataclass(frozen=True)
+class IssueStatus:
+    issue: str
+    counts: dict[JournalState, int]
+    failed: list[JournalEntry]
+    uncertain: list[JournalEntry]
+    deferred: list[JournalEntry]
+    not_yet_queued: int
+
+    def as_json(self) -> dict[str, object]:
+        def rows(entries: list[JournalEntry]) -> list[dict[str, object]]:
+            return [
+                {
+                    "id": e.subscriber_id,
+                    "email": e.email,
+                    "attempts": e.attempts,
+                    "reason": e.reason,
+                    "updated_at": e.updated_at,
+                }
+                for e in entries
+            ]
+
+        return {
+            "issue": self.issue,
+            "counts": {state.value: n for state, n in self.counts.items()},
+            "not_yet_queued": self.not_yet_queued,
+            "failed": rows(self.failed),
+            "uncertain": rows(self.uncertain),
+            "deferred": rows(self.deferred),
+        }
+
+
+def issue_status(settings: Settings, month: str, *, limit: int | None = 1000) -> IssueStatus:
+    conn = open_store(settings.paths.database)
+    try:
+        journal = SendJournal(conn, month)
+        counts = journal.counts()
+        unqueued = conn.execute(
+            "SELECT count(*) FROM subscribers AS s WHERE s.status = 'active' AND NOT EXISTS "
+            "(SELECT 1 FROM journal AS j WHERE j.issue = ? AND j.subscriber_id = s.id)",
+            (month,),
+        ).fetchone()[0]
+        return IssueStatus(
+            month,
+            counts,
+            journal.entries(JournalState.FAILED, limit=limit),
+            journal.entries(JournalState.SENDING, limit=limit),
+            journal.entries(JournalState.DEFERRED, limit=limit),
+            int(unqueued),
+        )
+    finally:
+        conn.close()
+
+
+def month_of(settings: Settings, issue: str) -> str:
+    """An issue given as a file path or as YYYY-MM, as the month."""
+    from newsletter.parse import MONTH
+
+    if MONTH.match(issue):
+        return issue
+    path = Path(issue)
+    if path.suffix == ".md" and MONTH.match(path.stem):
+        return path.stem
+    try:
+        return parse_issue(path, settings.taxonomy).month
+    except NewsletterError:
+        raise SendError(f"{issue!r} is neither an issue file nor a month such as 2026-10") from None
