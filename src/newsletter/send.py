@@ -265,6 +265,9 @@ class Sender:
                 self._progress(total)
         finally:
             self.provider.close()
+        # Those who left while the send ran were passed over by the batch reads; forget them.
+        if self.options.limit is None:
+            self.report.left_the_list += journal.drop_inactive_queued()
         self.report.uncertain = journal.entries(JournalState.SENDING, limit=1000)
         self.report.failures = [
             (e.subscriber_id, e.email, e.reason)

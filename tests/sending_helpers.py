@@ -1,0 +1,32 @@
+"""A newsletter folder with subscribers, ready to send, for the send tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from newsletter.settings import Settings, load_settings
+from newsletter.store import Status, add_subscriber, open_store
+
+from .conftest import VALID_ISSUE
+
+SECRET = "a-test-secret-that-is-long-enough"
+
+
+def make_folder(
+    root: Path, provider: str, count: int, *, statuses: dict[int, Status] | None = None
+) -> tuple[Settings, Path]:
+    """``count`` subscribers reader1@… readerN@… (all active unless ``statuses`` says otherwise)."""
+    (root / "issues").mkdir(parents=True, exist_ok=True)
+    issue = root / "issues" / "2026-10.md"
+    issue.write_text(VALID_ISSUE, "utf-8")
+    (root / ".newsletter-secret").write_text(SECRET, "utf-8")
+    (root / "newsletter.toml").write_text(provider, "utf-8")
+    settings = load_settings(root / "newsletter.toml")
+    conn = open_store(settings.paths.database)
+    try:
+        for n in range(1, count + 1):
+            status = (statuses or {}).get(n, Status.ACTIVE)
+            add_subscriber(conn, f"reader{n}@example.net", name=f"Reader {n}", status=status)
+    finally:
+        conn.close()
+    return settings, issue
