@@ -316,7 +316,7 @@ def test_send_command_refuses_without_terminal_or_yes(tmp_path: Path) -> None:
 
 
 def test_send_and_status_commands(tmp_path: Path) -> None:
-    settings, issue = make_folder(tmp_path, NULL, 4)
+    _settings, issue = make_folder(tmp_path, NULL, 4)
     runner = CliRunner()
     config = ["--config", str(tmp_path / "newsletter.toml")]
     result = runner.invoke(main, [*config, "send", "--yes", str(issue)])
@@ -376,7 +376,7 @@ def test_interruption_leaves_a_consistent_journal_and_says_how_to_resume(tmp_pat
 def test_ctrl_c_in_the_command_prints_how_to_resume(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings, issue = make_folder(tmp_path, NULL, 10)
+    _settings, issue = make_folder(tmp_path, NULL, 10)
     import newsletter.cli.sending as sending
 
     def interrupted(self: Any) -> Any:

@@ -268,7 +268,9 @@ class Sender:
         # Those who left while the send ran were passed over by the batch reads; forget them.
         if self.options.limit is None:
             self.report.left_the_list += journal.drop_inactive_queued()
-        self.report.uncertain = journal.entries(JournalState.SENDING, limit=1000)
+        self.report.uncertain = journal.entries(
+            JournalState.SENDING, limit=1000
+        )  # UNCERTAIN_LISTED
         self.report.failures = [
             (e.subscriber_id, e.email, e.reason)
             for e in journal.entries(JournalState.FAILED, limit=1000)

@@ -24,6 +24,8 @@ from newsletter.send import (
     send_test,
 )
 
+UNCERTAIN_LISTED = 1000
+
 
 class ProgressLine:
     """A progress bar with count, rate and ETA on a terminal; a plain line now and then in a pipe."""
@@ -78,8 +80,10 @@ def _summary(report: SendReport) -> None:
             "Uncertain (handed to the provider when the last run stopped; they may or may not have "
             "it). They are not resent unless you pass --resend-uncertain:"
         )
-        for entry in report.uncertain[:50]:
+        for entry in report.uncertain:
             click.echo(f"  uncertain: {entry.email} (subscriber {entry.subscriber_id})")
+        if len(report.uncertain) >= UNCERTAIN_LISTED:
+            click.echo(f"  … the list may go on: newsletter status {report.issue}")
     if report.deferred:
         click.echo(
             f"{report.deferred:,} deferred by temporary failures: run the same command again to retry them."
