@@ -31,7 +31,9 @@ def make_folder(folder: Path, count: int) -> None:
     from newsletter.store import open_store
 
     shutil.copy(ISSUE, folder / ISSUE.name)
-    (folder / "newsletter.toml").write_text('[provider]\nname = "null"\nbatch_size = 1000\n', "utf-8")
+    (folder / "newsletter.toml").write_text(
+        '[provider]\nname = "null"\nbatch_size = 1000\n', "utf-8"
+    )
     (folder / ".newsletter-secret").write_text("benchmark-secret-of-enough-length\n", "utf-8")
     conn = open_store(folder / "newsletter.db")
     conn.close()
@@ -54,7 +56,14 @@ def run_child(folder: Path, *args: str) -> tuple[float, float, str]:
     """Seconds and peak RSS (MB) of one `newsletter` command in a child process on one core."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    command = [sys.executable, "-m", "newsletter", "--config", str(folder / "newsletter.toml"), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "newsletter",
+        "--config",
+        str(folder / "newsletter.toml"),
+        *args,
+    ]
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
     done = subprocess.run(pin + command, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
@@ -76,7 +85,12 @@ def baseline(count: int) -> float:
     prepared = prepare_issue(render_issue(parse_issue(ISSUE), settings), settings)
     start = time.perf_counter()
     for n in range(1, count + 1):
-        recipient = Recipient(n, f"reader{n}@example.net", f"Reader Nº {n}", f"https://digest.example.org/unsubscribe/u.{n}.x")
+        recipient = Recipient(
+            n,
+            f"reader{n}@example.net",
+            f"Reader Nº {n}",
+            f"https://digest.example.org/unsubscribe/u.{n}.x",
+        )
         prepared.message_for(recipient).as_bytes()
     return time.perf_counter() - start
 
@@ -84,7 +98,9 @@ def baseline(count: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subscribers", type=int, default=1_000_000)
-    parser.add_argument("--baseline-sample", type=int, default=100_000, help="messages timed for the baseline")
+    parser.add_argument(
+        "--baseline-sample", type=int, default=100_000, help="messages timed for the baseline"
+    )
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})

@@ -388,3 +388,49 @@ def test_ctrl_c_in_the_command_prints_how_to_resume(
     )
     assert result.exit_code == 1
     assert "interrupted. The journal is consistent: run the same command to resume" in result.output
+
+
+def test_sample_issue_to_the_example_subscribers_through_smtp(tmp_path: Path) -> None:
+    """The issue's "done when": one copy each, a rerun sends nothing, status tells the truth."""
+    import csv
+    import shutil
+
+    from .conftest import REPO
+
+    handler = SinkHandler()
+    with smtp_server(handler) as port:
+        (tmp_path / "newsletter.toml").write_text(
+            f'[provider]\nname = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\nconnections = 2\n',
+            "utf-8",
+        )
+        (tmp_path / ".newsletter-secret").write_text(SECRET, "utf-8")
+        shutil.copy(REPO / "subscribers.example.csv", tmp_path)
+        issue = shutil.copy(REPO / "issues" / "2026-09.md", tmp_path)
+        config = ["--config", str(tmp_path / "newsletter.toml")]
+        runner = CliRunner()
+        imported = runner.invoke(
+            main, [*config, "subscribers", "import", str(tmp_path / "subscribers.example.csv")]
+        )
+        assert imported.exit_code == 0, imported.output
+        first = runner.invoke(main, [*config, "send", "--yes", str(issue)])
+        assert first.exit_code == 0, first.output
+        second = runner.invoke(main, [*config, "send", "--yes", str(issue)])
+        assert second.exit_code == 0, second.output
+    with open(REPO / "subscribers.example.csv", encoding="utf-8") as handle:
+        active = {
+            row["email"].lower() for row in csv.DictReader(handle) if row["status"] == "active"
+        }
+    delivered = [r.rcpt_tos[0].lower() for r in handler.received]
+    assert sorted(delivered) == sorted(active)  # one copy each, nobody else
+    assert (
+        f"0 sent, 0 failed permanently, 0 uncertain, 0 deferred, {len(active)} skipped as already sent"
+        in second.output
+    )
+    status = json.loads(runner.invoke(main, [*config, "status", "--json", "2026-09"]).output)
+    assert status["counts"] == {
+        "queued": 0,
+        "sending": 0,
+        "sent": len(active),
+        "failed": 0,
+        "deferred": 0,
+    }
