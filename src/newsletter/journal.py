@@ -99,8 +99,10 @@ class SendJournal:
                     "SELECT s.id, s.email, s.name FROM journal AS j "
                     "JOIN subscribers AS s ON s.id = j.subscriber_id "
                     "WHERE j.issue = ? AND j.state IN ('queued', 'deferred') "
-                    "AND j.subscriber_id > ? AND s.status = 'active' "
-                    "ORDER BY j.subscriber_id LIMIT ?",
+                    "AND s.id > ? AND s.status = 'active' "
+                    # Ordered by s.id, which the (status, id) index yields in order, so the
+                    # query stops at LIMIT instead of sorting every remaining row per batch.
+                    "ORDER BY s.id LIMIT ?",
                     (self.issue, last, batch_size),
                 ).fetchall()
             if not rows:
