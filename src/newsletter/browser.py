@@ -45,25 +45,25 @@ def require_chromium() -> str:
     return found
 
 
-def screenshot(url: str, out: Path, *, width: int, height: int = 2400, timeout: float = 60) -> Path:
-    """Save a PNG of ``url`` at ``width`` CSS pixels."""
+def _run_headless(arguments: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run Chromium headless with a throwaway profile and ``arguments``."""
     chromium = require_chromium()
-    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="newsletter-chromium-") as profile:
-        command = [
-            chromium,
-            *HEADLESS_FLAGS,
-            f"--user-data-dir={profile}",
-            f"--window-size={width},{height}",
-            f"--screenshot={out}",
-            url,
-        ]
+        command = [chromium, *HEADLESS_FLAGS, f"--user-data-dir={profile}", *arguments]
         try:
-            subprocess.run(command, capture_output=True, timeout=timeout, check=False)
+            return subprocess.run(
+                command, capture_output=True, timeout=timeout, check=False, text=True
+            )
         except subprocess.TimeoutExpired:
             raise NewsletterError(
-                f"Chromium took over {timeout:.0f} s to screenshot {url}"
+                f"Chromium took over {timeout:.0f} s on {arguments[-1]}"
             ) from None
+
+
+def screenshot(url: str, out: Path, *, width: int, height: int = 2400, timeout: float = 60) -> Path:
+    """Save a PNG of ``url`` at ``width`` CSS pixels."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _run_headless([f"--window-size={width},{height}", f"--screenshot={out}", url], timeout=timeout)
     if not out.is_file():
         raise NewsletterError(f"Chromium did not write the screenshot {out}")
     return out
@@ -71,18 +71,10 @@ def screenshot(url: str, out: Path, *, width: int, height: int = 2400, timeout: 
 
 def dump_dom(url: str, *, width: int = 1000, timeout: float = 60, budget_ms: int = 2000) -> str:
     """The page's DOM after its scripts ran (``--dump-dom``)."""
-    chromium = require_chromium()
-    with tempfile.TemporaryDirectory(prefix="newsletter-chromium-") as profile:
-        command = [
-            chromium,
-            *HEADLESS_FLAGS,
-            f"--user-data-dir={profile}",
-            f"--window-size={width},2000",
-            f"--virtual-time-budget={budget_ms}",
-            "--dump-dom",
-            url,
-        ]
-        result = subprocess.run(
-            command, capture_output=True, timeout=timeout, check=False, text=True
-        )
-    return result.stdout
+    arguments = [
+        f"--window-size={width},2000",
+        f"--virtual-time-budget={budget_ms}",
+        "--dump-dom",
+        url,
+    ]
+    return _run_headless(arguments, timeout=timeout).stdout
