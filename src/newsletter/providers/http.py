@@ -312,5 +312,7 @@ def merge_results(
     unique_results: list[DeliveryResult],
     repeats: dict[int, DeliveryResult],
 ) -> list[DeliveryResult]:
+    if not repeats:
+        return unique_results
     pending = iter(unique_results)
     return [repeats[index] if index in repeats else next(pending) for index in range(len(messages))]
