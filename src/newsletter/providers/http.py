@@ -15,7 +15,6 @@ and the replies that mean the same for every service:
 from __future__ import annotations
 
 import email.utils
-import json
 import re
 import secrets
 import time
@@ -55,30 +54,6 @@ def plain_address(name: str, address: str) -> str:
     if _SPECIALS.search(name):
         name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{name} <{address}>"
-
-
-def json_object(fields: dict[str, Any], **preencoded: list[bytes]) -> list[bytes]:
-    """The pieces of a JSON object: ``fields``, then members whose values are JSON pieces."""
-    head = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    pieces = [head[:-1]] if fields else [b"{"]
-    separator = b',"' if fields else b'"'
-    for name, value in preencoded.items():
-        pieces.append(separator + name.encode("ascii") + b'":')
-        pieces.extend(value)
-        separator = b',"'
-    pieces.append(b"}")
-    return pieces
-
-
-def json_array(items: list[list[bytes]]) -> bytes:
-    """Join the pieces of several JSON values into one array, copying each byte once."""
-    pieces = [b"["]
-    for index, item in enumerate(items):
-        if index:
-            pieces.append(b",")
-        pieces.extend(item)
-    pieces.append(b"]")
-    return b"".join(pieces)
 
 
 def multipart_boundary() -> str:
