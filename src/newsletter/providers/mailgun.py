@@ -125,19 +125,33 @@ class MailgunProvider(HttpProvider):
         rebuild = False
         while True:
             form = self.shared_parts(issue, _shared_form, rebuild=rebuild)
-            recipients = (
-                f"{form.before_to}{form.between_to.join(addresses)}\r\n"
-                f"{form.before_variables}{{{variables}}}\r\n{form.end}"
+            to_fields = (
+                f"{form.before_to}{form.between_to.join(addresses)}\r\n{form.before_variables}"
             )
             # Each separator written above holds the boundary once; a recipient's value holding
             # it too would end its field early. The boundary is hex and every separator puts
             # CRLF or "--" around it, so an occurrence in a value is counted on its own.
-            if recipients.count(form.boundary) == len(addresses) + 2:
+            if (
+                to_fields.count(form.boundary) == len(addresses) + 1
+                and form.boundary not in variables
+            ):
                 break
             rebuild = True
+        # Encoded apart: the variables are ASCII JSON, the bulk of the bytes, and stay a
+        # one-byte-per-character string even when a name in the "to" fields is not ASCII.
+        body = b"".join(
+            (
+                form.head,
+                to_fields.encode("utf-8"),
+                b"{",
+                variables.encode("ascii"),
+                b"}\r\n",
+                form.end.encode("ascii"),
+            )
+        )
         return ApiRequest(
             path=f"/v3/{self.domain}/messages",
-            body=form.head + recipients.encode("utf-8"),
+            body=body,
             content_type=multipart_type(form.boundary),
         )
 
