@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import re
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -237,6 +238,21 @@ def test_any_name_round_trips_through_the_standard_parser(
         parsed["List-Unsubscribe"]
         == f"<{url}>, <mailto:unsubscribe@example.org?subject=unsubscribe>"
     )
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(name=names, token=st.from_regex(r"[A-Za-z0-9._~%&'=?-]{1,80}", fullmatch=True))
+def test_json_values_are_the_values_as_json(
+    prepared_for_hypothesis: PreparedIssue, name: str, token: str
+) -> None:
+    recipient = Recipient(7, "o'neil&co@example.net", name, f"https://example.org/u?{token}")
+    message = prepared_for_hypothesis.message_for(recipient)
+    decoded = [json.loads(literal) for literal in message.json_values()]
+    assert decoded == [*message.values("text").values(), *message.values("html").values()]
+    assert all(literal.isascii() for literal in message.json_values())
+    # The pieces of the filled bodies still decode to the filled bodies.
+    assert json.loads(b"".join(message.html_json())) == message.html
+    assert json.loads(b"".join(message.text_json())) == message.text
 
 
 @pytest.fixture(scope="module")

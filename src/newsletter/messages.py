@@ -17,13 +17,13 @@ import binascii
 import functools
 import hashlib
 import html
-import json
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Protocol
 
 from newsletter.errors import MessageError
@@ -145,7 +145,9 @@ def _escape_html(value: str) -> str:
 
 
 def _json_inner(text: str) -> bytes:
-    return json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8")
+    # The C escaper json.dumps(text, ensure_ascii=False) ends up calling, without the encoder
+    # object json.dumps builds on every call: a third of the cost for a short value.
+    return encode_basestring(text)[1:-1].encode("utf-8")
 
 
 def _qp_encode(text: str) -> bytes:
@@ -421,6 +423,33 @@ class OutgoingMessage:
     def text_json(self) -> list[bytes]:
         values = {key: _json_inner(value) for key, value in self.values("text").items()}
         return self.issue.text_part.fill_json(values)
+
+    def json_values(self) -> tuple[str, str, str, str, str, str]:
+        """``values("text")`` then ``values("html")`` (name, email, unsubscribe_url each), as
+        quoted ASCII JSON string literals.
+
+        For providers that substitute per recipient and carry thousands of these values in
+        one JSON payload: the same values as ``values()``, without its dictionaries.
+        """
+        recipient = self.recipient
+        name = recipient.name or DEFAULT_NAME
+        email = recipient.email
+        url = recipient.unsubscribe_url
+        text = (
+            encode_basestring_ascii(name),
+            encode_basestring_ascii(email),
+            encode_basestring_ascii(url),
+        )
+        # One search over the three values: most recipients have nothing to escape, and then
+        # the HTML values are the text values.
+        if _HTML_SPECIAL.search(f"{name}{email}{url}") is None:
+            return text + text
+        return (
+            *text,
+            encode_basestring_ascii(_escape_html(name)),
+            encode_basestring_ascii(_escape_html(email)),
+            encode_basestring_ascii(_escape_html(url)),
+        )
 
     def api_headers(self) -> dict[str, str]:
         """The headers an HTTP provider must add through its custom-headers field."""

@@ -11,18 +11,23 @@ Settings: ``domain`` (default: the domain of newsletter.from_email), ``region`` 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import requests
 
-from newsletter.messages import ONE_CLICK, OutgoingMessage
+from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue
 from newsletter.providers.base import DeliveryResult
 from newsletter.providers.http import (
     ApiRequest,
     HttpProvider,
+    accepted_results,
     merge_results,
+    multipart_boundary,
+    multipart_end,
+    multipart_field,
+    multipart_type,
     plain_address,
     split_duplicates,
 )
@@ -33,6 +38,62 @@ _REGIONS = {"us": "https://api.mailgun.net", "eu": "https://api.eu.mailgun.net"}
 
 def _tag(part: str, slot: str) -> str:
     return f"%recipient.nl_{part}_{slot}%"
+
+
+@dataclass(frozen=True)
+class _SharedForm:
+    """The multipart fields every batch of an issue repeats, encoded once per issue."""
+
+    boundary: str
+    head: bytes  # every field before the first "to"
+    before_to: str  # the boundary and field header in front of the first "to" value
+    between_to: str  # the end of one "to" value and the start of the next
+    before_variables: str
+    end: str
+
+
+def _shared_form(issue: PreparedIssue) -> _SharedForm:
+    fields = [
+        ("from", plain_address(issue.from_name, issue.from_email)),
+        ("subject", issue.subject),
+        ("text", issue.text_part.with_markers(lambda slot: _tag("text", slot))),
+        ("html", issue.html_part.with_markers(lambda slot: _tag("html", slot))),
+        (
+            "h:List-Unsubscribe",
+            f"<{_tag('header', 'unsubscribe_url')}>, <{issue.unsubscribe_mailto}>",
+        ),
+        ("h:List-Unsubscribe-Post", ONE_CLICK),
+        ("h:List-Id", issue.list_id_header),
+        ("o:tag", f"newsletter-{issue.month}"),
+    ]
+    if issue.reply_to:
+        fields.append(("h:Reply-To", issue.reply_to))
+    while True:
+        boundary = multipart_boundary()
+        if not any(boundary in value for _, value in fields):
+            break
+    head = "".join(f"{multipart_field(boundary, name)}{value}\r\n" for name, value in fields)
+    return _SharedForm(
+        boundary=boundary,
+        head=head.encode("utf-8"),
+        before_to=multipart_field(boundary, "to"),
+        between_to="\r\n" + multipart_field(boundary, "to"),
+        before_variables=multipart_field(boundary, "recipient-variables"),
+        end=multipart_end(boundary),
+    )
+
+
+def _variables(message: OutgoingMessage) -> str:
+    """The recipient's member of the recipient-variables JSON object: their address as key."""
+    text_name, text_email, text_url, html_name, html_email, html_url = message.json_values()
+    # One f-string per recipient rather than a dict per recipient and json.dumps over all of
+    # them: the same JSON at a third of the cost. The key names follow _tag().
+    return (
+        f'{text_email}:{{"nl_text_name":{text_name},"nl_text_email":{text_email},'
+        f'"nl_text_unsubscribe_url":{text_url},"nl_html_name":{html_name},'
+        f'"nl_html_email":{html_email},"nl_html_unsubscribe_url":{html_url},'
+        f'"nl_header_unsubscribe_url":{text_url},"nl_recipient_id":"{message.recipient.id}"}}'
+    )
 
 
 class MailgunProvider(HttpProvider):
@@ -57,40 +118,44 @@ class MailgunProvider(HttpProvider):
         session.auth = ("api", credential)
 
     def build_request(self, messages: Sequence[OutgoingMessage]) -> ApiRequest:
+        """The issue's fields (encoded once per issue), then a ``to`` field per recipient and
+        the recipient-variables, as one multipart/form-data body."""
         unique, _ = split_duplicates(messages)
         issue = unique[0].issue
-        form: list[tuple[str, str]] = [
-            ("from", plain_address(issue.from_name, issue.from_email)),
-            ("subject", issue.subject),
-            ("text", issue.text_part.with_markers(lambda slot: _tag("text", slot))),
-            ("html", issue.html_part.with_markers(lambda slot: _tag("html", slot))),
+        addresses = [plain_address(m.recipient.name, m.recipient.email) for m in unique]
+        variables = ",".join([_variables(message) for message in unique])
+        rebuild = False
+        while True:
+            form = self.shared_parts(issue, _shared_form, rebuild=rebuild)
+            to_fields = (
+                f"{form.before_to}{form.between_to.join(addresses)}\r\n{form.before_variables}"
+            )
+            # Each separator written above holds the boundary once; a recipient's value holding
+            # it too would end its field early. The boundary is hex and every separator puts
+            # CRLF or "--" around it, so an occurrence in a value is counted on its own.
+            if (
+                to_fields.count(form.boundary) == len(addresses) + 1
+                and form.boundary not in variables
+            ):
+                break
+            rebuild = True
+        # Encoded apart: the variables are ASCII JSON, the bulk of the bytes, and stay a
+        # one-byte-per-character string even when a name in the "to" fields is not ASCII.
+        body = b"".join(
             (
-                "h:List-Unsubscribe",
-                f"<{_tag('header', 'unsubscribe_url')}>, <{issue.unsubscribe_mailto}>",
-            ),
-            ("h:List-Unsubscribe-Post", ONE_CLICK),
-            ("h:List-Id", issue.list_id_header),
-            ("o:tag", f"newsletter-{issue.month}"),
-        ]
-        if issue.reply_to:
-            form.append(("h:Reply-To", issue.reply_to))
-        variables: dict[str, dict[str, str]] = {}
-        for message in unique:
-            recipient = message.recipient
-            form.append(("to", plain_address(recipient.name, recipient.email)))
-            text, html = message.values("text"), message.values("html")
-            variables[recipient.email] = {
-                "nl_text_name": text["name"],
-                "nl_text_email": text["email"],
-                "nl_text_unsubscribe_url": text["unsubscribe_url"],
-                "nl_html_name": html["name"],
-                "nl_html_email": html["email"],
-                "nl_html_unsubscribe_url": html["unsubscribe_url"],
-                "nl_header_unsubscribe_url": recipient.unsubscribe_url,
-                "nl_recipient_id": str(recipient.id),
-            }
-        form.append(("recipient-variables", json.dumps(variables)))
-        return ApiRequest(path=f"/v3/{self.domain}/messages", form=form)
+                form.head,
+                to_fields.encode("utf-8"),
+                b"{",
+                variables.encode("ascii"),
+                b"}\r\n",
+                form.end.encode("ascii"),
+            )
+        )
+        return ApiRequest(
+            path=f"/v3/{self.domain}/messages",
+            body=body,
+            content_type=multipart_type(form.boundary),
+        )
 
     def parse_reply(
         self, messages: Sequence[OutgoingMessage], response: requests.Response
@@ -103,5 +168,4 @@ class MailgunProvider(HttpProvider):
         except (ValueError, KeyError, TypeError):
             raise self.refuse(response, "unexpected reply from Mailgun") from None
         unique, repeats = split_duplicates(messages)
-        accepted = [DeliveryResult.accepted(message, message_id) for message in unique]
-        return merge_results(messages, accepted, repeats)
+        return merge_results(messages, accepted_results(unique, message_id), repeats)

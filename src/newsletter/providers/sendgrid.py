@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii
 
 import requests
 
-from newsletter.messages import ONE_CLICK, OutgoingMessage
+from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue
 from newsletter.providers.base import DeliveryResult
 from newsletter.providers.http import (
     ApiRequest,
     HttpProvider,
+    accepted_results,
     merge_results,
     split_duplicates,
 )
@@ -32,6 +34,54 @@ def _key(part: str, slot: str) -> str:
     return f"%%nl-{part}-{slot}%%"
 
 
+def _text_key(slot: str) -> str:
+    return _key("text", slot)
+
+
+def _html_key(slot: str) -> str:
+    return _key("html", slot)
+
+
+def _shared_payload(issue: PreparedIssue) -> tuple[bytes, bytes]:
+    """The request body before and after the personalizations, encoded once per issue."""
+    payload: dict[str, object] = {
+        "personalizations": [],
+        "from": {"email": issue.from_email, "name": issue.from_name},
+        "subject": issue.subject,
+        "content": [
+            {"type": "text/plain", "value": issue.text_part.with_markers(_text_key)},
+            {"type": "text/html", "value": issue.html_part.with_markers(_html_key)},
+        ],
+        "headers": {"List-Unsubscribe-Post": ONE_CLICK, "List-Id": issue.list_id_header},
+        "custom_args": {"newsletter_issue": issue.month},
+    }
+    if issue.reply_to:
+        payload["reply_to"] = {"email": issue.reply_to}
+    # "personalizations" is the first key, so the first "[]" is its empty list.
+    before, after = json.dumps(payload).encode("ascii").split(b"[]", 1)
+    return before + b"[", b"]" + after
+
+
+def _personalization(message: OutgoingMessage) -> str:
+    recipient = message.recipient
+    text_name, text_email, text_url, html_name, html_email, html_url = message.json_values()
+    if recipient.name:
+        to = f'{{"email":{text_email},"name":{encode_basestring_ascii(recipient.name)}}}'
+    else:
+        to = f'{{"email":{text_email}}}'
+    unsubscribe = encode_basestring_ascii(message.list_unsubscribe)
+    # One f-string per recipient instead of four dicts and json.dumps over all of them; the
+    # substitution keys are _key(part, slot).
+    return (
+        f'{{"to":[{to}],"substitutions":{{"%%nl-text-name%%":{text_name},'
+        f'"%%nl-text-email%%":{text_email},"%%nl-text-unsubscribe_url%%":{text_url},'
+        f'"%%nl-html-name%%":{html_name},"%%nl-html-email%%":{html_email},'
+        f'"%%nl-html-unsubscribe_url%%":{html_url}}},'
+        f'"headers":{{"List-Unsubscribe":{unsubscribe}}},'
+        f'"custom_args":{{"newsletter_recipient":"{recipient.id}"}}}}'
+    )
+
+
 class SendGridProvider(HttpProvider):
     name = "sendgrid"
     credential_variable = "SENDGRID_API_KEY"
@@ -41,45 +91,11 @@ class SendGridProvider(HttpProvider):
 
     def build_request(self, messages: Sequence[OutgoingMessage]) -> ApiRequest:
         unique, _ = split_duplicates(messages)
-        issue = unique[0].issue
-        personalizations = []
-        for message in unique:
-            recipient = message.recipient
-            to: dict[str, str] = {"email": recipient.email}
-            if recipient.name:
-                to["name"] = recipient.name
-            substitutions = {_key("text", k): v for k, v in message.values("text").items()}
-            substitutions |= {_key("html", k): v for k, v in message.values("html").items()}
-            personalizations.append(
-                {
-                    "to": [to],
-                    "substitutions": substitutions,
-                    "headers": {"List-Unsubscribe": message.list_unsubscribe},
-                    "custom_args": {"newsletter_recipient": str(recipient.id)},
-                }
-            )
-        payload: dict[str, object] = {
-            "personalizations": personalizations,
-            "from": {"email": issue.from_email, "name": issue.from_name},
-            "subject": issue.subject,
-            "content": [
-                {"type": "text/plain", "value": issue.text_part.with_markers(self._text_key)},
-                {"type": "text/html", "value": issue.html_part.with_markers(self._html_key)},
-            ],
-            "headers": {"List-Unsubscribe-Post": ONE_CLICK, "List-Id": issue.list_id_header},
-            "custom_args": {"newsletter_issue": issue.month},
-        }
-        if issue.reply_to:
-            payload["reply_to"] = {"email": issue.reply_to}
-        return ApiRequest(path="/v3/mail/send", body=json.dumps(payload).encode("ascii"))
-
-    @staticmethod
-    def _text_key(slot: str) -> str:
-        return _key("text", slot)
-
-    @staticmethod
-    def _html_key(slot: str) -> str:
-        return _key("html", slot)
+        before, after = self.shared_parts(unique[0].issue, _shared_payload)
+        personalizations = ",".join([_personalization(message) for message in unique])
+        return ApiRequest(
+            path="/v3/mail/send", body=before + personalizations.encode("ascii") + after
+        )
 
     def parse_reply(
         self, messages: Sequence[OutgoingMessage], response: requests.Response
@@ -87,8 +103,7 @@ class SendGridProvider(HttpProvider):
         unique, repeats = split_duplicates(messages)
         if response.status_code in (200, 202):
             message_id = response.headers.get("X-Message-Id", "")
-            accepted = [DeliveryResult.accepted(message, message_id) for message in unique]
-            return merge_results(messages, accepted, repeats)
+            return merge_results(messages, accepted_results(unique, message_id), repeats)
         if response.status_code == 400:
             results = self._refusals_by_recipient(unique, response)
             if results is not None:
