@@ -48,7 +48,7 @@ from newsletter.messages import ONE_CLICK
 from newsletter.render import render_template
 from newsletter.settings import Settings, find_settings, load_settings
 from newsletter.store import SOURCE_WEB, SUPPRESSED, Status, Subscriber
-from newsletter.tokens import CONFIRM, UNSUBSCRIBE, Signer
+from newsletter.tokens import CONFIRM, UNSUBSCRIBE, Signer, TokenClaims
 
 CONFIG_ENV = "NEWSLETTER_CONFIG"
 MAX_BODY_BYTES = 64 * 1024
@@ -382,7 +382,7 @@ class WebApp:
 
     # --- helpers --------------------------------------------------------------------------
 
-    def _verify(self, token: str, purpose: str) -> Any:
+    def _verify(self, token: str, purpose: str) -> TokenClaims:
         if not _TOKEN.fullmatch(token):
             raise _RequestRejected(400, "This link is not valid: it may have been cut short.")
         try:
