@@ -14,6 +14,7 @@ the text around it, and no encoded line ever exceeds 76 characters.
 from __future__ import annotations
 
 import binascii
+import dataclasses
 import functools
 import hashlib
 import html
@@ -337,6 +338,9 @@ class PreparedIssue:
         The send loop should record a MessageError as a permanent failure for that recipient.
         """
         _check_one_line(recipient.name, f"The name of subscriber {recipient.id}")
+        if recipient.name != recipient.name.strip():
+            # Mail clients drop the spaces around a display name; so does the greeting.
+            recipient = dataclasses.replace(recipient, name=recipient.name.strip())
         _check_address(recipient.email, recipient.id)
         _check_unsubscribe_url(recipient.unsubscribe_url, recipient.id)
         return OutgoingMessage(

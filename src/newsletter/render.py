@@ -113,6 +113,11 @@ def _render_template(env: jinja2.Environment, name: str, context: Mapping[str, o
         raise TemplateError(f"template {name}: {exc.message}") from None
 
 
+def render_template(settings: Settings, name: str, context: Mapping[str, object]) -> str:
+    """Render one template of the newsletter (its override, or the packaged default)."""
+    return _render_template(template_environment(settings), name, context)
+
+
 def render_mjml(issue: Issue, settings: Settings, env: jinja2.Environment | None = None) -> str:
     """The issue as an MJML document."""
     env = env or template_environment(settings)

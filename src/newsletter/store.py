@@ -136,6 +136,26 @@ MIGRATIONS: list[tuple[str, ...]] = [
         """,
         "CREATE INDEX journal_by_state ON journal (issue, state, subscriber_id)",
     ),
+    # 2 -> 3: the web endpoints. When each address last got a confirmation email (the rate
+    # limit must survive a restart), and the history of topic choices with their source.
+    (
+        """
+        CREATE TABLE confirmation_sends (
+            email_key TEXT PRIMARY KEY,
+            sent_at TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE topic_changes (
+            id INTEGER PRIMARY KEY,
+            subscriber_id INTEGER NOT NULL,
+            topics TEXT NOT NULL,
+            source TEXT NOT NULL,
+            changed_at TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX topic_changes_by_subscriber ON topic_changes (subscriber_id, id)",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -550,3 +570,106 @@ def remove_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subsc
         current = require_subscriber(conn, email_or_id)
         conn.execute("DELETE FROM subscribers WHERE id = ?", (current.id,))
     return current
+
+
+def set_topics(
+    conn: sqlite3.Connection,
+    email_or_id: str | int,
+    topics: Sequence[str],
+    *,
+    taxonomy: Taxonomy,
+    source: str = SOURCE_COMMAND,
+) -> Subscriber:
+    """Replace a subscriber's topics (empty: every topic), recording the change and its source.
+
+    Choosing the topics already stored changes nothing and records nothing.
+    """
+    wanted = json.dumps(list(canonical_topics(topics, taxonomy)), ensure_ascii=False)
+    with transaction(conn):
+        current = require_subscriber(conn, email_or_id)
+        if json.dumps(list(current.topics), ensure_ascii=False) != wanted:
+            conn.execute("UPDATE subscribers SET topics = ? WHERE id = ?", (wanted, current.id))
+            conn.execute(
+                "INSERT INTO topic_changes (subscriber_id, topics, source, changed_at)"
+                " VALUES (?, ?, ?, ?)",
+                (current.id, wanted, source, now_utc()),
+            )
+    return require_subscriber(conn, current.id)
+
+
+def topic_history(
+    conn: sqlite3.Connection, subscriber_id: int
+) -> list[tuple[str, tuple[str, ...], str]]:
+    """Each recorded change of a subscriber's topics as (time, topics, source), oldest first."""
+    with translate_errors(conn):
+        rows = conn.execute(
+            "SELECT changed_at, topics, source FROM topic_changes WHERE subscriber_id = ?"
+            " ORDER BY id",
+            (subscriber_id,),
+        ).fetchall()
+    return [(str(at), tuple(json.loads(str(topics))), str(source)) for at, topics, source in rows]
+
+
+def claim_confirmation_send(
+    conn: sqlite3.Connection, email: str, *, now: datetime, interval_seconds: int
+) -> str | None:
+    """Reserve the right to send ``email`` a confirmation now, at most once per interval.
+
+    Returns the reservation's timestamp, or None when one was sent less than
+    ``interval_seconds`` ago. The check and the reservation are one transaction, so two
+    simultaneous requests for one address cannot both win.
+    """
+    key = email_key(normalize_email(email))
+    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cutoff = datetime.fromtimestamp(now.timestamp() - interval_seconds, UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+    with transaction(conn):
+        row = conn.execute(
+            "SELECT sent_at FROM confirmation_sends WHERE email_key = ?", (key,)
+        ).fetchone()
+        if row is not None and str(row[0]) > cutoff:
+            return None
+        conn.execute(
+            "INSERT INTO confirmation_sends (email_key, sent_at) VALUES (?, ?)"
+            " ON CONFLICT (email_key) DO UPDATE SET sent_at = excluded.sent_at",
+            (key, stamp),
+        )
+    return stamp
+
+
+def release_confirmation_send(conn: sqlite3.Connection, email: str, stamp: str) -> None:
+    """Give back a reservation whose email could not be sent, so the person can try again."""
+    key = email_key(normalize_email(email))
+    with transaction(conn):
+        conn.execute(
+            "DELETE FROM confirmation_sends WHERE email_key = ? AND sent_at = ?", (key, stamp)
+        )
+
+
+def confirm_subscriber(
+    conn: sqlite3.Connection, subscriber_id: int, *, requested_at: str, source: str
+) -> Subscriber | None:
+    """Make a subscriber active after they confirmed a link issued at ``requested_at``.
+
+    A pending subscriber becomes active. An unsubscribed one becomes active again only when
+    they left before asking for the link: an old link must not undo a later unsubscribe.
+    Bounced and complained addresses, and active ones, stay as they are. None if the
+    subscriber no longer exists.
+    """
+    with transaction(conn):
+        current = get_subscriber(conn, subscriber_id)
+        if current is None:
+            return None
+        can_return = (
+            current.status is Status.UNSUBSCRIBED and current.status_changed_at < requested_at
+        )
+        if current.status is Status.PENDING or can_return:
+            stamp = now_utc()
+            conn.execute(
+                "UPDATE subscribers SET status = 'active', status_changed_at = ?,"
+                " status_reason = 'confirmed the subscription', status_source = ?,"
+                " confirmed_at = ? WHERE id = ?",
+                (stamp, source, stamp, current.id),
+            )
+    return get_subscriber(conn, subscriber_id)

@@ -1,0 +1,115 @@
+"""``newsletter subscribers sync``: the provider's suppression lists, applied to the store.
+
+A provider's mail servers learn of hard bounces, spam complaints and unsubscribes (from its own
+links or a mail client's one-click button) that never reach the newsletter. Sync reads those
+lists through the provider's API, one module per provider, following its paging, and marks
+the subscribers: hard bounce -> bounced, complaint -> complained, unsubscribe -> unsubscribed.
+
+Only active and pending subscribers change; an address already unsubscribed, bounced or
+complained keeps its status and the time it got it, so running sync again changes nothing.
+An address on several lists takes the gravest: complained, then bounced, then unsubscribed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from newsletter import store
+from newsletter.errors import ProviderConfigError, StoreError
+from newsletter.providers import create_provider
+from newsletter.providers.http import HttpProvider
+from newsletter.settings import Settings
+from newsletter.store import SOURCE_PROVIDER, Status
+from newsletter.suppressions.common import Suppression
+
+__all__ = ["SOURCES", "Suppression", "SyncChange", "SyncReport", "fetch_suppressions", "sync"]
+
+# Provider name -> the module that reads its lists (each has ``fetch(provider)``).
+SOURCES = {
+    "mailgun": "newsletter.suppressions.mailgun",
+    "sendgrid": "newsletter.suppressions.sendgrid",
+    "postmark": "newsletter.suppressions.postmark",
+    "resend": "newsletter.suppressions.resend",
+}
+_GRAVITY = {Status.UNSUBSCRIBED: 1, Status.BOUNCED: 2, Status.COMPLAINED: 3}
+
+
+@dataclass(frozen=True)
+class SyncChange:
+    email: str
+    subscriber_id: int
+    before: Status
+    after: Status
+    reason: str
+
+
+@dataclass
+class SyncReport:
+    provider: str
+    dry_run: bool
+    fetched: int = 0  # distinct addresses on the provider's lists
+    changes: list[SyncChange] = field(default_factory=list)
+    already_suppressed: int = 0
+    not_on_the_list: int = 0
+
+
+def fetch_suppressions(settings: Settings) -> Iterator[Suppression]:
+    """Every entry on the configured provider's suppression lists, page after page."""
+    module_name = SOURCES.get(settings.provider)
+    if module_name is None:
+        supported = ", ".join(sorted(SOURCES))
+        raise ProviderConfigError(
+            settings.provider,
+            f"the {settings.provider} provider has no suppression list to sync; "
+            f"sync works with {supported}",
+        )
+    fetch: Callable[[HttpProvider], Iterator[Suppression]] = importlib.import_module(
+        module_name
+    ).fetch
+    provider = create_provider(settings)
+    if not isinstance(provider, HttpProvider):
+        raise ProviderConfigError(settings.provider, "is not an HTTP API provider")
+    with provider:
+        yield from fetch(provider)
+
+
+def sync(
+    conn: sqlite3.Connection,
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    suppressions: Iterable[Suppression] | None = None,
+) -> SyncReport:
+    """Mark the subscribers on the provider's lists; with ``dry_run``, only report."""
+    entries = fetch_suppressions(settings) if suppressions is None else suppressions
+    gravest: dict[str, Suppression] = {}
+    for entry in entries:
+        key = store.email_key(entry.email.strip())
+        known = gravest.get(key)
+        if known is None or _GRAVITY[entry.status] > _GRAVITY[known.status]:
+            gravest[key] = entry
+    report = SyncReport(settings.provider, dry_run, fetched=len(gravest))
+    source = f"{SOURCE_PROVIDER}:{settings.provider}"
+    for entry in gravest.values():
+        try:
+            address = store.normalize_email(entry.email)
+        except StoreError:
+            address = ""  # not an address the store could hold
+        subscriber = store.get_subscriber(conn, address) if address else None
+        if subscriber is None:
+            report.not_on_the_list += 1
+            continue
+        if subscriber.status not in (Status.ACTIVE, Status.PENDING):
+            report.already_suppressed += 1
+            continue
+        if not dry_run:
+            store.set_status(conn, subscriber.id, entry.status, entry.reason, source=source)
+        report.changes.append(
+            SyncChange(
+                subscriber.email, subscriber.id, subscriber.status, entry.status, entry.reason
+            )
+        )
+    return report

@@ -1,0 +1,486 @@
+"""``newsletter serve``: the web endpoints behind the links in every email, as a WSGI app.
+
+    GET  /unsubscribe/<token>   a page with an Unsubscribe button and the topic choices
+    POST /unsubscribe/<token>   unsubscribes; also the RFC 8058 one-click POST of mail clients
+    POST /preferences/<token>   saves the chosen topics
+    GET  /subscribe  (and /)    the subscribe form
+    POST /subscribe             records a pending subscriber, emails a confirmation link
+    GET  /confirm/<token>       a page with a Confirm button
+    POST /confirm/<token>       confirms the subscription (double opt-in)
+
+A GET never changes the store: mail security scanners open every link in a message, and an
+unsubscribe must only ever come from a person pressing a button or from a mail client's
+one-click POST. Tokens are checked (HMAC, see ``newsletter.tokens``) before the store is
+opened, so a forged link costs nothing. The one-click POST needs no cookie and no CSRF
+token, as RFC 8058 requires: the signed token in the URL is the authority, and it answers
+200 with a page, never a redirect.
+
+The app is plain WSGI without a framework: ``newsletter serve`` runs it on the standard
+library's server, and ``create_app`` is the factory for a production server, e.g.
+``gunicorn 'newsletter.web:create_app()'``.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import os
+import re
+import socketserver
+import sqlite3
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.simple_server import make_server as _make_wsgiref_server
+
+from newsletter import confirmation, store
+from newsletter.confirmation import SendConfirmation, request_subscription, send_confirmation
+from newsletter.errors import NewsletterError, StoreError, TokenError
+from newsletter.messages import ONE_CLICK
+from newsletter.render import render_template
+from newsletter.settings import Settings, find_settings, load_settings
+from newsletter.store import SOURCE_WEB, SUPPRESSED, Status, Subscriber
+from newsletter.tokens import CONFIRM, UNSUBSCRIBE, Signer, TokenClaims
+
+CONFIG_ENV = "NEWSLETTER_CONFIG"
+MAX_BODY_BYTES = 64 * 1024
+_TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+_ROUTES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"/unsubscribe/([^/]*)/?"), "unsubscribe"),
+    (re.compile(r"/preferences/([^/]*)/?"), "preferences"),
+    (re.compile(r"/confirm/([^/]*)/?"), "confirm"),
+    (re.compile(r"/(?:subscribe/?)?()"), "subscribe"),
+]
+# Tokens in the URL must not leak to other sites (Referer) or be cached on the way.
+_SECURITY_HEADERS = [
+    ("Cache-Control", "no-store"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Content-Type-Options", "nosniff"),
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; style-src 'unsafe-inline'; img-src https:; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+]
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+@dataclass
+class Page:
+    status: int
+    body: bytes
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _RequestRejected(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Form:
+    """The fields of a POST body, each name with all its values in order."""
+
+    fields: list[tuple[str, str]]
+
+    def get(self, name: str) -> str:
+        return next((value for key, value in self.fields if key == name), "")
+
+    def get_all(self, name: str) -> list[str]:
+        return [value for key, value in self.fields if key == name]
+
+
+def read_form(environ: dict[str, Any]) -> Form:
+    """The POST body as form fields: urlencoded or multipart/form-data (both RFC 8058 forms)."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise _RequestRejected(400, "The request's Content-Length is not a number.") from None
+    if length > MAX_BODY_BYTES or length < 0:
+        raise _RequestRejected(413, "The request is too large.")
+    body = environ["wsgi.input"].read(length) if length else b""
+    content_type = str(environ.get("CONTENT_TYPE") or "")
+    header = EmailMessage()
+    header["Content-Type"] = content_type or "application/x-www-form-urlencoded"
+    kind = header.get_content_type()
+    if kind == "multipart/form-data":
+        return Form(_multipart_fields(content_type, body))
+    if kind == "application/x-www-form-urlencoded":
+        text = body.decode("utf-8", "replace")
+        return Form(parse_qsl(text, keep_blank_values=True))
+    return Form([])
+
+
+def _multipart_fields(content_type: str, body: bytes) -> list[tuple[str, str]]:
+    head = b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n"
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not isinstance(message, EmailMessage) or not message.is_multipart():
+        return []
+    fields = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        payload = part.get_payload(decode=True)
+        raw = payload if isinstance(payload, bytes) else b""
+        fields.append((name, raw.decode(part.get_content_charset() or "utf-8", "replace")))
+    return fields
+
+
+class WebApp:
+    """The WSGI application; one instance serves every request, from any number of threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        signer: Signer | None = None,
+        *,
+        send: SendConfirmation = send_confirmation,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.settings = settings
+        # Without a signing secret no link can be checked: fail at start-up, not per request.
+        self.signer = signer or Signer.for_settings(settings)
+        self.send = send
+        self.clock = clock
+
+    # --- WSGI ---------------------------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        try:
+            page = self.handle(environ, "GET" if method == "HEAD" else method)
+        except _RequestRejected as exc:
+            page = self._error(environ, exc.status, "This request cannot be handled", str(exc))
+        except Exception:
+            environ["wsgi.errors"].write(traceback.format_exc())
+            page = self._error(
+                environ,
+                500,
+                "Something went wrong",
+                "The page could not be shown. Please try again later.",
+            )
+        headers = [
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Content-Length", str(len(page.body))),
+            *_SECURITY_HEADERS,
+            *page.headers,
+        ]
+        start_response(f"{page.status} {HTTPStatus(page.status).phrase}", headers)
+        return [] if method == "HEAD" else [page.body]
+
+    def handle(self, environ: dict[str, Any], method: str) -> Page:
+        path = str(environ.get("PATH_INFO") or "/")
+        for pattern, name in _ROUTES:
+            found = pattern.fullmatch(path)
+            if found is None:
+                continue
+            allowed = ("GET", "HEAD", "POST") if name != "preferences" else ("POST",)
+            if method not in allowed:
+                page = self._error(
+                    environ, 405, "Not allowed", "This address does not take that request."
+                )
+                page.headers.append(("Allow", ", ".join(allowed)))
+                return page
+            handler: Callable[[dict[str, Any], str], Page] = getattr(
+                self, f"_{name}_{method.lower()}"
+            )
+            try:
+                return handler(environ, found.group(1))
+            except StoreError as exc:
+                environ["wsgi.errors"].write(f"newsletter serve: {exc}\n")
+                return self._error(
+                    environ,
+                    503,
+                    "Please try again in a moment",
+                    "The list is busy or unavailable just now; nothing was changed.",
+                )
+        return self._error(environ, 404, "Page not found", "There is no page at this address.")
+
+    # --- unsubscribe and preferences ------------------------------------------------------
+
+    def _unsubscribe_get(self, environ: dict[str, Any], token: str) -> Page:
+        subscriber_id = self._verify(token, UNSUBSCRIBE).subscriber_id
+        with self._store() as conn:
+            subscriber = store.get_subscriber(conn, subscriber_id)
+        if subscriber is None:
+            return self._gone(environ)
+        if subscriber.status in SUPPRESSED:
+            return self._done(environ, "unsubscribed", "You are unsubscribed", subscriber)
+        return self._unsubscribe_page(environ, token, subscriber, 200)
+
+    def _unsubscribe_post(self, environ: dict[str, Any], token: str) -> Page:
+        subscriber_id = self._verify(token, UNSUBSCRIBE).subscriber_id
+        form = read_form(environ)
+        # RFC 8058's body is the header value as a form: List-Unsubscribe=One-Click.
+        one_click = form.get("List-Unsubscribe") == ONE_CLICK.partition("=")[2]
+        reason = "one-click unsubscribe (RFC 8058)" if one_click else "unsubscribe page"
+        with self._store() as conn:
+            subscriber = store.get_subscriber(conn, subscriber_id)
+            # Bounced and complained addresses get no mail either; keep what the provider said.
+            if subscriber is not None and subscriber.status in (Status.ACTIVE, Status.PENDING):
+                subscriber = store.set_status(
+                    conn, subscriber.id, Status.UNSUBSCRIBED, reason, source=SOURCE_WEB
+                )
+        # A removed subscriber gets nothing either: the answer is the same, never an error
+        # that would make a mail client retry or show a failure.
+        return self._done(environ, "unsubscribed", "You are unsubscribed", subscriber)
+
+    def _preferences_post(self, environ: dict[str, Any], token: str) -> Page:
+        subscriber_id = self._verify(token, UNSUBSCRIBE).subscriber_id
+        form = read_form(environ)
+        taxonomy = self.settings.taxonomy
+        try:
+            chosen = store.canonical_topics(form.get_all("topic"), taxonomy)
+        except StoreError:
+            raise _RequestRejected(400, "That topic is not one of this newsletter's.") from None
+        with self._store() as conn:
+            subscriber = store.get_subscriber(conn, subscriber_id)
+            if subscriber is None:
+                return self._gone(environ)
+            if not chosen:
+                return self._unsubscribe_page(
+                    environ,
+                    token,
+                    subscriber,
+                    400,
+                    error="Choose at least one topic, or press Unsubscribe.",
+                )
+            # Every topic chosen is stored as "all topics", so topics added later are included.
+            stored = () if set(chosen) == set(taxonomy.topics) else chosen
+            subscriber = store.set_topics(
+                conn, subscriber.id, stored, taxonomy=taxonomy, source=SOURCE_WEB
+            )
+        return self._done(
+            environ,
+            "preferences-saved",
+            "Your topics are saved",
+            subscriber,
+            topics=subscriber.topics,
+        )
+
+    def _unsubscribe_page(
+        self,
+        environ: dict[str, Any],
+        token: str,
+        subscriber: Subscriber,
+        status: int,
+        *,
+        error: str = "",
+    ) -> Page:
+        chosen = set(subscriber.topics or self.settings.taxonomy.topics)
+        return self._render(
+            status,
+            "pages/unsubscribe.html",
+            subscriber=subscriber,
+            chosen=chosen,
+            error=error,
+            unsubscribe_action=self._url(environ, f"/unsubscribe/{token}"),
+            preferences_action=self._url(environ, f"/preferences/{token}"),
+        )
+
+    # --- subscribe and confirm ------------------------------------------------------------
+
+    def _subscribe_get(self, environ: dict[str, Any], _: str) -> Page:
+        return self._subscribe_page(environ, 200, {"email": "", "name": ""}, set())
+
+    def _subscribe_post(self, environ: dict[str, Any], _: str) -> Page:
+        form = read_form(environ)
+        values = {"email": form.get("email").strip(), "name": form.get("name").strip()}
+        topics = form.get_all("topic")
+        if form.get("website"):
+            # Only robots fill in the hidden field; they get the usual answer and no email.
+            return self._check_inbox(environ, values["email"])
+        try:
+            address = store.normalize_email(values["email"])
+            name = store.clean_name(values["name"])
+            chosen = store.canonical_topics(topics, self.settings.taxonomy)
+        except StoreError as exc:
+            return self._subscribe_page(environ, 400, values, set(topics), error=str(exc))
+        with self._store() as conn:
+            try:
+                request_subscription(
+                    conn,
+                    self.settings,
+                    self.signer,
+                    address,
+                    name=name,
+                    topics=chosen,
+                    now=self.clock(),
+                    send=self.send,
+                )
+            except NewsletterError as exc:
+                if isinstance(exc, StoreError):
+                    raise
+                environ["wsgi.errors"].write(f"newsletter serve: confirmation email: {exc}\n")
+                return self._error(
+                    environ,
+                    503,
+                    "The email could not be sent",
+                    "We could not send the confirmation email just now. "
+                    "Please try again in a few minutes.",
+                )
+        return self._check_inbox(environ, address)
+
+    def _confirm_get(self, environ: dict[str, Any], token: str) -> Page:
+        subscriber_id = self._verify(token, CONFIRM).subscriber_id
+        with self._store() as conn:
+            subscriber = store.get_subscriber(conn, subscriber_id)
+        if subscriber is None:
+            return self._gone(environ)
+        if subscriber.status is Status.ACTIVE:
+            return self._done(environ, "confirmed", "You are subscribed", subscriber)
+        return self._render(
+            200,
+            "pages/confirm.html",
+            subscriber=subscriber,
+            confirm_action=self._url(environ, f"/confirm/{token}"),
+        )
+
+    def _confirm_post(self, environ: dict[str, Any], token: str) -> Page:
+        claims = self._verify(token, CONFIRM)
+        with self._store() as conn:
+            subscriber = confirmation.confirm(conn, claims.subscriber_id, claims.issued or 0)
+        if subscriber is None:
+            return self._gone(environ)
+        if subscriber.status is Status.ACTIVE:
+            return self._done(environ, "confirmed", "You are subscribed", subscriber)
+        return self._done(
+            environ, "not-confirmed", "This link can no longer be used", subscriber, status=409
+        )
+
+    def _subscribe_page(
+        self,
+        environ: dict[str, Any],
+        status: int,
+        values: dict[str, str],
+        chosen: set[str],
+        *,
+        error: str = "",
+    ) -> Page:
+        return self._render(
+            status,
+            "pages/subscribe.html",
+            values=values,
+            chosen=chosen,
+            error=error,
+            subscribe_action=self._url(environ, "/subscribe"),
+        )
+
+    def _check_inbox(self, environ: dict[str, Any], address: str) -> Page:
+        return self._done(environ, "check-inbox", "Check your inbox", None, email=address)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _verify(self, token: str, purpose: str) -> TokenClaims:
+        if not _TOKEN.fullmatch(token):
+            raise _RequestRejected(400, "This link is not valid: it may have been cut short.")
+        try:
+            return self.signer.verify(token, purpose, now=self.clock())
+        except TokenError as exc:
+            message = str(exc)
+            raise _RequestRejected(400, message[:1].upper() + message[1:] + ".") from None
+
+    @contextmanager
+    def _store(self) -> Iterator[sqlite3.Connection]:
+        # One short-lived connection per request: SQLite connections are cheap, and this keeps
+        # threads (or worker processes) from sharing one.
+        with closing(store.open_store(self.settings.paths.database)) as conn:
+            yield conn
+
+    @staticmethod
+    def _url(environ: dict[str, Any], path: str) -> str:
+        # Relative to where the app is mounted (SCRIPT_NAME), never to a host from the request.
+        return str(environ.get("SCRIPT_NAME") or "").rstrip("/") + path
+
+    def _render(self, status: int, template: str, **context: Any) -> Page:
+        body = render_template(
+            self.settings,
+            template,
+            {"settings": self.settings, "style": self.settings.style, **context},
+        )
+        return Page(status, body.encode("utf-8"))
+
+    def _done(
+        self,
+        environ: dict[str, Any],
+        outcome: str,
+        heading: str,
+        subscriber: Subscriber | None,
+        *,
+        status: int = 200,
+        **context: Any,
+    ) -> Page:
+        return self._render(
+            status,
+            "pages/done.html",
+            outcome=outcome,
+            heading=heading,
+            subscriber=subscriber,
+            **context,
+        )
+
+    def _gone(self, environ: dict[str, Any]) -> Page:
+        return self._error(
+            environ,
+            404,
+            "This link is no longer valid",
+            "The address it was sent to is no longer on the list: you will get no more emails.",
+        )
+
+    def _error(self, environ: dict[str, Any], status: int, heading: str, message: str) -> Page:
+        return self._render(status, "pages/error.html", heading=heading, message=message)
+
+
+def create_app(settings: Settings | None = None) -> WebApp:
+    """The app for a WSGI server; settings from $NEWSLETTER_CONFIG or the nearest newsletter.toml.
+
+    Raises TokenError at once when there is no signing secret.
+    """
+    if settings is None:
+        configured = os.environ.get(CONFIG_ENV, "").strip()
+        settings = load_settings(Path(configured) if configured else find_settings())
+    return WebApp(settings)
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    # A mail provider may POST many one-click unsubscribes at once; the default backlog of
+    # 5 would reset the connections beyond it.
+    request_queue_size = 128
+
+
+class _RequestLog(WSGIRequestHandler):
+    """The standard access log, with the tokens in paths left out: they unlock a subscriber."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        cleaned = tuple(
+            re.sub(r"/(unsubscribe|preferences|confirm)/[^ ?]+", r"/\1/…", a)
+            if isinstance(a, str)
+            else a
+            for a in args
+        )
+        super().log_message(format, *cleaned)
+
+
+class _QuietRequestLog(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def make_server(app: WebApp, host: str, port: int, *, log: bool = True) -> WSGIServer:
+    """The standard library's WSGI server for ``app``, one thread per request; port 0: any."""
+    handler = _RequestLog if log else _QuietRequestLog
+    return _make_wsgiref_server(
+        host, port, app, server_class=_ThreadingWSGIServer, handler_class=handler
+    )

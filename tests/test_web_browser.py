@@ -1,0 +1,61 @@
+"""The web endpoints in headless Chromium at a phone's width, clicked as a person would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from newsletter.settings import Settings
+from newsletter.store import Status
+from newsletter.web import WebApp
+
+from .cdp import Browser
+from .web_server import add, current, serving, signer_for, web_settings
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    return web_settings(tmp_path, monkeypatch)
+
+
+def test_open_an_unsubscribe_link_click_confirm_and_see_the_done_page(settings: Settings) -> None:
+    ana = add(settings, "ana@example.org", name="Ana")
+    token = signer_for(settings).unsubscribe_token(ana.id)
+    with serving(WebApp(settings)) as base, Browser(width=375) as chromium:
+        chromium.open(f"{base}/unsubscribe/{token}")
+        assert "Unsubscribe from" in chromium.text("h1")
+        # Opening the page (as a mail scanner would) changed nothing.
+        assert current(settings, ana.id).status is Status.ACTIVE
+        fits = chromium.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        assert fits is True, "the page scrolls sideways at 375 px"
+        chromium.click("#confirm-unsubscribe")
+        assert chromium.text("#outcome") == "You are unsubscribed"
+        assert "ana@example.org" in chromium.text("main")
+        assert chromium.url == f"{base}/unsubscribe/{token}"  # no redirect
+    stored = current(settings, ana.id)
+    assert stored.status is Status.UNSUBSCRIBED
+    assert (stored.status_source, stored.status_reason) == ("web", "unsubscribe page")
+
+
+def test_choose_fewer_topics_instead_of_unsubscribing(settings: Settings) -> None:
+    ana = add(settings, "ana@example.org")
+    token = signer_for(settings).unsubscribe_token(ana.id)
+    keep = "Empathy"
+    with serving(WebApp(settings)) as base, Browser(width=375) as chromium:
+        chromium.open(f"{base}/unsubscribe/{token}")
+        checked = chromium.evaluate(
+            "[].filter.call(document.querySelectorAll('input[name=topic]'), e => e.checked).length"
+        )
+        assert checked == len(settings.taxonomy.topics)  # empty topics: every topic
+        chromium.evaluate(
+            "document.querySelectorAll('input[name=topic]').forEach("
+            f"e => {{ if (e.value !== {keep!r}) e.click(); }})"
+        )
+        chromium.click("#save-topics")
+        assert chromium.text("#outcome") == "Your topics are saved"
+        assert keep in chromium.text("main")
+    stored = current(settings, ana.id)
+    assert (stored.status, stored.topics) == (Status.ACTIVE, (keep,))

@@ -1,0 +1,63 @@
+"""Helpers for the web endpoint tests: settings with a secret, and the app on a loopback port."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+
+from newsletter import store
+from newsletter.settings import Settings
+from newsletter.store import Status, Subscriber
+from newsletter.tokens import Signer
+from newsletter.web import WebApp, make_server
+
+from .conftest import write_settings
+
+SECRET = "a-test-secret-of-enough-length-0123456789"
+PUBLIC_URL = "https://news.example.org"
+
+
+def web_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: str = "") -> Settings:
+    monkeypatch.setenv("NEWSLETTER_SECRET", SECRET)
+    return write_settings(tmp_path, f'[web]\nurl = "{PUBLIC_URL}"\n' + extra)
+
+
+def signer_for(settings: Settings) -> Signer:
+    return Signer.for_settings(settings)
+
+
+def add(
+    settings: Settings, email: str, status: Status = Status.ACTIVE, **kwargs: object
+) -> Subscriber:
+    with closing(store.open_store(settings.paths.database)) as conn:
+        return store.add_subscriber(conn, email, status=status, **kwargs)  # type: ignore[arg-type]
+
+
+def current(settings: Settings, email_or_id: str | int) -> Subscriber:
+    with closing(store.open_store(settings.paths.database)) as conn:
+        return store.require_subscriber(conn, email_or_id)
+
+
+@contextmanager
+def serving(app: WebApp) -> Iterator[str]:
+    """Run ``app`` on a free loopback port in a thread; yields its base URL (no trailing /)."""
+    server = make_server(app, "127.0.0.1", 0, log=False)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def local(url: str, base: str) -> str:
+    """A public link from an email, pointed at the app on loopback instead."""
+    assert url.startswith(PUBLIC_URL + "/"), url
+    return base + url[len(PUBLIC_URL) :]
