@@ -38,6 +38,10 @@ def run_smtp_sink(port: int, delay: float) -> None:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in one write, and without Nagle's delay: otherwise each reply
+    # waits for the client's delayed ACK, and that wait, not the provider, sets the rate.
+    disable_nagle_algorithm = True
+    wbufsize = -1
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
