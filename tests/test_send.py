@@ -416,12 +416,22 @@ def test_sample_issue_to_the_example_subscribers_through_smtp(tmp_path: Path) ->
         assert first.exit_code == 0, first.output
         second = runner.invoke(main, [*config, "send", "--yes", str(issue)])
         assert second.exit_code == 0, second.output
+    from newsletter.parse import parse_issue
+
+    issue_topics = set(parse_issue(REPO / "issues" / "2026-09.md").topics)
     with open(REPO / "subscribers.example.csv", encoding="utf-8") as handle:
         active = {
-            row["email"].lower() for row in csv.DictReader(handle) if row["status"] == "active"
+            row["email"].lower()
+            for row in csv.DictReader(handle)
+            if row["status"] == "active"
+            and (
+                not row["topics"].strip()
+                or issue_topics & {t.strip() for t in row["topics"].split(";")}
+            )
         }
+    assert 3 <= len(active) < 20, active
     delivered = [r.rcpt_tos[0].lower() for r in handler.received]
-    assert sorted(delivered) == sorted(active)  # one copy each, nobody else
+    assert sorted(delivered) == sorted(active), first.output  # one copy each, nobody else
     assert (
         f"0 sent, 0 failed permanently, 0 uncertain, 0 deferred, {len(active)} skipped as already sent"
         in second.output
@@ -434,3 +444,33 @@ def test_sample_issue_to_the_example_subscribers_through_smtp(tmp_path: Path) ->
         "failed": 0,
         "deferred": 0,
     }
+
+
+def test_an_issue_goes_to_those_who_chose_one_of_its_topics_or_chose_none(tmp_path: Path) -> None:
+    settings, issue = make_folder(tmp_path, NULL, 4)
+    conn = open_store(settings.paths.database)
+    from newsletter.store import set_topics
+
+    set_topics(
+        conn, 1, ["Common Factors"], taxonomy=settings.taxonomy, source="test"
+    )  # in the issue
+    set_topics(
+        conn, 2, ["Trauma and/or PTSD"], taxonomy=settings.taxonomy, source="test"
+    )  # not in the issue
+    set_topics(
+        conn,
+        3,
+        ["Empathy", "Feedback and Progress Monitoring"],
+        taxonomy=settings.taxonomy,
+        source="test",
+    )  # one in it
+    conn.close()  # subscriber 4 chose nothing: every issue
+    report = send_issue(settings, issue, SendOptions())
+    assert report.sent == 3
+    conn = open_store(settings.paths.database)
+    sent = sorted(
+        r[0] for r in conn.execute("SELECT subscriber_id FROM journal WHERE state = 'sent'")
+    )
+    conn.close()
+    assert sent == [1, 3, 4]
+    assert issue_status(settings, "2026-10").not_yet_queued == 0

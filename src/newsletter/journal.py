@@ -26,6 +26,22 @@ from enum import StrEnum
 from newsletter.store import now_utc, transaction, translate_errors
 
 
+def audience(topics: Sequence[str] | None, table: str = "subscribers") -> tuple[str, list[object]]:
+    """The SQL condition (and its parameters) for who gets an issue with these ``topics``.
+
+    Active subscribers whose topics of interest are empty (everything) or share a topic with
+    the issue. ``None`` means every active subscriber.
+    """
+    if topics is None:
+        return f"{table}.status = 'active'", []
+    marks = ",".join("?" * len(topics)) or "NULL"
+    return (
+        f"{table}.status = 'active' AND ({table}.topics = '[]' OR EXISTS "
+        f"(SELECT 1 FROM json_each({table}.topics) WHERE value IN ({marks})))",
+        list(topics),
+    )
+
+
 class JournalState(StrEnum):
     QUEUED = "queued"
     SENDING = "sending"
@@ -63,15 +79,16 @@ class SendJournal:
         self.conn = conn
         self.issue = issue
 
-    def queue_active(self) -> int:
-        """Add a ``queued`` row for every active subscriber without a row; return how many."""
+    def queue_active(self, topics: Sequence[str] | None = None) -> int:
+        """Queue every active subscriber the issue is for (see ``audience``) who has no row yet."""
+        condition, params = audience(topics)
         with transaction(self.conn):
             now = now_utc()
             cursor = self.conn.execute(
                 "INSERT INTO journal (issue, subscriber_id, state, queued_at, updated_at) "
-                "SELECT ?, id, 'queued', ?, ? FROM subscribers WHERE status = 'active' "
+                f"SELECT ?, id, 'queued', ?, ? FROM subscribers WHERE {condition} "
                 "ON CONFLICT (issue, subscriber_id) DO NOTHING",
-                (self.issue, now, now),
+                (self.issue, now, now, *params),
             )
             return cursor.rowcount
 

@@ -36,7 +36,7 @@ from newsletter.errors import (
     ProviderError,
     SendError,
 )
-from newsletter.journal import JournalEntry, JournalState, Outcome, SendJournal
+from newsletter.journal import JournalEntry, JournalState, Outcome, SendJournal, audience
 from newsletter.messages import OutgoingMessage, PreparedIssue, Recipient, prepare_issue
 from newsletter.parse import parse_issue
 from newsletter.providers import Provider, create_provider
@@ -154,6 +154,10 @@ class PreparedSend:
     def month(self) -> str:
         return self.rendered.issue.month
 
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return self.rendered.issue.topics
+
 
 def prepare_send(settings: Settings, issue_path: Path, options: SendOptions) -> PreparedSend:
     """Check the issue (as ``check --offline``), render it once, and set up the provider.
@@ -175,18 +179,21 @@ def prepare_send(settings: Settings, issue_path: Path, options: SendOptions) -> 
     return PreparedSend(settings, issue_path, rendered, prepared, provider, signer, options)
 
 
-def pending_count(settings: Settings, month: str, options: SendOptions) -> tuple[int, int]:
+def pending_count(
+    settings: Settings, month: str, options: SendOptions, topics: Sequence[str] | None = None
+) -> tuple[int, int]:
     """(to send, already sent) for an issue, as a send started now with ``options`` would see it."""
+    condition, params = audience(topics, "s")
     conn = open_store(settings.paths.database)
     try:
         active = conn.execute(
-            "SELECT count(*) FROM subscribers WHERE status = 'active'"
+            f"SELECT count(*) FROM subscribers AS s WHERE {condition}", params
         ).fetchone()[0]
         rows = dict(
             conn.execute(
                 "SELECT j.state, count(*) FROM journal AS j JOIN subscribers AS s "
-                "ON s.id = j.subscriber_id AND s.status = 'active' WHERE j.issue = ? GROUP BY j.state",
-                (month,),
+                f"ON s.id = j.subscriber_id AND {condition} WHERE j.issue = ? GROUP BY j.state",
+                (*params, month),
             ).fetchall()
         )
     finally:
@@ -238,7 +245,7 @@ class Sender:
             # Even with an idempotency key this takes a person's word: the key of a batch
             # depends on its exact messages, and a later run may group them differently.
             journal.requeue(JournalState.SENDING)
-        journal.queue_active()
+        journal.queue_active(self.job.topics)
         self.report.left_the_list = journal.drop_inactive_queued()
         counts = journal.counts()
         self.report.to_send = counts[JournalState.QUEUED] + counts[JournalState.DEFERRED]
@@ -415,10 +422,11 @@ class Sender:
         self.report.skipped_already_sent = len(already)
         after = 0
         total_limit = self.options.limit
+        condition, params = audience(self.job.topics)
         while True:
             rows = conn.execute(
-                "SELECT id, email, name FROM subscribers WHERE status = 'active' AND id > ? ORDER BY id LIMIT ?",
-                (after, self.provider.batch_size),
+                f"SELECT id, email, name FROM subscribers WHERE {condition} AND id > ? ORDER BY id LIMIT ?",
+                (*params, after, self.provider.batch_size),
             ).fetchall()
             if not rows:
                 break
@@ -570,14 +578,15 @@ class IssueStatus:
 
 
 def issue_status(settings: Settings, month: str, *, limit: int | None = 1000) -> IssueStatus:
+    condition, params = audience(issue_topics(settings, month), "s")
     conn = open_store(settings.paths.database)
     try:
         journal = SendJournal(conn, month)
         counts = journal.counts()
         unqueued = conn.execute(
-            "SELECT count(*) FROM subscribers AS s WHERE s.status = 'active' AND NOT EXISTS "
+            f"SELECT count(*) FROM subscribers AS s WHERE {condition} AND NOT EXISTS "
             "(SELECT 1 FROM journal AS j WHERE j.issue = ? AND j.subscriber_id = s.id)",
-            (month,),
+            (*params, month),
         ).fetchone()[0]
         return IssueStatus(
             month,
@@ -589,6 +598,14 @@ def issue_status(settings: Settings, month: str, *, limit: int | None = 1000) ->
         )
     finally:
         conn.close()
+
+
+def issue_topics(settings: Settings, month: str) -> tuple[str, ...] | None:
+    """The topics of the issue file for ``month`` in the issues folder; None if it cannot be read."""
+    try:
+        return parse_issue(settings.paths.issues / f"{month}.md", settings.taxonomy).topics
+    except NewsletterError:
+        return None
 
 
 def month_of(settings: Settings, issue: str) -> str:
