@@ -89,6 +89,27 @@ def encode_multipart(form: list[tuple[str, str]]) -> tuple[bytes, str]:
     return "".join(pieces).encode("utf-8"), multipart_type(boundary)
 
 
+def full_message_array(
+    messages: Sequence[OutgoingMessage], head: Callable[[OutgoingMessage], str], html_key: str
+) -> bytes:
+    """A JSON array of complete messages, for APIs without per-recipient substitution.
+
+    ``head`` gives each message's JSON up to and including the text body's key; the bodies
+    follow as the message's pre-escaped pieces. The bodies are most of the bytes: they are
+    escaped once per issue and copied once, into the joined request body.
+    """
+    pieces = [b"["]
+    after_text = f',"{html_key}":'.encode("ascii")
+    for message in messages:
+        pieces.append(head(message).encode("ascii"))
+        pieces += message.text_json()
+        pieces.append(after_text)
+        pieces += message.html_json()
+        pieces.append(b"},")
+    pieces[-1] = b"}]"
+    return b"".join(pieces)
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
     if not value:

@@ -20,7 +20,7 @@ import requests
 from newsletter.errors import ProviderError
 from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue
 from newsletter.providers.base import DeliveryResult
-from newsletter.providers.http import ApiRequest, HttpProvider, plain_address
+from newsletter.providers.http import ApiRequest, HttpProvider, full_message_array, plain_address
 from newsletter.settings import Settings
 
 # Per-message codes that concern the account or server, not the recipient: stop the send.
@@ -83,26 +83,20 @@ class PostmarkProvider(HttpProvider):
     def build_request(self, messages: Sequence[OutgoingMessage]) -> ApiRequest:
         """A JSON array with one complete message per recipient.
 
-        The bodies are most of the bytes: their pieces, escaped once per issue, are joined
-        once, into the request body, and never copied per message.
+        Postmark has no per-recipient substitution in this endpoint; see full_message_array.
         """
         shared = self.shared_parts(messages[0].issue, self._shared_fields)
-        pieces = [b"["]
-        for message in messages:
+
+        def head(message: OutgoingMessage) -> str:
             recipient = message.recipient
             to = plain_address(recipient.name, recipient.email)
-            head = (
+            return (
                 f"{shared.before_to}{_json(to)}{shared.before_unsubscribe}"
                 f"{_json(message.list_unsubscribe)}{shared.before_id}{recipient.id}"
                 f"{shared.before_text}"
             )
-            pieces.append(head.encode("ascii"))
-            pieces += message.text_json()
-            pieces.append(b',"HtmlBody":')
-            pieces += message.html_json()
-            pieces.append(b"},")
-        pieces[-1] = b"}]"
-        return ApiRequest(path="/email/batch", body=b"".join(pieces))
+
+        return ApiRequest(path="/email/batch", body=full_message_array(messages, head, "HtmlBody"))
 
     def parse_reply(
         self, messages: Sequence[OutgoingMessage], response: requests.Response

@@ -19,7 +19,7 @@ import requests
 
 from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue
 from newsletter.providers.base import DeliveryResult
-from newsletter.providers.http import ApiRequest, HttpProvider, plain_address
+from newsletter.providers.http import ApiRequest, HttpProvider, full_message_array, plain_address
 
 IDEMPOTENCY_KEY_LIMIT = 256
 
@@ -74,27 +74,21 @@ class ResendProvider(HttpProvider):
     def build_request(self, messages: Sequence[OutgoingMessage]) -> ApiRequest:
         """A JSON array with one complete email per recipient.
 
-        The bodies are most of the bytes: their pieces, escaped once per issue, are joined
-        once, into the request body, and never copied per email.
+        Resend has no per-recipient substitution in this endpoint; see full_message_array.
         """
         shared = self.shared_parts(messages[0].issue, _shared_fields)
-        pieces = [b"["]
-        for message in messages:
+
+        def head(message: OutgoingMessage) -> str:
             recipient = message.recipient
             to = plain_address(recipient.name, recipient.email)
-            head = (
+            return (
                 f"{shared.before_to}{_json(to)}{shared.before_unsubscribe}"
                 f"{_json(message.list_unsubscribe)}{shared.before_text}"
             )
-            pieces.append(head.encode("ascii"))
-            pieces += message.text_json()
-            pieces.append(b',"html":')
-            pieces += message.html_json()
-            pieces.append(b"},")
-        pieces[-1] = b"}]"
+
         return ApiRequest(
             path="/emails/batch",
-            body=b"".join(pieces),
+            body=full_message_array(messages, head, "html"),
             headers={
                 "Idempotency-Key": batch_idempotency_key(messages),
                 "x-batch-validation": "permissive",
