@@ -11,7 +11,7 @@ from newsletter.store import Status
 from newsletter.web import WebApp
 
 from .cdp import Browser
-from .web_server import add, current, serving, signer_for, web_settings
+from .web_server import add, current, local, serving, signer_for, web_settings
 
 pytestmark = pytest.mark.browser
 
@@ -59,3 +59,35 @@ def test_choose_fewer_topics_instead_of_unsubscribing(settings: Settings) -> Non
         assert keep in chromium.text("main")
     stored = current(settings, ana.id)
     assert (stored.status, stored.topics) == (Status.ACTIVE, (keep,))
+
+
+def test_subscribe_in_the_form_then_confirm_from_the_emailed_link(settings: Settings) -> None:
+    """Double opt-in end to end: the form, the real confirmation email (outbox), the confirm page."""
+    import email
+    import email.policy
+    import re
+
+    with serving(WebApp(settings)) as base, Browser(width=375) as chromium:
+        chromium.open(f"{base}/subscribe")
+        chromium.evaluate(
+            "document.getElementById('email').value = 'zoe.lind@example.org';"
+            "document.getElementById('name').value = 'Zoë Lind';"
+        )
+        chromium.click("#subscribe")
+        assert "inbox" in chromium.text("main").lower()
+        assert current(settings, "zoe.lind@example.org").status is Status.PENDING
+
+        (sent,) = list((settings.paths.build / "outbox").rglob("*.eml"))
+        message = email.message_from_bytes(sent.read_bytes(), policy=email.policy.default)
+        assert message["To"].addresses[0].addr_spec == "zoe.lind@example.org"
+        text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        link = re.search(r"https://news\.example\.org/confirm/\S+", text)
+        assert link, text
+
+        chromium.open(local(link.group(0), base))
+        # Opening the link (as a mail scanner would) confirms nothing.
+        assert current(settings, "zoe.lind@example.org").status is Status.PENDING
+        chromium.click("#confirm-subscription")
+        assert chromium.text("h1") == "You are subscribed"
+    stored = current(settings, "zoe.lind@example.org")
+    assert stored.status is Status.ACTIVE and stored.confirmed_at is not None
