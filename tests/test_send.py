@@ -220,7 +220,7 @@ def test_a_provider_that_fails_every_call_stops_the_send(
 ) -> None:
     httpserver.expect_request("/emails/batch").respond_with_data("upstream down", status=503)
     settings, issue = make_folder(tmp_path, _resend_settings(httpserver, "batch_size = 2\n"), 50)
-    with pytest.raises(SendError, match=r"failed 6 calls in a row \(last: service error \(503\)"):
+    with pytest.raises(SendError, match=r"accepted nothing in 6 calls in a row \(last: service error \(503\)"):
         send_issue(settings, issue, SendOptions(sleep=_no_sleep))
     assert len(httpserver.log) == 6
     counts = issue_status(settings, "2026-10").counts

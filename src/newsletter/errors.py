@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class NewsletterError(Exception):
@@ -91,13 +92,25 @@ class MessageError(NewsletterError):
 
 
 class ProviderError(NewsletterError):
-    def __init__(self, provider: str, message: str, *, reply: str | None = None):
+    """The provider cannot go on. ``results``, when set, says what became of each message of
+    the batch in hand before it stopped (one DeliveryResult per message, in order), so that
+    messages it had already accepted are recorded as sent, not sent again."""
+
+    def __init__(
+        self,
+        provider: str,
+        message: str,
+        *,
+        reply: str | None = None,
+        results: list[Any] | None = None,
+    ):
         text = f"{provider}: {message}"
         if reply:
             text += f"\nThe provider replied: {reply[:2000]}"
         super().__init__(text)
         self.provider = provider
         self.reply = reply
+        self.results = results
 
 
 class ProviderConfigError(ProviderError):

@@ -101,6 +101,27 @@ class SendJournal:
             )
             return cursor.rowcount
 
+    def providers_used(self) -> list[str]:
+        with translate_errors(self.conn):
+            rows = self.conn.execute(
+                "SELECT DISTINCT provider FROM journal WHERE issue = ? AND provider != ''",
+                (self.issue,),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def requeue_rehearsals(self, providers: Sequence[str]) -> int:
+        """Queue again the rows that providers delivering nothing (outbox, null) handled."""
+        if not providers:
+            return 0
+        marks = ",".join("?" * len(providers))
+        with transaction(self.conn):
+            cursor = self.conn.execute(
+                "UPDATE journal SET state = 'queued', provider = '', provider_message_id = '', "
+                f"reason = '', sent_at = NULL, updated_at = ? WHERE issue = ? AND provider IN ({marks})",
+                (now_utc(), self.issue, *providers),
+            )
+            return cursor.rowcount
+
     def pending_batches(
         self, batch_size: int, *, after_id: int = 0
     ) -> Iterator[list[tuple[int, str, str]]]:

@@ -49,6 +49,9 @@ from newsletter.tokens import Signer, unsubscribe_url
 # After this many provider calls in a row that delivered nothing, the provider is taken to be
 # down (or refusing everything): the send stops instead of grinding through the list.
 MAX_CONSECUTIVE_FAILED_CALLS = 6
+# Permanent refusals of every message for this many messages in a row (a relay that denies
+# relaying, a suspended account) also stop the send.
+MAX_CONSECUTIVE_REFUSED_MESSAGES = 50
 DEFAULT_RETRY_BUDGET = 300.0  # seconds of waiting for temporary failures, per run
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 60.0
@@ -179,32 +182,51 @@ def prepare_send(settings: Settings, issue_path: Path, options: SendOptions) -> 
     return PreparedSend(settings, issue_path, rendered, prepared, provider, signer, options)
 
 
-def pending_count(
-    settings: Settings, month: str, options: SendOptions, topics: Sequence[str] | None = None
-) -> tuple[int, int]:
-    """(to send, already sent) for an issue, as a send started now with ``options`` would see it."""
-    condition, params = audience(topics, "s")
-    conn = open_store(settings.paths.database)
+def rehearsal_providers(names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that deliver nothing (outbox, null); unknown names count as real."""
+    from newsletter.providers import load_provider
+
+    found = []
+    for name in names:
+        try:
+            if not load_provider(name).delivers:
+                found.append(name)
+        except ProviderError:
+            pass  # no longer installed: assume it delivered, so nobody gets a second copy
+    return found
+
+
+def pending_count(job: PreparedSend) -> tuple[int, int]:
+    """(to send, already sent) for the job's issue, as its run would count them."""
+    options = job.options
+    condition, params = audience(job.topics, "s")
+    conn = open_store(job.settings.paths.database, create=False)
     try:
-        active = conn.execute(
+        journal = SendJournal(conn, job.month)
+        ignored = rehearsal_providers(journal.providers_used()) if job.provider.delivers else []
+        skip = f"AND j.provider NOT IN ({','.join('?' * len(ignored))})" if ignored else ""
+        final = ["sent"]
+        if not options.retry_failed:
+            final.append("failed")
+        if not options.resend_uncertain:
+            final.append("sending")
+        states = ",".join("?" * len(final))
+        audience_size = conn.execute(
             f"SELECT count(*) FROM subscribers AS s WHERE {condition}", params
         ).fetchone()[0]
-        rows = dict(
-            conn.execute(
-                "SELECT j.state, count(*) FROM journal AS j JOIN subscribers AS s "
-                f"ON s.id = j.subscriber_id AND {condition} WHERE j.issue = ? GROUP BY j.state",
-                (*params, month),
-            ).fetchall()
-        )
+        done = conn.execute(
+            "SELECT count(*) FROM journal AS j JOIN subscribers AS s "
+            f"ON s.id = j.subscriber_id AND {condition} WHERE j.issue = ? "
+            f"AND j.state IN ({states}) {skip}",
+            (*params, job.month, *final, *ignored),
+        ).fetchone()[0]
+        already = conn.execute(
+            f"SELECT count(*) FROM journal AS j WHERE j.issue = ? AND j.state = 'sent' {skip}",
+            (job.month, *ignored),
+        ).fetchone()[0]
     finally:
         conn.close()
-    final = ["sent"]
-    if not options.retry_failed:
-        final.append("failed")
-    if not options.resend_uncertain:
-        final.append("sending")
-    done = sum(int(rows.get(state, 0)) for state in final)
-    return int(active) - done, int(rows.get("sent", 0))
+    return int(audience_size) - int(done), int(already)
 
 
 class Sender:
@@ -221,13 +243,14 @@ class Sender:
         )
         self.retry_deadline = time.monotonic() + self.options.retry_budget
         self.consecutive_failed_calls = 0
+        self.consecutive_refused_messages = 0
         self.started = time.monotonic()
         self.interrupted = threading.Event()
 
     # --- the run ----------------------------------------------------------------------------
 
     def run(self) -> SendReport:
-        conn = open_store(self.job.settings.paths.database)
+        conn = open_store(self.job.settings.paths.database, create=False)
         try:
             if self.options.dry_run:
                 self._dry_run(conn)
@@ -239,6 +262,8 @@ class Sender:
 
     def _send(self, conn: sqlite3.Connection) -> None:
         journal = SendJournal(conn, self.job.month)
+        if self.provider.delivers:
+            journal.requeue_rehearsals(rehearsal_providers(journal.providers_used()))
         if self.options.retry_failed:
             journal.requeue(JournalState.FAILED)
         if self.options.resend_uncertain:
@@ -317,31 +342,27 @@ class Sender:
             try:
                 results = self.provider.send_batch(messages)
             except ProviderError as exc:
-                # Nothing in this batch was accepted: put it back for the next run, then stop.
-                journal.record(
-                    Outcome(m.recipient_id, JournalState.DEFERRED, reason=str(exc)[:500])
-                    for m in messages
-                )
-                self.report.deferred += len(messages)
+                # What the provider took before it stopped is sent; the rest waits for the
+                # next run. Without a per-message account, nothing of the batch was taken.
+                partial = exc.results if exc.results and len(exc.results) == len(messages) else None
+                if partial is not None:
+                    outcomes, _ = self._classify(messages, partial)
+                    journal.record(outcomes)
+                else:
+                    journal.record(
+                        Outcome(m.recipient_id, JournalState.DEFERRED, reason=str(exc)[:500])
+                        for m in messages
+                    )
+                    self.report.deferred += len(messages)
                 raise SendError(
                     f"the {self.provider.name} provider stopped the send: {exc}\n"
                     "Nothing more was sent. Fix the cause and run the same command again to resume."
                 ) from exc
             outcomes, retry = self._classify(messages, results)
             journal.record(outcomes)
-            if any(r.status == "accepted" for r in results):
-                self.consecutive_failed_calls = 0
-            elif retry and len(retry) == len(messages):
-                self.consecutive_failed_calls += 1
+            self._check_provider_health(results)
             if not retry:
                 return
-            reason = next(r.reason for r in results if r.status == "temporary")
-            if self.consecutive_failed_calls >= MAX_CONSECUTIVE_FAILED_CALLS:
-                raise SendError(
-                    f"the {self.provider.name} provider failed {self.consecutive_failed_calls} calls "
-                    f"in a row (last: {reason}); stopped so as not to grind through the list. "
-                    f"{len(retry)} message(s) are deferred; run the same command again to resume."
-                )
             delay = self._backoff(
                 attempt, [r.retry_after for r in results if r.status == "temporary"]
             )
@@ -354,6 +375,33 @@ class Sender:
             self.report.deferred -= len(retry)
             self.report.left_the_list += len(retry) - len(again)
             messages = [m for m in retry if m.recipient_id in again]
+
+    def _check_provider_health(self, results: Sequence[DeliveryResult]) -> None:
+        """Stop the send when the provider has accepted nothing for too long.
+
+        Calls that only fail temporarily (or leave their fate unknown) count at once: six in a
+        row mean the service is down. Permanent refusals count too, but a list may hold a run
+        of dead addresses, so those stop the send only after many messages in a row.
+        """
+        if any(r.status == "accepted" for r in results):
+            self.consecutive_failed_calls = 0
+            self.consecutive_refused_messages = 0
+            return
+        self.consecutive_failed_calls += 1
+        refused = sum(1 for r in results if r.status == "permanent")
+        self.consecutive_refused_messages += refused
+        all_refused = refused == len(results)
+        if all_refused and self.consecutive_refused_messages < MAX_CONSECUTIVE_REFUSED_MESSAGES:
+            return
+        if self.consecutive_failed_calls < MAX_CONSECUTIVE_FAILED_CALLS:
+            return
+        last = results[-1].reason if results else "no results"
+        raise SendError(
+            f"the {self.provider.name} provider accepted nothing in {self.consecutive_failed_calls} "
+            f"calls in a row (last: {last}); stopped so as not to grind through the list. "
+            "What was not sent stays queued or deferred: fix the cause and run the same command "
+            "again to resume."
+        )
 
     def _classify(
         self, messages: Sequence[OutgoingMessage], results: Sequence[DeliveryResult]
@@ -528,7 +576,7 @@ def send_test(
 
     job = prepare_send(settings, issue_path, SendOptions(provider=provider))
     email = normalize_email(address)
-    conn = open_store(settings.paths.database)
+    conn = open_store(settings.paths.database, create=False)
     try:
         subscriber = get_subscriber(conn, email)
     finally:
@@ -579,7 +627,7 @@ class IssueStatus:
 
 def issue_status(settings: Settings, month: str, *, limit: int | None = 1000) -> IssueStatus:
     condition, params = audience(issue_topics(settings, month), "s")
-    conn = open_store(settings.paths.database)
+    conn = open_store(settings.paths.database, create=False)
     try:
         journal = SendJournal(conn, month)
         counts = journal.counts()

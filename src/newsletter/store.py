@@ -168,13 +168,21 @@ _COLUMNS = (
 # --- Connection and errors ----------------------------------------------------------------
 
 
-def open_store(path: Path, *, timeout: float = BUSY_TIMEOUT_SECONDS) -> StoreConnection:
-    """Open (creating on first use) and migrate the store at ``path``.
+def open_store(
+    path: Path, *, timeout: float = BUSY_TIMEOUT_SECONDS, create: bool = True
+) -> StoreConnection:
+    """Open (creating on first use, unless ``create`` is False) and migrate the store at ``path``.
 
     ``timeout`` is how long a write waits for another writer (a send, the web endpoints)
-    before giving up with a StoreError.
+    before giving up with a StoreError. Commands that only read or send pass
+    ``create=False``: a mistyped path must not look like an empty list.
     """
     path = Path(path)
+    if not create and not path.exists():
+        raise StoreError(
+            f"{path}: there is no subscriber store here. Check [paths] database in "
+            "newsletter.toml, or add subscribers first (`newsletter subscribers import FILE.csv`)."
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -173,7 +173,7 @@ def send(
         retry_budget=retry_budget,
     )
     job = prepare_send(settings, issue, options)
-    to_send, already = pending_count(settings, job.month, options, job.topics)
+    to_send, already = pending_count(job)
     if limit is not None:
         to_send = min(to_send, limit)
     click.echo(

@@ -18,8 +18,9 @@ from newsletter.store import Status, StoreConnection, Subscriber
 _STATUS_CHOICE = click.Choice([s.value for s in Status], case_sensitive=False)
 
 
-def _open(app: AppContext) -> StoreConnection:
-    conn = store.open_store(app.settings.paths.database)
+def _open(app: AppContext, *, create: bool = False) -> StoreConnection:
+    """The store; only the commands that add subscribers create it."""
+    conn = store.open_store(app.settings.paths.database, create=create)
     click.get_current_context().call_on_close(conn.close)
     return conn
 
@@ -71,7 +72,7 @@ def subscribers() -> None:
 @pass_app
 def add(app: AppContext, email: str, name: str, topics: tuple[str, ...], pending: bool) -> None:
     """Add one subscriber."""
-    conn = _open(app)
+    conn = _open(app, create=True)
     added = store.add_subscriber(
         conn,
         email,
@@ -233,7 +234,7 @@ def import_(app: AppContext, file: Path, encoding: str, dry_run: bool, skip_inva
     Every row is checked first; by default one bad row means nothing is imported. An address
     that unsubscribed, bounced or complained is never made active again by an import.
     """
-    conn = _open(app)
+    conn = _open(app, create=True)
     with _progress(file.stat().st_size, f"Importing {file.name}") as advance:
         report = csvio.import_csv(
             conn,

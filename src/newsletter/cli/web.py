@@ -37,7 +37,7 @@ def serve(app: AppContext, host: str, port: int) -> None:
 @pass_app
 def sync(app: AppContext, dry_run: bool) -> None:
     """Mark bounces, complaints and unsubscribes from the provider's suppression lists."""
-    conn = store.open_store(app.settings.paths.database)
+    conn = store.open_store(app.settings.paths.database, create=False)
     click.get_current_context().call_on_close(conn.close)
     report = suppressions.sync(conn, app.settings, dry_run=dry_run)
     verb = "would change" if dry_run else "changed"

@@ -82,6 +82,9 @@ class Provider:
     # True when resending a message whose fate is unknown cannot deliver it twice, because the
     # service honours an idempotency key derived from (issue, subscriber).
     idempotent_retries: ClassVar[bool] = False
+    # False for providers that deliver nothing (outbox, null): what they "sent" is a
+    # rehearsal, and a real provider's send of the same issue still sends it.
+    delivers: ClassVar[bool] = True
     # Keys every provider takes, read by the send loop rather than the provider.
     common_options: ClassVar[frozenset[str]] = frozenset({"batch_size", "rate"})
 

@@ -14,6 +14,7 @@ from newsletter.providers.base import DeliveryResult, Provider
 
 class NullProvider(Provider):
     name = "null"
+    delivers = False
     default_batch_size = 1000
     max_batch_size = 100_000
 

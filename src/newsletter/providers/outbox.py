@@ -23,6 +23,7 @@ INDEX_NAME = "index.html"
 
 class OutboxProvider(Provider):
     name = "outbox"
+    delivers = False
     default_batch_size = 1000
     max_batch_size = 100_000
 

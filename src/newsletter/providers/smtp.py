@@ -127,10 +127,21 @@ class SmtpProvider(Provider):
             self._executor.submit(self._sessions[index].send_all, share)
             for index, share in enumerate(shares)
         ]
-        per_share = [future.result() for future in futures]
+        per_share: list[list[DeliveryResult]] = []
+        stopped: ProviderError | None = None
+        for future in futures:
+            try:
+                per_share.append(future.result())
+            except ProviderError as stop:
+                # Wait for every share: the others' accepted messages must not be lost.
+                stopped = stopped or stop
+                per_share.append(list(stop.results or []))
         results: list[DeliveryResult] = []
         for position in range(len(messages)):
             results.append(per_share[position % count][position // count])
+        if stopped is not None:
+            stopped.results = results
+            raise stopped
         return results
 
     def prepare(self, message: OutgoingMessage) -> bytes:
@@ -256,6 +267,14 @@ class _SmtpSession:
                         DeliveryResult.temporary(rest, reason) for rest in messages[index:]
                     )
                     break
+                except ProviderError as stop:
+                    # The messages the relay took before it refused must be recorded as sent.
+                    reason = f"not sent: {stop}"
+                    results.extend(
+                        DeliveryResult.temporary(rest, reason) for rest in messages[index:]
+                    )
+                    stop.results = results
+                    raise
             return results
 
     def send_one(self, message: OutgoingMessage) -> DeliveryResult:
