@@ -194,3 +194,20 @@ def test_in_chromium_the_index_leads_to_a_topic_and_its_articles(site: ArchiveRe
             ).count(topic)
             >= 1
         )
+
+
+def test_no_placeholder_reaches_the_public_archive(tmp_path: Path) -> None:
+    (tmp_path / "issues").mkdir()
+    text = VALID_ISSUE.replace(
+        "Dear [[name]], this month", "Dear [[name]] ([[email]]), this month"
+    ).replace(
+        "Notice ruptures", "[[name]], see [your settings]([[unsubscribe_url]]). Notice ruptures"
+    )
+    (tmp_path / "issues" / "2026-10.md").write_text(text, "utf-8")
+    result = build_archive(load_settings(None, root=tmp_path))
+    for path in result.folder.rglob("*"):
+        if path.is_file():
+            assert "[[" not in path.read_text("utf-8"), path
+    page = (result.folder / "2026-10" / "index.html").read_text("utf-8")
+    assert "Dear reader (you), this month" in page
+    assert 'href="https://digest.example.org/subscribe"' in page

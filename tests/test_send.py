@@ -220,7 +220,9 @@ def test_a_provider_that_fails_every_call_stops_the_send(
 ) -> None:
     httpserver.expect_request("/emails/batch").respond_with_data("upstream down", status=503)
     settings, issue = make_folder(tmp_path, _resend_settings(httpserver, "batch_size = 2\n"), 50)
-    with pytest.raises(SendError, match=r"accepted nothing in 6 calls in a row \(last: service error \(503\)"):
+    with pytest.raises(
+        SendError, match=r"accepted nothing in 6 calls in a row \(last: service error \(503\)"
+    ):
         send_issue(settings, issue, SendOptions(sleep=_no_sleep))
     assert len(httpserver.log) == 6
     counts = issue_status(settings, "2026-10").counts
@@ -474,3 +476,141 @@ def test_an_issue_goes_to_those_who_chose_one_of_its_topics_or_chose_none(tmp_pa
     conn.close()
     assert sent == [1, 3, 4]
     assert issue_status(settings, "2026-10").not_yet_queued == 0
+
+
+# --- what a review of the send path found ---------------------------------------------------
+
+
+def _smtp(port: int, extra: str = "") -> str:
+    return (
+        f'[provider]\nname = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n{extra}'
+    )
+
+
+def test_a_rehearsal_through_the_outbox_does_not_stop_the_real_send(tmp_path: Path) -> None:
+    settings, issue = make_folder(tmp_path, '[provider]\nname = "outbox"\n', 5)
+    assert send_issue(settings, issue, SendOptions()).sent == 5  # written to build/outbox only
+    handler = SinkHandler()
+    with smtp_server(handler) as port:
+        (tmp_path / "newsletter.toml").write_text(_smtp(port), "utf-8")
+        from newsletter.settings import load_settings
+
+        real = load_settings(tmp_path / "newsletter.toml")
+        report = send_issue(real, issue, SendOptions())
+        assert (report.sent, report.skipped_already_sent) == (5, 0)
+        again = send_issue(real, issue, SendOptions())
+        assert (again.sent, again.skipped_already_sent) == (0, 5)
+    assert len(handler.received) == 5
+
+
+def test_what_the_relay_took_before_refusing_the_sender_is_not_sent_again(tmp_path: Path) -> None:
+    class Suspends(SinkHandler):
+        suspended = False
+
+        async def handle_MAIL(
+            self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+        ) -> str:
+            if self.suspended or self.count >= 3:
+                return "554 5.7.1 Sending suspended"
+            envelope.mail_from = address
+            return "250 OK"
+
+    handler = Suspends()
+    with smtp_server(handler) as port:
+        settings, issue = make_folder(tmp_path, _smtp(port, "connections = 2\nbatch_size = 6\n"), 8)
+        with pytest.raises(SendError, match="refused the sender"):
+            send_issue(settings, issue, SendOptions(sleep=_no_sleep))
+        taken = handler.count  # 3, or 4 when both connections passed the check at once
+        assert 3 <= taken < 8
+        counts = issue_status(settings, "2026-10").counts
+        assert counts[JournalState.SENT] == taken and counts[JournalState.SENDING] == 0
+        handler.count = -100  # the relay lifts the suspension
+        report = send_issue(settings, issue, SendOptions(sleep=_no_sleep))
+    assert report.sent == 8 - taken
+    delivered = [r.rcpt_tos[0] for r in handler.received]
+    assert sorted(delivered) == sorted(
+        f"reader{n}@example.net" for n in range(1, 9)
+    )  # no one twice
+
+
+def test_a_relay_that_refuses_everyone_stops_the_send(tmp_path: Path) -> None:
+    handler = SinkHandler(rcpt_replies={"@": "550 5.7.1 Relaying denied"})
+    with smtp_server(handler) as port:
+        settings, issue = make_folder(tmp_path, _smtp(port), 70)
+        with pytest.raises(SendError, match="accepted nothing in 50 calls in a row"):
+            send_issue(settings, issue, SendOptions(sleep=_no_sleep))
+    counts = issue_status(settings, "2026-10").counts
+    assert counts[JournalState.FAILED] == 50 and counts[JournalState.QUEUED] == 20
+
+
+def test_a_run_of_dead_addresses_alone_does_not_stop_the_send(tmp_path: Path) -> None:
+    handler = SinkHandler(
+        rcpt_replies={f"reader{n}@": "550 5.1.1 No such user" for n in range(1, 21)}
+    )
+    with smtp_server(handler) as port:
+        settings, issue = make_folder(tmp_path, _smtp(port), 25)
+        report = send_issue(settings, issue, SendOptions(sleep=_no_sleep))
+    assert (report.failed, report.sent) == (20, 5)
+
+
+def test_plain_http_links_stop_the_send_before_anything_happens(tmp_path: Path) -> None:
+    settings, issue = make_folder(tmp_path, NULL + '[web]\nurl = "http://news.example.org"\n', 3)
+    with pytest.raises(SendError, match=r"one-click unsubscribe \(RFC 8058\) only over https"):
+        send_issue(settings, issue, SendOptions())
+    assert issue_status(settings, "2026-10").counts[JournalState.QUEUED] == 0
+
+
+def test_a_bad_rate_setting_names_the_key(tmp_path: Path) -> None:
+    settings, issue = make_folder(tmp_path, NULL + 'rate = "fast"\n', 3)
+    with pytest.raises(
+        SendError, match=r"newsletter.toml: \[provider\] rate: rate 'fast' is not a rate"
+    ):
+        send_issue(settings, issue, SendOptions())
+
+
+def test_dry_run_with_mailgun_writes_the_form_fields(
+    tmp_path: Path, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAILGUN_API_KEY", "key-very-secret-123")
+    provider = f'[provider]\nname = "mailgun"\nbase_url = "{httpserver.url_for("")}"\n'
+    settings, issue = make_folder(tmp_path, provider, 3)
+    report = send_issue(settings, issue, SendOptions(dry_run=True))
+    assert report.sent == 3 and httpserver.log == []
+    (batch,) = (tmp_path / "build" / "outbox" / "2026-10").glob("mailgun-batch-*.json")
+    text = batch.read_text("utf-8")
+    assert "key-very-secret-123" not in text
+    fields = {f["name"]: f["value"] for f in json.loads(text)["payload"]}
+    assert fields["subject"] == "Ruptures, feedback and dropout"
+    assert set(json.loads(fields["recipient-variables"])) == {
+        f"reader{n}@example.net" for n in range(1, 4)
+    }
+
+
+def test_a_mistyped_store_path_is_an_error_not_an_empty_list(tmp_path: Path) -> None:
+    make_folder(tmp_path, NULL, 3)
+    (tmp_path / "newsletter.toml").write_text(
+        NULL + '[paths]\ndatabase = "typo/newsletter.db"\n', "utf-8"
+    )
+    from newsletter.errors import StoreError
+    from newsletter.settings import load_settings
+
+    settings = load_settings(tmp_path / "newsletter.toml")
+    issue = tmp_path / "issues" / "2026-10.md"
+
+    with pytest.raises(StoreError, match="there is no subscriber store here"):
+        send_issue(settings, issue, SendOptions())
+    result = CliRunner().invoke(
+        main, ["--config", str(tmp_path / "newsletter.toml"), "subscribers", "list"]
+    )
+    assert result.exit_code == 1 and "Check [paths] database" in result.output
+    assert not (tmp_path / "typo").exists()
+
+
+def test_two_sends_of_one_issue_cannot_run_at_once(tmp_path: Path) -> None:
+    from newsletter.send import send_lock
+
+    settings, issue = make_folder(tmp_path, NULL, 3)
+    running = r"another send of 2026-10 is running \(process \d+\)"
+    with send_lock(settings.paths.database, "2026-10"), pytest.raises(SendError, match=running):
+        send_issue(settings, issue, SendOptions())
+    assert send_issue(settings, issue, SendOptions()).sent == 3  # released

@@ -24,9 +24,10 @@ from pathlib import Path
 from newsletter.errors import IssueFileError, NewsletterError, Problem
 from newsletter.issue import Article, Issue
 from newsletter.parse import read_issue
-from newsletter.render import template_environment
+from newsletter.render import fill_placeholders, template_environment
 from newsletter.settings import Settings
 from newsletter.taxonomy import slugify
+from newsletter.tokens import web_url
 
 
 @dataclass(frozen=True)
@@ -92,13 +93,14 @@ def build_archive(
     for issue in issues:
         years.setdefault(issue.month[:4], []).append(issue)
 
+    public_fields = public_placeholder_values(settings)
     common = {
+        "public": lambda text: fill_placeholders(text, public_fields, html=False),
         "settings": settings,
         "style": settings.style,
         "slugify": slugify,
         "month_date": month_date,
-        "subscribe_url": settings.section("web").get("url", settings.base_url).rstrip("/")
-        + "/subscribe",
+        "subscribe_url": subscribe_url(settings),
     }
     pages: list[Path] = []
 
@@ -146,6 +148,15 @@ def build_archive(
         shutil.rmtree(site)
     staging.rename(site)
     return ArchiveResult(site, tuple(issues), tuple(pages), tuple(skipped))
+
+
+def subscribe_url(settings: Settings) -> str:
+    return f"{web_url(settings)}/subscribe"
+
+
+def public_placeholder_values(settings: Settings) -> dict[str, str]:
+    """What the per-recipient fields become on the public web: nobody in particular."""
+    return {"name": "reader", "email": "you", "unsubscribe_url": subscribe_url(settings)}
 
 
 def iter_topic_slugs(issues: Iterable[Issue]) -> set[str]:

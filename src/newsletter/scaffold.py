@@ -29,6 +29,7 @@ _GITIGNORE = f"""\
 build/
 newsletter.db
 newsletter.db-*
+newsletter.db.send-*.lock
 {SECRET_FILE}
 """
 

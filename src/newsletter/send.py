@@ -19,13 +19,18 @@ Memory does not grow with the list: recipients are read from the store one batch
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP as HTTP_POLICY
 from pathlib import Path
 
 from newsletter.check import check_issue
@@ -41,10 +46,11 @@ from newsletter.messages import OutgoingMessage, PreparedIssue, Recipient, prepa
 from newsletter.parse import parse_issue
 from newsletter.providers import Provider, create_provider
 from newsletter.providers.base import DeliveryResult
+from newsletter.providers.http import ApiRequest
 from newsletter.render import RenderedIssue, render_issue
 from newsletter.settings import Settings
 from newsletter.store import get_subscriber, open_store
-from newsletter.tokens import Signer, unsubscribe_url
+from newsletter.tokens import Signer, unsubscribe_url, web_url
 
 # After this many provider calls in a row that delivered nothing, the provider is taken to be
 # down (or refusing everything): the send stops instead of grinding through the list.
@@ -174,11 +180,22 @@ def prepare_send(settings: Settings, issue_path: Path, options: SendOptions) -> 
     rendered = render_issue(issue, settings)
     prepared = prepare_issue(rendered, settings)
     signer = Signer.for_settings(settings)
+    where = settings.source or "the embedded settings"
+    links = web_url(settings)
+    if not links.startswith("https://"):
+        raise SendError(
+            f"{where}: unsubscribe links would start with {links}/, but mail providers honour "
+            "one-click unsubscribe (RFC 8058) only over https. Set [web] url (or [newsletter] "
+            "base_url) to the https:// address where `newsletter serve` answers."
+        )
     provider = create_provider(settings, options.provider, dry_run=options.dry_run)
     if options.rate is None:
         configured = settings.provider_options.get("rate")
         if configured is not None:
-            options.rate = parse_rate(str(configured))
+            try:
+                options.rate = parse_rate(str(configured))
+            except SendError as exc:
+                raise SendError(f"{where}: [provider] rate: {exc}") from None
     return PreparedSend(settings, issue_path, rendered, prepared, provider, signer, options)
 
 
@@ -229,6 +246,35 @@ def pending_count(job: PreparedSend) -> tuple[int, int]:
     return int(audience_size) - int(done), int(already)
 
 
+@contextmanager
+def send_lock(database: Path, month: str) -> Iterator[None]:
+    """Only one send of an issue at a time.
+
+    Two runs could not mark the same row, but a second one would report the first one's
+    in-flight messages as uncertain, and with --resend-uncertain send them again. The lock
+    is the operating system's: a killed send releases it.
+    """
+    path = database.with_name(f"{database.name}.send-{month}.lock")
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise SendError(
+                f"another send of {month} is running ({holder}); wait for it to finish, "
+                "or stop it, then run this command again"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class Sender:
     """Runs one send; see the module docstring for the guarantees."""
 
@@ -255,7 +301,8 @@ class Sender:
             if self.options.dry_run:
                 self._dry_run(conn)
             else:
-                self._send(conn)
+                with send_lock(self.job.settings.paths.database, self.job.month):
+                    self._send(conn)
         finally:
             conn.close()
         return self.report
@@ -525,16 +572,7 @@ class DryRunWriter:
         if isinstance(self.provider, HttpProvider):
             request = self.provider.build_request(messages)
             self.batches += 1
-            payload: object
-            if request.body is not None:
-                try:
-                    payload = json.loads(request.body)
-                except ValueError as exc:
-                    raise SendError(
-                        f"{self.provider.name}: the payload built is not valid JSON: {exc}"
-                    ) from None
-            else:
-                payload = [{"name": n, "value": v} for n, v in request.form or []]
+            payload = self._decoded(request)
             document = {
                 "provider": self.provider.name,
                 "method": "POST",
@@ -552,6 +590,30 @@ class DryRunWriter:
         for message in messages:
             (self.outbox / f"{message.recipient_id}.eml").write_bytes(message.as_bytes())
             self._index[f"{message.recipient_id}.eml"] = (message.to_header, message.subject)
+
+    def _decoded(self, request: ApiRequest) -> object:
+        """The request body as data a person can read: JSON, or the fields of a form."""
+        if request.body is None:
+            return [{"name": n, "value": v} for n, v in request.form or []]
+        if request.content_type.startswith("multipart/form-data"):
+            # Parsed back with the standard library, which also checks that it is well formed.
+            head = f"Content-Type: {request.content_type}\r\n\r\n".encode("ascii")
+            form = BytesParser(policy=HTTP_POLICY).parsebytes(head + request.body)
+            if not form.is_multipart():
+                raise SendError(f"{self.provider.name}: the multipart body built does not parse")
+            return [
+                {
+                    "name": part.get_param("name", header="content-disposition"),
+                    "value": part.get_content(),
+                }
+                for part in form.iter_parts()
+            ]
+        try:
+            return json.loads(request.body)
+        except ValueError as exc:
+            raise SendError(
+                f"{self.provider.name}: the payload built is not valid JSON: {exc}"
+            ) from None
 
     def close(self) -> None:
         if self._index:
