@@ -97,3 +97,27 @@ def _with_build(settings: Settings, folder: Path) -> Settings:
     from dataclasses import replace
 
     return replace(settings, paths=replace(settings.paths, build=folder / "build"))
+
+
+def test_the_served_preview_reloads_itself_in_the_browser_when_the_issue_changes(
+    settings: Settings, write_issue: Callable[..., Path]
+) -> None:
+    from .cdp import Browser
+
+    path = write_issue()
+    live = LivePreview(path, settings, port=0)
+    thread = live.start_in_background(interval=0.1)
+    try:
+        with Browser(width=375) as chromium:
+            chromium.open(live.url)
+            assert "Repairing ruptures helps" in chromium.text("body")
+            chromium.events.clear()
+            path.write_text(
+                VALID_ISSUE.replace("Repairing ruptures helps", "Ruptures, repaired"), "utf-8"
+            )
+            # Nobody touches the browser: the page notices the rebuild and reloads itself.
+            chromium.wait_for_event("Page.loadEventFired")
+            assert "Ruptures, repaired" in chromium.text("body")
+    finally:
+        live.shutdown()
+        thread.join(timeout=5)
