@@ -69,7 +69,12 @@ CITATION_FIELDS = {
 }
 REQUIRED_CITATION = ("authors", "year", "title", "journal", "topics")
 
+# Only the block structure (headings and their lines) matters here: inline parsing, the
+# larger half of markdown-it's work, is left to the render stage.
 _markdown = MarkdownIt("commonmark", {"html": False})
+_markdown.core.ruler.disable("inline")
+# libyaml's parser when PyYAML was built with it; the pure-Python one otherwise.
+_YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass
@@ -168,7 +173,7 @@ def _front_matter(
     """Front matter keys -> (value, line). Values are one-line strings."""
     source = "\n".join(block)
     try:
-        node = yaml.compose(source, Loader=yaml.SafeLoader)
+        node = yaml.compose(source, Loader=_YamlLoader)
     except yaml.YAMLError as exc:
         # The context mark is where the broken construct starts, which is what needs fixing;
         # the problem mark is often the line after.
@@ -199,7 +204,7 @@ def _front_matter(
         if key in values:
             found.error(line, f"'{key}' is given twice (first on line {values[key][1]})")
             continue
-        value: Any = yaml.safe_load(yaml.serialize(value_node))
+        value: Any = _construct(value_node)
         if isinstance(value, _dt.date) and key == "month":
             found.error(line, f"month must be YYYY-MM (e.g. {value:%Y-%m}), not a full date")
             continue
@@ -211,7 +216,8 @@ def _front_matter(
                 continue
         value = value.strip()
         raw_line = block[key_node.start_mark.line] if key_node.start_mark.line < len(block) else ""
-        if " #" in raw_line and "#" not in value and value_node.style is None:
+        # (A plain scalar has no style: None from the Python parser, "" from libyaml.)
+        if " #" in raw_line and "#" not in value and not value_node.style:
             found.error(
                 line,
                 f"'{key}': the text after ' #' is read as a YAML comment; put the value in quotes",
@@ -238,6 +244,11 @@ def _front_matter(
             subject[1], f"subject is {len(subject[0])} characters; many clients cut it near 60–90"
         )
     return values
+
+
+def _construct(node: yaml.Node) -> Any:
+    """The Python value of one composed YAML node (safe types only)."""
+    return yaml.SafeLoader("").construct_object(node, deep=True)
 
 
 def _body(
