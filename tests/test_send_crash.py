@@ -40,7 +40,7 @@ from .sending_helpers import make_folder
 from .smtp_servers import SinkHandler, smtp_server
 
 CONNECTIONS = 4
-SUBSCRIBERS = 300
+SUBSCRIBERS = 500
 KILLS = 22
 
 
