@@ -76,6 +76,17 @@ def test_plain_smtp_delivers_each_message_with_its_own_envelope(
     assert sink.received[2].content == messages[2].as_bytes()
 
 
+def _auth_server(sink: SinkHandler, server_tls: ssl.SSLContext, password: str) -> Any:
+    """A server that requires STARTTLS, then AUTH as "newsletter" with ``password``."""
+    return smtp_server(
+        sink,
+        tls_context=server_tls,
+        require_starttls=True,
+        auth_required=True,
+        authenticator=password_checker("newsletter", password),
+    )
+
+
 def test_starttls_with_auth(
     tmp_path: Path,
     sink: SinkHandler,
@@ -84,13 +95,7 @@ def test_starttls_with_auth(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(PASSWORD_VARIABLE, "s3cret-pass")
-    with smtp_server(
-        sink,
-        tls_context=server_tls,
-        require_starttls=True,
-        auth_required=True,
-        authenticator=password_checker("newsletter", "s3cret-pass"),
-    ) as port:
+    with _auth_server(sink, server_tls, "s3cret-pass") as port:
         extra = f'security = "starttls"\nusername = "newsletter"\nca_file = "{ca_file}"\n'
         settings = provider_settings(tmp_path, port, extra)
         with SmtpProvider(settings) as provider:
@@ -107,13 +112,7 @@ def test_wrong_password_stops_the_send_without_leaking_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(PASSWORD_VARIABLE, "wrong-pass-value")
-    with smtp_server(
-        sink,
-        tls_context=server_tls,
-        require_starttls=True,
-        auth_required=True,
-        authenticator=password_checker("newsletter", "right"),
-    ) as port:
+    with _auth_server(sink, server_tls, "right") as port:
         extra = f'username = "newsletter"\nca_file = "{ca_file}"\n'
         provider = SmtpProvider(provider_settings(tmp_path, port, extra))
         with pytest.raises(ProviderError, match="refused the login") as caught:
