@@ -9,7 +9,9 @@ and the replies that mean the same for every service:
   ``uncertain`` when the request may have been received;
 - 429: temporary, with the service's Retry-After;
 - 5xx: temporary;
-- 401/403: ProviderError, because no retry fixes a refused credential.
+- 401/403: ProviderError, because no retry fixes a refused credential;
+- a redirect to another host: ProviderError before anything is sent there, because the
+  credential (a header or basic auth) and the subscribers' addresses would follow it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, cast
+from urllib.parse import urlsplit
 
 import requests
 
@@ -126,6 +129,45 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class OffHostRedirect(requests.RequestException):
+    """The API answered with a redirect to another host (or port, or from https to http)."""
+
+    def __init__(self, source: str, target: str):
+        super().__init__(f"redirected from {source} to {target}")
+        self.source = source
+        self.target = target
+
+
+class ApiSession(requests.Session):
+    """A Session that follows a redirect only on the host it was sent to.
+
+    requests drops ``Authorization`` when a redirect changes host, but keeps every other
+    header (Postmark's ``X-Postmark-Server-Token``) and the body; so a redirect off the host
+    is refused before the next request is sent.
+    """
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: Any) -> None:
+        source = response.request.url or ""
+        target = prepared_request.url or ""
+        if _origin(source) != _origin(target) and not _is_upgrade(source, target):
+            raise OffHostRedirect(source.split("?", 1)[0], target.split("?", 1)[0])
+        super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname or "", parts.port or _DEFAULT_PORTS.get(parts.scheme)
+
+
+def _is_upgrade(source: str, target: str) -> bool:
+    """http://host/ to https://host/ on the default ports, which requests also allows."""
+    old, new = _origin(source), _origin(target)
+    return old == ("http", new[1], 80) and new == ("https", old[1], 443)
+
+
 class HttpProvider(Provider):
     """Base of the HTTP providers; see the module docstring for what it handles."""
 
@@ -174,7 +216,7 @@ class HttpProvider(Provider):
     # --- the shared loop ------------------------------------------------------------------
 
     def open(self) -> None:
-        session = requests.Session()
+        session = ApiSession()
         session.headers["User-Agent"] = USER_AGENT
         session.headers["Accept"] = "application/json"
         self.authenticate(session, self._credential)
@@ -204,6 +246,8 @@ class HttpProvider(Provider):
                 headers=headers,
                 timeout=(min(10.0, self.timeout), self.timeout),
             )
+        except OffHostRedirect as exc:
+            raise self.refuse_redirect(exc) from None
         except requests.ConnectTimeout as exc:
             return self.whole_batch(messages, f"cannot connect: {exc}")
         except requests.ConnectionError as exc:
@@ -256,6 +300,14 @@ class HttpProvider(Provider):
             DeliveryResult.temporary(m, reason, retry_after=retry_after, uncertain=uncertain)
             for m in messages
         ]
+
+    def refuse_redirect(self, redirect: OffHostRedirect) -> ProviderError:
+        return ProviderError(
+            self.name,
+            f"the API at {redirect.source} redirected to another host ({redirect.target}); "
+            "nothing was sent there, because the credential would follow. If the service "
+            "has moved, set base_url in the [provider] table of newsletter.toml",
+        )
 
     def refuse(self, response: requests.Response, what: str) -> ProviderError:
         return ProviderError(self.name, f"{what} ({response.status_code})", reply=response.text)

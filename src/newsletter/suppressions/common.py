@@ -9,7 +9,7 @@ from typing import Any
 import requests
 
 from newsletter.errors import ProviderError
-from newsletter.providers.http import HttpProvider, parse_retry_after
+from newsletter.providers.http import HttpProvider, OffHostRedirect, parse_retry_after
 from newsletter.store import Status
 
 ATTEMPTS = 4
@@ -41,6 +41,8 @@ def get_json(provider: HttpProvider, url: str, params: dict[str, Any] | None = N
             response = session.get(
                 url, params=params, timeout=(min(10.0, provider.timeout), provider.timeout)
             )
+        except OffHostRedirect as exc:
+            raise provider.refuse_redirect(exc) from None
         except requests.RequestException as exc:
             if last:
                 raise ProviderError(provider.name, f"cannot read {where}: {exc}") from None
