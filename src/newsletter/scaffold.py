@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from newsletter.errors import NewsletterError
+from newsletter.private_files import write_private
 from newsletter.settings import SETTINGS_FILE
 
 SECRET_FILE = ".newsletter-secret"
@@ -67,9 +68,11 @@ def init_newsletter(folder: Path, *, today: _dt.date | None = None) -> list[Path
         if path.exists():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, "utf-8")
+        if path.name == SECRET_FILE:
+            write_private(path, text.encode())
+        else:
+            path.write_text(text, "utf-8")
         created.append(path)
-    (folder / SECRET_FILE).chmod(0o600)
     return created
 
 

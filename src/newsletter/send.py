@@ -44,6 +44,7 @@ from newsletter.errors import (
 from newsletter.journal import JournalEntry, JournalState, Outcome, SendJournal, audience
 from newsletter.messages import OutgoingMessage, PreparedIssue, Recipient, prepare_issue
 from newsletter.parse import parse_issue
+from newsletter.private_files import make_private_folder, write_private
 from newsletter.providers import Provider, create_provider
 from newsletter.providers.base import DeliveryResult
 from newsletter.providers.http import ApiRequest
@@ -560,7 +561,7 @@ class DryRunWriter:
         self.batches = 0
         self._write_index = write_index
         self._index: dict[str, tuple[str, str]] = {}
-        outbox.mkdir(parents=True, exist_ok=True)
+        make_private_folder(outbox)
         for stale in (*outbox.glob("*.eml"), *outbox.glob("*-batch-*.json")):
             stale.unlink()
 
@@ -585,10 +586,10 @@ class DryRunWriter:
                 "payload": payload,
             }
             path = self.outbox / f"{self.provider.name}-batch-{self.batches:04d}.json"
-            path.write_text(json.dumps(document, ensure_ascii=False, indent=1), "utf-8")
+            write_private(path, json.dumps(document, ensure_ascii=False, indent=1).encode())
             return
         for message in messages:
-            (self.outbox / f"{message.recipient_id}.eml").write_bytes(message.as_bytes())
+            write_private(self.outbox / f"{message.recipient_id}.eml", message.as_bytes())
             self._index[f"{message.recipient_id}.eml"] = (message.to_header, message.subject)
 
     def _decoded(self, request: ApiRequest) -> object:

@@ -27,6 +27,7 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 
 from newsletter.errors import StoreError
+from newsletter.private_files import create_private
 from newsletter.taxonomy import Taxonomy
 
 BUSY_TIMEOUT_SECONDS = 10.0
@@ -188,8 +189,10 @@ def open_store(
     except OSError as exc:
         raise StoreError(f"{path}: cannot create its folder ({exc.strerror})") from None
     try:
+        # Personal data: owner-only from the first byte (SQLite gives -wal and -shm the same).
+        create_private(path)
         conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, factory=StoreConnection)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"{path}: cannot open the subscriber store ({exc})") from None
     conn.path = path
     try:

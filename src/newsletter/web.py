@@ -53,6 +53,9 @@ from newsletter.tokens import CONFIRM, UNSUBSCRIBE, Signer, TokenClaims
 CONFIG_ENV = "NEWSLETTER_CONFIG"
 MAX_BODY_BYTES = 64 * 1024
 _TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+_TOKEN_IN_PATH = re.compile(r"/(unsubscribe|preferences|confirm)/[^ ?]+")
+# The request's path without its token, set in the WSGI environ for access logs.
+LOG_PATH_KEY = "newsletter.log_path"
 _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"/unsubscribe/([^/]*)/?"), "unsubscribe"),
     (re.compile(r"/preferences/([^/]*)/?"), "preferences"),
@@ -158,6 +161,8 @@ class WebApp:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        # For a WSGI server's access log: gunicorn's %({newsletter.log_path}e)s (docs/web.md).
+        environ[LOG_PATH_KEY] = without_tokens(str(environ.get("PATH_INFO") or "/"))
         try:
             page = self.handle(environ, "GET" if method == "HEAD" else method)
         except _RequestRejected as exc:
@@ -460,16 +465,17 @@ class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     request_queue_size = 128
 
 
+def without_tokens(text: str) -> str:
+    """``text`` (a path or a request line) with the tokens in it left out: they unlock a
+    subscriber, so they must not reach an access log."""
+    return _TOKEN_IN_PATH.sub(r"/\1/…", text)
+
+
 class _RequestLog(WSGIRequestHandler):
-    """The standard access log, with the tokens in paths left out: they unlock a subscriber."""
+    """The standard access log, with the tokens in paths left out."""
 
     def log_message(self, format: str, *args: Any) -> None:
-        cleaned = tuple(
-            re.sub(r"/(unsubscribe|preferences|confirm)/[^ ?]+", r"/\1/…", a)
-            if isinstance(a, str)
-            else a
-            for a in args
-        )
+        cleaned = tuple(without_tokens(a) if isinstance(a, str) else a for a in args)
         super().log_message(format, *cleaned)
 
 

@@ -2,7 +2,8 @@
 
 Files go to ``<build>/outbox/<month>/<recipient id>.eml`` with an ``index.html`` linking them,
 so a dry run can be inspected in a browser or opened in a mail client. Nothing leaves the
-machine, and no credential is read.
+machine, and no credential is read. The folder and files are owner-only: each message carries
+a working unsubscribe link.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from email.policy import compat32
 from pathlib import Path
 
 from newsletter.messages import OutgoingMessage
+from newsletter.private_files import make_private_folder, write_private
 from newsletter.providers.base import DeliveryResult, Provider
 
 INDEX_NAME = "index.html"
@@ -40,7 +42,7 @@ class OutboxProvider(Provider):
             folder = self.root / message.month
             entries = self._written.get(folder)
             if entries is None:
-                folder.mkdir(parents=True, exist_ok=True)
+                make_private_folder(folder)
                 entries = self._written[folder] = {}
             filename = f"{message.recipient_id}.eml"
             _write_atomically(folder / filename, message.as_bytes())
@@ -57,7 +59,7 @@ class OutboxProvider(Provider):
 def _write_atomically(path: Path, data: bytes) -> None:
     # A dry run killed half-way must not leave half a message behind.
     temporary = path.with_suffix(".eml.tmp")
-    temporary.write_bytes(data)
+    write_private(temporary, data)
     os.replace(temporary, path)
 
 
@@ -97,5 +99,5 @@ def write_index(folder: Path, known: dict[str, tuple[str, str]] | None = None) -
         + "\n</tbody></table></body></html>\n"
     )
     index = folder / INDEX_NAME
-    index.write_text(page, encoding="utf-8")
+    write_private(index, page.encode("utf-8"))
     return index
