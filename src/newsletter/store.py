@@ -16,6 +16,8 @@ import functools
 import json
 import re
 import sqlite3
+import string
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -287,11 +289,15 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 # --- Values -------------------------------------------------------------------------------
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_MAX_LOCAL_PART = 64  # RFC 5321, 4.5.3.1.1
+_ASCII_LOWERCASE = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 _PLAIN_ADDRESS = re.compile(rf"({_ATOM}(?:\.{_ATOM})*)@([A-Za-z0-9.-]+)")
 
 
 def normalize_email(address: str) -> str:
-    """The canonical spelling of ``address`` (email-validator's), or a StoreError saying why not.
+    """The canonical spelling of ``address`` (email-validator's, with an international domain
+    in its ASCII form), or a StoreError saying why not. Addresses no provider can deliver to
+    are refused: non-ASCII before the @, or more than 64 characters there.
 
     Validating a domain is two thirds of email-validator's cost and a list has few distinct
     domains, so plain ASCII addresses take a path that validates each domain once; the
@@ -299,29 +305,64 @@ def normalize_email(address: str) -> str:
     """
     address = address.strip()
     plain = _PLAIN_ADDRESS.fullmatch(address)
-    if plain and len(plain[1]) <= 64:
+    if plain and len(plain[1]) <= _MAX_LOCAL_PART:
         domain = _normalized_domain(plain[2])
         if domain is not None:
             result = f"{plain[1]}@{domain}"
             if len(result) <= 254:
                 return result
+    _refuse_undeliverable(address)
     try:
-        return validate_email(address, check_deliverability=False).normalized
+        valid = validate_email(address, check_deliverability=False)
     except EmailNotValidError as exc:
         raise StoreError(f"invalid address {address!r}: {exc}") from None
+    # An international domain in its ASCII (IDNA) form, which every mail server takes.
+    return valid.ascii_email or valid.normalized
+
+
+def _refuse_undeliverable(address: str) -> None:
+    """A StoreError for a well-formed address no provider can deliver to.
+
+    Outside ASCII, the part before the @ needs SMTPUTF8, which the providers' APIs do not
+    take; and Unicode normalisation would make two mailboxes one (KELVIN SIGN and K).
+    """
+    local = address.rpartition("@")[0]
+    strange = next((c for c in local if not c.isascii()), None)
+    if strange is not None:
+        raise StoreError(
+            f"invalid address {address!r}: the part before the @ has a character outside "
+            f"ASCII ({_describe(strange)}), which the mail providers cannot deliver to; "
+            "use an address with only ASCII letters, digits and punctuation before the @"
+        )
+    if len(local) > _MAX_LOCAL_PART:
+        raise StoreError(
+            f"invalid address {address!r}: the part before the @ is {len(local)} characters "
+            f"long; mail servers take at most {_MAX_LOCAL_PART} (RFC 5321)"
+        )
+
+
+def _describe(character: str) -> str:
+    return f"U+{ord(character):04X} {unicodedata.name(character, 'unnamed character')}"
 
 
 @functools.lru_cache(maxsize=4096)
 def _normalized_domain(domain: str) -> str | None:
     try:
-        return validate_email(f"x@{domain}", check_deliverability=False).domain
+        return validate_email(f"x@{domain}", check_deliverability=False).ascii_domain
     except EmailNotValidError:
         return None  # the full validation says why, in terms of the real address
 
 
 def email_key(email: str) -> str:
-    """What makes two addresses the same subscriber: the address regardless of case."""
-    return email.casefold()
+    """What makes two normalised addresses the same subscriber: the address regardless of the
+    case of its ASCII letters.
+
+    Only ASCII: Unicode case folding makes different mailboxes one (``straße`` and
+    ``STRASSE``, and in a domain ``straße.de`` and ``strasse.de``, which IDNA 2008 keeps
+    apart). A normalised address has only ASCII before the @, and its domain is in IDNA's
+    lowercase form already.
+    """
+    return email.translate(_ASCII_LOWERCASE)
 
 
 def canonical_topics(names: Iterable[str], taxonomy: Taxonomy) -> tuple[str, ...]:

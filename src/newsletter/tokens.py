@@ -39,8 +39,7 @@ CONFIRM_MAX_AGE = 7 * 24 * 3600
 _SIGNATURE_BYTES = 16
 # Writes the key owner-only whatever the umask; the error for a missing secret suggests it.
 MAKE_SECRET_COMMAND = (
-    "(umask 077; python3 -c 'import secrets; print(secrets.token_urlsafe(32))' "
-    f"> {SECRET_FILE})"
+    f"(umask 077; python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > {SECRET_FILE})"
 )
 logger = logging.getLogger("newsletter")
 _MIN_SECRET_BYTES = 16
