@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,14 @@ REQUIRED_CITATION = ("authors", "year", "title", "journal", "topics")
 # larger half of markdown-it's work, is left to the render stage.
 _markdown = MarkdownIt("commonmark", {"html": False})
 _markdown.core.ruler.disable("inline")
+# markdown-it stops at this depth of nesting (lists, quotes) and silently drops the rest of
+# the text, here and in the renderer. The parser looks deeper, so that it can say where.
+RENDERABLE_NESTING = _markdown.options.maxNesting
+_markdown.options.maxNesting = RENDERABLE_NESTING * 2
+# Characters that break the MJML template (XML) or hide in text: C0 controls but tab, DEL, C1.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# In a one-line value (it becomes a header): also tab and the Unicode line separators.
+_CONTROL_IN_VALUE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # libyaml's parser when PyYAML was built with it; the pure-Python one otherwise.
 _YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -147,6 +156,7 @@ def parse_text(data: bytes, path: Path, taxonomy: Taxonomy, found: _Collector) -
 
     meta = _front_matter(lines[1:end], found, first_line=2)
     body_start = end + 1  # index into lines of the body's first line
+    _control_characters(lines, body_start, found)
     intro, articles = _body(lines, body_start, taxonomy, found)
 
     month = meta.get("month", ("", 0))
@@ -167,6 +177,35 @@ def parse_text(data: bytes, path: Path, taxonomy: Taxonomy, found: _Collector) -
     )
 
 
+def describe_character(character: str) -> str:
+    """``U+001B ESCAPE``: a character the reader cannot see, named."""
+    name = unicodedata.name(character, "") or _CONTROL_NAMES.get(ord(character), "control")
+    return f"U+{ord(character):04X} {name}"
+
+
+_CONTROL_NAMES = {
+    0x00: "NULL",
+    0x09: "TAB",
+    0x0B: "LINE TABULATION",
+    0x0C: "FORM FEED",
+    0x1B: "ESCAPE",
+    0x7F: "DELETE",
+    0x85: "NEXT LINE",
+}
+
+
+def _control_characters(lines: list[str], start: int, found: _Collector) -> None:
+    for index in range(start, len(lines)):
+        bad = _CONTROL.search(lines[index])
+        if bad:
+            where = "the article heading" if lines[index].startswith("#") else "the text"
+            found.error(
+                index + 1,
+                f"{where} contains the control character {describe_character(bad[0])}, "
+                "which no email can show; remove it",
+            )
+
+
 def _front_matter(
     block: list[str], found: _Collector, first_line: int
 ) -> dict[str, tuple[str, int]]:
@@ -174,6 +213,9 @@ def _front_matter(
     source = "\n".join(block)
     try:
         node = yaml.compose(source, Loader=_YamlLoader)
+    except RecursionError:
+        found.error(first_line, "front matter is nested too deeply; its values are plain text")
+        return {}
     except yaml.YAMLError as exc:
         # The context mark is where the broken construct starts, which is what needs fixing;
         # the problem mark is often the line after.
@@ -204,7 +246,16 @@ def _front_matter(
         if key in values:
             found.error(line, f"'{key}' is given twice (first on line {values[key][1]})")
             continue
-        value: Any = _construct(value_node)
+        if not isinstance(value_node, yaml.ScalarNode):
+            found.error(line, f"'{key}' must be text on one line, not a YAML list or mapping")
+            continue
+        try:
+            value: Any = _construct(value_node)
+        except yaml.YAMLError:
+            found.error(
+                line, f"'{key}': the YAML tag {value_node.tag} is not allowed; write plain text"
+            )
+            continue
         if isinstance(value, _dt.date) and key == "month":
             found.error(line, f"month must be YYYY-MM (e.g. {value:%Y-%m}), not a full date")
             continue
@@ -225,6 +276,14 @@ def _front_matter(
             continue
         if "\n" in value or "\r" in value:
             found.error(line, f"'{key}' must be one line")
+            continue
+        bad = _CONTROL_IN_VALUE.search(value)
+        if bad:
+            found.error(
+                line,
+                f"'{key}' contains the control character {describe_character(bad[0])}, "
+                "which no email can show; remove it",
+            )
             continue
         values[key] = (value, line)
 
@@ -256,6 +315,17 @@ def _body(
 ) -> tuple[str, list[Article]]:
     body = lines[start:]
     tokens = _markdown.parse("\n".join(body))
+    too_deep = next(
+        (t for t in tokens if t.level >= RENDERABLE_NESTING and t.map and t.type != "inline"),
+        None,
+    )
+    if too_deep is not None and too_deep.map is not None:
+        found.error(
+            start + too_deep.map[0] + 1,
+            "lists or quotes are nested too deeply here: Markdown keeps at most "
+            f"{RENDERABLE_NESTING // 2 - 1} levels of nested lists, and would drop this line "
+            "and everything after it from the email; nest fewer levels",
+        )
     # (level, first line index in body, heading text)
     headings: list[tuple[int, int, str]] = []
     for i, token in enumerate(tokens):
