@@ -26,27 +26,33 @@ PROVIDERS = sorted(CREDENTIALS)
 ANY_PATH = re.compile(".*")
 
 
-@pytest.fixture
-def thief() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="localhost", port=0)
-    server.expect_request(ANY_PATH).respond_with_json({"stolen": True})
+def own_server(host: str) -> Iterator[HTTPServer]:
+    # Not the shared `httpserver`: its log may hold a late request of another test.
+    server = HTTPServer(host=host, port=0)
     server.start()
     yield server
     server.clear()
-    if server.is_running():
-        server.stop()
+    server.stop()
 
 
 @pytest.fixture
-def redirecting(httpserver: HTTPServer, thief: HTTPServer) -> HTTPServer:
+def thief() -> Iterator[HTTPServer]:
+    for server in own_server("localhost"):
+        server.expect_request(ANY_PATH).respond_with_json({"stolen": True})
+        yield server
+
+
+@pytest.fixture
+def redirecting(thief: HTTPServer) -> Iterator[HTTPServer]:
     """The API server, answering every request with a 307 to the same path on the thief."""
 
     def redirect(request: Request) -> Response:
         target = thief.url_for(request.full_path.rstrip("?"))
         return Response(status=307, headers={"Location": target})
 
-    httpserver.expect_request(ANY_PATH).respond_with_handler(redirect)
-    return httpserver
+    for server in own_server("127.0.0.1"):
+        server.expect_request(ANY_PATH).respond_with_handler(redirect)
+        yield server
 
 
 @pytest.fixture(params=PROVIDERS)

@@ -441,3 +441,11 @@ def test_sync_with_a_provider_without_suppression_lists_says_so(tmp_path: Path) 
         pytest.raises(ProviderConfigError, match="no suppression list to sync"),
     ):
         suppressions.sync(conn, settings)
+
+
+def test_sync_is_defined_with_the_other_subscribers_commands() -> None:
+    from newsletter.cli import subscribers as subscribers_cli
+    from newsletter.cli import web as web_cli
+
+    assert subscribers_cli.subscribers.commands["sync"] is subscribers_cli.sync
+    assert not hasattr(web_cli, "sync")

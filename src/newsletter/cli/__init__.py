@@ -75,7 +75,7 @@ def _register() -> None:
     main.add_command(subscribers.subscribers)
     for command in sending.COMMANDS:
         main.add_command(command)
-    web.register(main, subscribers.subscribers)
+    main.add_command(web.serve)
 
 
 _register()

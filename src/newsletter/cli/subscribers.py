@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from newsletter import csvio, store
+from newsletter import csvio, store, suppressions
 from newsletter.cli import AppContext, pass_app
 from newsletter.store import Status, StoreConnection, Subscriber
 
@@ -301,3 +301,23 @@ def export(app: AppContext, file: Path, statuses: tuple[str, ...]) -> None:
         written = csvio.export_csv(conn, file, statuses=wanted, on_progress=advance)
     noun = "subscriber" if written == 1 else "subscribers"
     click.echo(f"Exported {written} {noun} to {file}.")
+
+
+@subscribers.command()
+@click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
+@pass_app
+def sync(app: AppContext, dry_run: bool) -> None:
+    """Mark bounces, complaints and unsubscribes from the provider's suppression lists."""
+    conn = _open(app)
+    report = suppressions.sync(conn, app.settings, dry_run=dry_run)
+    verb = "would change" if dry_run else "changed"
+    for change in report.changes:
+        click.echo(
+            f"{change.email}: {change.before} -> {change.after} ({change.reason})"
+            + (" [dry run]" if dry_run else "")
+        )
+    click.echo(
+        f"{report.provider}: {report.fetched} suppressed address(es); {len(report.changes)} "
+        f"subscriber(s) {verb}, {report.already_suppressed} already suppressed, "
+        f"{report.not_on_the_list} not on the list."
+    )

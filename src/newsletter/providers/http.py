@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -31,7 +32,7 @@ from newsletter import __version__
 from newsletter.errors import ProviderError
 from newsletter.messages import OutgoingMessage, PreparedIssue
 from newsletter.providers.base import DeliveryResult, Provider
-from newsletter.settings import Settings
+from newsletter.settings import Settings, check_url
 
 USER_AGENT = f"newsletter/{__version__} python-requests/{requests.__version__}"
 _SPECIALS = re.compile(r'[][\\()<>@,:;".]')
@@ -179,7 +180,9 @@ class HttpProvider(Provider):
         self, settings: Settings, options: dict[str, Any] | None = None, *, dry_run: bool = False
     ):
         super().__init__(settings, options, dry_run=dry_run)
-        self.base_url = self.option("base_url", str, self.default_base_url).rstrip("/")
+        base_url = self.option("base_url", str, self.default_base_url).rstrip("/")
+        where = settings.source or Path("<embedded defaults>")
+        self.base_url = check_url(base_url, where, "provider.base_url", site=True)
         self.timeout = self.option("timeout", float, 30.0)
         self._credential = self.secret(self.credential_variable)
         self.session: requests.Session | None = None
