@@ -20,6 +20,8 @@ from newsletter.taxonomy import Taxonomy
 
 SETTINGS_FILE = "newsletter.toml"
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+# Line breaks and controls, which a header (From, List-Id) must not carry.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -191,8 +193,13 @@ def _build(raw: dict[str, Any], *, source: Path | None, root: Path) -> Settings:
     if reply_to:
         reply_to = _address(reply_to, where, "newsletter.reply_to")
     for key in ("name", "from_name"):
-        if any(c in get("newsletter", key, "") for c in "\r\n"):
-            raise SettingsError("must be one line", path=where, key=f"newsletter.{key}")
+        control = _CONTROL.search(get("newsletter", key, ""))
+        if control:
+            raise SettingsError(
+                f"must be one line without control characters (found U+{ord(control[0]):04X})",
+                path=where,
+                key=f"newsletter.{key}",
+            )
     base_url = check_url(
         get("newsletter", "base_url").rstrip("/"), where, "newsletter.base_url", site=True
     )

@@ -30,7 +30,12 @@ import requests
 
 from newsletter import __version__
 from newsletter.errors import ProviderError
-from newsletter.messages import OutgoingMessage, PreparedIssue
+from newsletter.messages import (
+    OutgoingMessage,
+    PreparedIssue,
+    literal_header_text,
+    looks_encoded,
+)
 from newsletter.providers.base import DeliveryResult, Provider
 from newsletter.settings import Settings, check_url
 
@@ -52,9 +57,12 @@ class ApiRequest:
 
 
 def plain_address(name: str, address: str) -> str:
-    """``Name <address>`` for a JSON API: the name quoted when needed, never RFC 2047 encoded."""
+    """``Name <address>`` for a JSON API: the name quoted when needed, and RFC 2047 encoded
+    only when it looks like an encoded word itself (the service would pass that on as is)."""
     if not name:
         return address
+    if looks_encoded(name):
+        return f"{literal_header_text(name)} <{address}>"
     if _SPECIALS.search(name):
         name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{name} <{address}>"
