@@ -14,6 +14,7 @@ NewsletterError                 base: the CLI prints "Error: <message>" and exit
 └── TokenError                  a signed link is forged, truncated or for another newsletter
 
 The library never imports click: the CLI turns NewsletterError into click's error output.
+An error that quotes its input quotes an ``excerpt``: escaped, and short whatever the input.
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ class SettingsError(NewsletterError):
         super().__init__(f"{where}: {message}")
         self.path = path
         self.key = key
+
+
+def excerpt(text: str, limit: int = 60) -> str:
+    """``text`` quoted for an error message: invisible characters escaped, and cut after
+    ``limit`` characters with its full length, so that a binary or huge input cannot flood
+    the message."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text):,} characters)"
 
 
 @dataclass(frozen=True, order=True)

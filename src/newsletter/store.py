@@ -28,7 +28,7 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
-from newsletter.errors import StoreError
+from newsletter.errors import StoreError, excerpt
 from newsletter.private_files import create_private
 from newsletter.taxonomy import Taxonomy
 
@@ -315,7 +315,7 @@ def normalize_email(address: str) -> str:
     try:
         valid = validate_email(address, check_deliverability=False)
     except EmailNotValidError as exc:
-        raise StoreError(f"invalid address {address!r}: {exc}") from None
+        raise StoreError(f"invalid address {excerpt(address)}: {exc}") from None
     # An international domain in its ASCII (IDNA) form, which every mail server takes.
     return valid.ascii_email or valid.normalized
 
@@ -330,13 +330,13 @@ def _refuse_undeliverable(address: str) -> None:
     strange = next((c for c in local if not c.isascii()), None)
     if strange is not None:
         raise StoreError(
-            f"invalid address {address!r}: the part before the @ has a character outside "
+            f"invalid address {excerpt(address)}: the part before the @ has a character outside "
             f"ASCII ({_describe(strange)}), which the mail providers cannot deliver to; "
             "use an address with only ASCII letters, digits and punctuation before the @"
         )
     if len(local) > _MAX_LOCAL_PART:
         raise StoreError(
-            f"invalid address {address!r}: the part before the @ is {len(local)} characters "
+            f"invalid address {excerpt(address)}: the part before the @ is {len(local)} characters "
             f"long; mail servers take at most {_MAX_LOCAL_PART} (RFC 5321)"
         )
 
