@@ -43,7 +43,7 @@ from wsgiref.simple_server import make_server as _make_wsgiref_server
 
 from newsletter import confirmation, store
 from newsletter.confirmation import SendConfirmation, request_subscription, send_confirmation
-from newsletter.errors import NewsletterError, StoreError, TokenError
+from newsletter.errors import NewsletterError, StoreError, TokenError, excerpt
 from newsletter.messages import ONE_CLICK
 from newsletter.render import render_template
 from newsletter.settings import Settings, find_settings, load_settings
@@ -136,7 +136,15 @@ def _multipart_fields(content_type: str, body: bytes) -> list[tuple[str, str]]:
             continue
         payload = part.get_payload(decode=True)
         raw = payload if isinstance(payload, bytes) else b""
-        fields.append((name, raw.decode(part.get_content_charset() or "utf-8", "replace")))
+        charset = part.get_content_charset() or "utf-8"
+        try:
+            fields.append((name, raw.decode(charset, "replace")))
+        except LookupError:  # unknown, or not a text encoding (base64, rot13)
+            raise _RequestRejected(
+                400,
+                f"A field of the form is in a character set this server does not know "
+                f"({excerpt(charset, 40)}); send the form as UTF-8.",
+            ) from None
     return fields
 
 
