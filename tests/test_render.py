@@ -8,8 +8,8 @@ import pytest
 
 from newsletter.errors import TemplateError
 from newsletter.parse import parse_issue
+from newsletter.recipient_fields import fill
 from newsletter.render import (
-    fill_placeholders,
     mjml_to_html,
     render_issue,
     render_mjml,
@@ -119,11 +119,11 @@ def test_fill_placeholders_escapes_html_but_not_text() -> None:
         "email": "a@b.c",
         "unsubscribe_url": "https://x/u?a=1&b=2",
     }
-    html = fill_placeholders(template, values, html=True)
+    html = fill(template, values, html=True)
     assert html == (
         '<a href="https://x/u?a=1&amp;b=2">O&#x27;Brien &amp; &quot;Sons&quot;</a> a@b.c [[other]]'
     )
-    assert fill_placeholders("[[name]]", values, html=False) == 'O\'Brien & "Sons"'
+    assert fill("[[name]]", values, html=False) == 'O\'Brien & "Sons"'
 
 
 def test_a_template_in_the_newsletter_folder_overrides_the_packaged_one(
@@ -163,7 +163,7 @@ def test_sample_preview_fields_leave_no_placeholder(
     settings: Settings, write_issue: Callable[..., Path]
 ) -> None:
     rendered = render_issue(parse_issue(write_issue()), settings)
-    html = fill_placeholders(rendered.html, sample_fields(settings), html=True)
+    html = fill(rendered.html, sample_fields(settings), html=True)
     assert "[[" not in html
     assert "Dear Alex Sample," in html
 

@@ -19,7 +19,8 @@ import requests
 from newsletter import __version__
 from newsletter.errors import Problem
 from newsletter.parse import read_issue
-from newsletter.render import RenderedIssue, fill_placeholders, render_issue, sample_fields
+from newsletter.recipient_fields import fill, known_fields
+from newsletter.render import RenderedIssue, render_issue, sample_fields
 from newsletter.settings import Settings
 
 # Gmail cuts a message's HTML after about 102 KB and hides the rest behind "View entire
@@ -83,8 +84,8 @@ def check_rendered(
     path = str(rendered.issue.path)
     problems: list[Problem] = []
     fields = sample_fields(settings)
-    html = fill_placeholders(rendered.html, fields, html=True)
-    text = fill_placeholders(rendered.text, fields, html=False)
+    html = fill(rendered.html, fields, html=True)
+    text = fill(rendered.text, fields, html=False)
     size = len(html.encode("utf-8"))
     report.html_bytes = size
     if size > GMAIL_CLIP_BYTES:
@@ -124,7 +125,7 @@ def check_rendered(
                     path,
                     _line_of(rendered.issue.path, leftover),
                     f"placeholder {leftover} is left unreplaced in the {part} part; "
-                    "known fields are [[name]], [[email]] and [[unsubscribe_url]]",
+                    f"known fields are {known_fields()}",
                 )
             )
     return problems
