@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from newsletter import store
-from newsletter.errors import StoreError
+from newsletter.errors import InvalidInput, StoreError
 from newsletter.store import Status
 from newsletter.taxonomy import Taxonomy
 
@@ -71,7 +71,7 @@ def test_add_normalises_and_is_unique_regardless_of_case(conn: sqlite3.Connectio
     assert added.status is Status.ACTIVE
     assert added.confirmed_at == added.created_at
     assert added.source == store.SOURCE_COMMAND
-    with pytest.raises(StoreError, match="already in the store"):
+    with pytest.raises(InvalidInput, match="already in the store"):
         store.add_subscriber(conn, "ana.silva@EXAMPLE.org")
     assert store.get_subscriber(conn, "ANA.SILVA@example.org") == added
     assert store.get_subscriber(conn, added.id) == added
@@ -90,7 +90,7 @@ def test_add_normalises_and_is_unique_regardless_of_case(conn: sqlite3.Connectio
 def test_add_rejects_bad_values(
     conn: sqlite3.Connection, kwargs: dict[str, object], message: str
 ) -> None:
-    with pytest.raises(StoreError, match=message):
+    with pytest.raises(InvalidInput, match=message):
         store.add_subscriber(conn, taxonomy=TAXONOMY, **kwargs)
     assert store.count_subscribers(conn) == 0
 
@@ -110,7 +110,7 @@ def test_set_status_records_when_why_and_who(conn: sqlite3.Connection) -> None:
     # A second unsubscribe (say, from the provider's list) keeps the first one's record.
     again = store.set_status(conn, gone.id, Status.UNSUBSCRIBED, "suppression list", "provider")
     assert again == gone
-    with pytest.raises(StoreError, match="no subscriber"):
+    with pytest.raises(InvalidInput, match="no subscriber"):
         store.set_status(conn, "nobody@example.org", Status.BOUNCED)
 
 
@@ -212,6 +212,15 @@ def _assert_normalised_like_email_validator(address: str) -> None:
         expected = None
     try:
         got: str | None = store.normalize_email(address)
-    except StoreError:
+    except InvalidInput:
         got = None
     assert got == expected
+
+
+def test_invalid_input_is_a_value_error_and_never_a_store_failure(
+    conn: sqlite3.Connection,
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        store.add_subscriber(conn, "not an address")
+    assert isinstance(caught.value, ValueError)
+    assert not isinstance(caught.value, StoreError)

@@ -5,8 +5,11 @@ NewsletterError                 base: the CLI prints "Error: <message>" and exit
 ├── IssueFileError              an issue file has problems; carries every Problem found
 ├── TemplateError               a template is missing or fails to render
 ├── CheckFailed                 `newsletter check` found errors (its report lists them)
-├── StoreError                  the subscriber store cannot be opened, read or written
+├── InvalidInput                a value is not acceptable (an address, a name, a topic, a status,
+│   │                           a subscriber that is not there); also a ValueError
 │   └── ImportRejected          a CSV import was refused; carries each rejected row
+├── StoreError                  the subscriber store cannot be opened, read or written (storage
+│                               only: the web endpoints answer it with 503, InvalidInput with 400)
 ├── MessageError                a message cannot be built (e.g. a header with CR/LF)
 ├── ProviderError               a provider refused or failed; carries the provider's name and reply
 │   └── ProviderConfigError     a provider is unknown or its settings/credentials are missing
@@ -18,9 +21,13 @@ The library never imports click: the CLI turns NewsletterError into click's erro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # providers.base imports this module
+    from newsletter.providers.base import DeliveryResult
 
 
 class NewsletterError(Exception):
@@ -71,11 +78,15 @@ class CheckFailed(NewsletterError):
     pass
 
 
+class InvalidInput(NewsletterError, ValueError):
+    """What a person or a file gave is not acceptable; nothing was stored."""
+
+
 class StoreError(NewsletterError):
-    pass
+    """The store itself failed (missing, locked, full, corrupt, read-only)."""
 
 
-class ImportRejected(StoreError):
+class ImportRejected(InvalidInput):
     """A CSV import changed nothing; ``problems`` gives each rejected row as file:line."""
 
     def __init__(self, message: str, problems: list[Problem]):
@@ -102,7 +113,7 @@ class ProviderError(NewsletterError):
         message: str,
         *,
         reply: str | None = None,
-        results: list[Any] | None = None,
+        results: Sequence[DeliveryResult] | None = None,
     ):
         text = f"{provider}: {message}"
         if reply:

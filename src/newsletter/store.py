@@ -26,7 +26,7 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
-from newsletter.errors import StoreError
+from newsletter.errors import InvalidInput, StoreError
 from newsletter.taxonomy import Taxonomy
 
 BUSY_TIMEOUT_SECONDS = 10.0
@@ -288,7 +288,7 @@ _PLAIN_ADDRESS = re.compile(rf"({_ATOM}(?:\.{_ATOM})*)@([A-Za-z0-9.-]+)")
 
 
 def normalize_email(address: str) -> str:
-    """The canonical spelling of ``address`` (email-validator's), or a StoreError saying why not.
+    """The canonical spelling of ``address`` (email-validator's), or InvalidInput saying why not.
 
     Validating a domain is two thirds of email-validator's cost and a list has few distinct
     domains, so plain ASCII addresses take a path that validates each domain once; the
@@ -305,7 +305,7 @@ def normalize_email(address: str) -> str:
     try:
         return validate_email(address, check_deliverability=False).normalized
     except EmailNotValidError as exc:
-        raise StoreError(f"invalid address {address!r}: {exc}") from None
+        raise InvalidInput(f"invalid address {address!r}: {exc}") from None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -331,7 +331,7 @@ def canonical_topics(names: Iterable[str], taxonomy: Taxonomy) -> tuple[str, ...
         if topic is None:
             suggestion = taxonomy.suggest(name.strip())
             hint = f"; did you mean '{suggestion}'?" if suggestion else ""
-            raise StoreError(f"unknown topic '{name.strip()}'{hint}")
+            raise InvalidInput(f"unknown topic '{name.strip()}'{hint}")
         found.add(topic)
     return tuple(t for t in taxonomy.topics if t in found)
 
@@ -340,9 +340,9 @@ def clean_name(name: str) -> str:
     """A display name fit for a To: header: one line, no control characters."""
     name = " ".join(name.split())
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise StoreError(f"name {name!r} contains control characters")
+        raise InvalidInput(f"name {name!r} contains control characters")
     if len(name) > 200:
-        raise StoreError(f"name is {len(name)} characters long; at most 200 are allowed")
+        raise InvalidInput(f"name is {len(name)} characters long; at most 200 are allowed")
     return name
 
 
@@ -388,7 +388,7 @@ def get_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subscrib
 def require_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subscriber:
     found = get_subscriber(conn, email_or_id)
     if found is None:
-        raise StoreError(
+        raise InvalidInput(
             f"no subscriber {email_or_id!r} in {_where(conn)}; "
             "`newsletter subscribers list` shows who is there"
         )
@@ -504,7 +504,7 @@ def add_subscriber(
     source: str = SOURCE_COMMAND,
     taxonomy: Taxonomy | None = None,
 ) -> Subscriber:
-    """Add a new subscriber; a StoreError if the address is already in the store.
+    """Add a new subscriber; InvalidInput if the address is already in the store.
 
     ``topics`` are checked against ``taxonomy`` when given; otherwise they must already be
     canonical names.
@@ -518,7 +518,7 @@ def add_subscriber(
             "SELECT status FROM subscribers WHERE email_key = ?", (email_key(normalized),)
         ).fetchone()
         if existing is not None:
-            raise StoreError(
+            raise InvalidInput(
                 f"{normalized} is already in the store (status {existing[0]}); "
                 "`newsletter subscribers show` gives the details"
             )
@@ -553,7 +553,7 @@ def set_status(
 
     Setting the status a subscriber already has changes nothing and keeps the original
     timestamp and reason: the first unsubscribe is the one that counts. Returns the
-    subscriber as stored afterwards; a StoreError if there is no such subscriber.
+    subscriber as stored afterwards; InvalidInput if there is no such subscriber.
     """
     stamp = now_utc()
     with transaction(conn):

@@ -43,7 +43,7 @@ from wsgiref.simple_server import make_server as _make_wsgiref_server
 
 from newsletter import confirmation, store
 from newsletter.confirmation import SendConfirmation, request_subscription, send_confirmation
-from newsletter.errors import NewsletterError, StoreError, TokenError
+from newsletter.errors import InvalidInput, NewsletterError, StoreError, TokenError
 from newsletter.messages import ONE_CLICK
 from newsletter.render import render_template
 from newsletter.settings import Settings, find_settings, load_settings
@@ -197,6 +197,10 @@ class WebApp:
             )
             try:
                 return handler(environ, found.group(1))
+            except InvalidInput:
+                return self._error(
+                    environ, 400, "Not accepted", "That request cannot be accepted as it is."
+                )
             except StoreError as exc:
                 environ["wsgi.errors"].write(f"newsletter serve: {exc}\n")
                 return self._error(
@@ -242,7 +246,7 @@ class WebApp:
         taxonomy = self.settings.taxonomy
         try:
             chosen = store.canonical_topics(form.get_all("topic"), taxonomy)
-        except StoreError:
+        except InvalidInput:
             raise _RequestRejected(400, "That topic is not one of this newsletter's.") from None
         with self._store() as conn:
             subscriber = store.get_subscriber(conn, subscriber_id)
@@ -305,7 +309,7 @@ class WebApp:
             address = store.normalize_email(values["email"])
             name = store.clean_name(values["name"])
             chosen = store.canonical_topics(topics, self.settings.taxonomy)
-        except StoreError as exc:
+        except InvalidInput as exc:
             return self._subscribe_page(environ, 400, values, set(topics), error=str(exc))
         with self._store() as conn:
             try:
@@ -320,7 +324,7 @@ class WebApp:
                     send=self.send,
                 )
             except NewsletterError as exc:
-                if isinstance(exc, StoreError):
+                if isinstance(exc, StoreError | InvalidInput):
                     raise
                 environ["wsgi.errors"].write(f"newsletter serve: confirmation email: {exc}\n")
                 return self._error(
