@@ -33,10 +33,11 @@ import pytest
 
 from newsletter.errors import SendError
 from newsletter.journal import JournalState
-from newsletter.send import SendOptions, issue_status, send_issue
+from newsletter.send import SendOptions
+from newsletter.status import issue_status
 from newsletter.store import open_store
 
-from .sending_helpers import make_folder
+from .sending_helpers import make_folder, run_send
 from .smtp_servers import SinkHandler, smtp_server
 
 CONNECTIONS = 4
@@ -260,7 +261,7 @@ def test_http_faults_deliver_everyone_once_and_never_retry_permanent_failures(
             runs += 1
             # A streak of failures stops a run; the next run resumes.
             with contextlib.suppress(SendError):
-                send_issue(settings, issue, SendOptions(sleep=lambda seconds: None))
+                run_send(settings, issue, SendOptions(sleep=lambda seconds: None))
             counts = issue_status(settings, "2026-10").counts
             if counts[JournalState.QUEUED] + counts[JournalState.DEFERRED] == 0:
                 break

@@ -122,12 +122,12 @@ def test_batches_are_keyset_paginated_and_filtered(conn: sqlite3.Connection) -> 
             status=Status.BOUNCED if i % 5 == 0 else Status.ACTIVE,
             topics=["Empathy"] if i % 2 else [],
         )
-    batches = list(store.iter_active_batches(conn, batch_size=7))
+    batches = list(store.iter_subscriber_batches(conn, status=Status.ACTIVE, batch_size=7))
     ids = [s.id for batch in batches for s in batch]
     assert ids == sorted(ids)
     assert len(ids) == 20
     assert all(len(batch) <= 7 for batch in batches)
-    resumed = [s.id for b in store.iter_active_batches(conn, after_id=ids[9]) for s in b]
+    resumed = [s.id for b in store.iter_subscriber_batches(conn, status=Status.ACTIVE, after_id=ids[9]) for s in b]
     assert resumed == ids[10:]
     # Interested in Empathy: those naming it plus those who want every topic.
     wanting = list(store.iter_subscribers(conn, topic="Empathy"))

@@ -489,7 +489,7 @@ def test_list_unsubscribe_of_a_sent_message_leaves_the_reader_out_of_the_next_se
     with closing(store.open_store(settings.paths.database)) as conn:
         recipients = [
             Recipient(s.id, s.email, s.name, unsubscribe_url(settings, signer, s.id))
-            for batch in store.iter_active_batches(conn)
+            for batch in store.iter_subscriber_batches(conn, status=Status.ACTIVE)
             for s in batch
         ]
     with create_provider(settings) as outbox:
@@ -508,5 +508,5 @@ def test_list_unsubscribe_of_a_sent_message_leaves_the_reader_out_of_the_next_se
     assert answer.status_code == 200
     assert current(settings, ana.id).status is Status.UNSUBSCRIBED
     with closing(store.open_store(settings.paths.database)) as conn:
-        next_send = [s.id for batch in store.iter_active_batches(conn) for s in batch]
+        next_send = [s.id for batch in store.iter_subscriber_batches(conn, status=Status.ACTIVE) for s in batch]
     assert next_send == [bea.id]

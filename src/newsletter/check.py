@@ -36,6 +36,8 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     html_bytes: int = 0
     links_checked: int = 0
+    # The issue as checked, rendered once: a send goes on with this very render.
+    rendered: RenderedIssue | None = None
 
     @property
     def errors(self) -> list[Problem]:
@@ -59,29 +61,35 @@ def check_issue(
     concurrency: int = 8,
     session: requests.Session | None = None,
 ) -> CheckReport:
+    """Every problem of the issue file at ``path`` and of the email it makes, with its render."""
     report = CheckReport(path)
     result = read_issue(path, settings.taxonomy)
     report.problems.extend(result.problems)
     if result.issue is None:
         return report
-    rendered = render_issue(result.issue, settings)
-    report.problems.extend(check_rendered(rendered, settings, report))
+    rendered = report.rendered = render_issue(result.issue, settings)
+    source = _SourceLines(path)
+    report.problems.extend(check_rendered(rendered, settings, report, source))
     if not offline:
         links = sorted(_own_links(rendered.html, settings))
         report.links_checked = len(links)
         for url, reason in check_links(
             links, timeout=timeout, concurrency=concurrency, session=session
         ):
-            line = _line_of(path, url)
+            line = source.line_of(url)
             report.problems.append(Problem(str(path), line, f"broken link {url}: {reason}"))
     report.problems.sort()
     return report
 
 
 def check_rendered(
-    rendered: RenderedIssue, settings: Settings, report: CheckReport
+    rendered: RenderedIssue,
+    settings: Settings,
+    report: CheckReport,
+    source: _SourceLines | None = None,
 ) -> list[Problem]:
     path = str(rendered.issue.path)
+    source = source or _SourceLines(rendered.issue.path)
     problems: list[Problem] = []
     fields = sample_fields(settings)
     html = fill(rendered.html, fields, html=True)
@@ -111,9 +119,7 @@ def check_rendered(
     page = _Page()
     page.feed(html)
     for src in page.images_without_alt:
-        problems.append(
-            Problem(path, _line_of(rendered.issue.path, src), f"image {src} has no alt text")
-        )
+        problems.append(Problem(path, source.line_of(src), f"image {src} has no alt text"))
     if page.empty_paragraphs:
         problems.append(
             Problem(path, 0, f"{page.empty_paragraphs} empty paragraph(s) in the email", "warning")
@@ -123,7 +129,7 @@ def check_rendered(
             problems.append(
                 Problem(
                     path,
-                    _line_of(rendered.issue.path, leftover),
+                    source.line_of(leftover),
                     f"placeholder {leftover} is left unreplaced in the {part} part; "
                     f"known fields are {known_fields()}",
                 )
@@ -180,16 +186,22 @@ def _own_links(html: str, settings: Settings) -> set[str]:
     }
 
 
-def _line_of(path: Path, needle: str) -> int:
-    try:
-        for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+class _SourceLines:
+    """The issue file's lines, read once, to say on which line a finding's text stands."""
+
+    def __init__(self, path: Path):
+        try:
+            self.lines = path.read_text("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            self.lines = []
+
+    def line_of(self, needle: str) -> int:
+        for number, line in enumerate(self.lines, 1):
             if needle in line:
                 return number
-    except (OSError, UnicodeDecodeError):
-        pass
-    if needle.startswith("https://doi.org/"):
-        return _line_of(path, needle.removeprefix("https://doi.org/"))
-    return 0
+        if needle.startswith("https://doi.org/"):
+            return self.line_of(needle.removeprefix("https://doi.org/"))
+        return 0
 
 
 class _Page(HTMLParser):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from newsletter.taxonomy import slugify
+
 
 @dataclass(frozen=True)
 class Citation:
@@ -54,8 +56,6 @@ class Article:
 
     @property
     def slug(self) -> str:
-        from newsletter.taxonomy import slugify
-
         return slugify(self.title)[:60].strip("-")
 
 

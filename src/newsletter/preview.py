@@ -6,6 +6,7 @@ import http.server
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 
 from newsletter import browser
@@ -155,8 +156,6 @@ class LivePreview:
 
     def _document(self) -> str:
         if self.last_error is not None:
-            from html import escape
-
             body = (
                 '<!doctype html><html><head><meta charset="utf-8"><title>Preview: errors</title>'
                 '<meta name="viewport" content="width=device-width, initial-scale=1"></head>'

@@ -15,7 +15,7 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 
 from newsletter.errors import SettingsError
-from newsletter.taxonomy import Taxonomy
+from newsletter.taxonomy import Taxonomy, slugify
 
 SETTINGS_FILE = "newsletter.toml"
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -66,8 +66,6 @@ class Settings:
     @property
     def list_id(self) -> str:
         """The List-Id header's identifier, e.g. ``practice-digest.example.org``."""
-        from newsletter.taxonomy import slugify
-
         return f"{slugify(self.name) or 'newsletter'}.{self.sender_domain}"
 
     def issue_url(self, month: str) -> str:

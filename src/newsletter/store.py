@@ -69,9 +69,6 @@ class Subscriber:
     status_reason: str
     status_source: str
 
-    def wants(self, topic: str) -> bool:
-        return not self.topics or topic in self.topics
-
 
 @dataclass(frozen=True)
 class StoreStats:
@@ -155,6 +152,19 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )
         """,
         "CREATE INDEX topic_changes_by_subscriber ON topic_changes (subscriber_id, id)",
+    ),
+    # 3 -> 4: what each issue's send was about, so that `newsletter status` reports the
+    # audience the send used instead of re-reading an issue file that may have changed.
+    (
+        """
+        CREATE TABLE journal_issues (
+            issue TEXT PRIMARY KEY,
+            topics TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            first_run_at TEXT NOT NULL,
+            last_run_at TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -395,6 +405,27 @@ def require_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subs
     return found
 
 
+def _chose_any_of(table: str, topics: Sequence[str]) -> str:
+    """SQL: the subscriber chose no topics (so every topic) or one of ``topics`` (as params)."""
+    marks = ",".join("?" * len(topics)) or "NULL"
+    return (
+        f"({table}.topics = '[]' OR EXISTS "
+        f"(SELECT 1 FROM json_each({table}.topics) WHERE value IN ({marks})))"
+    )
+
+
+def audience(topics: Sequence[str] | None, table: str = "subscribers") -> tuple[str, list[object]]:
+    """Who gets an issue about ``topics``: an SQL condition on ``table`` and its parameters.
+
+    Active subscribers who chose none of the topics (they want everything) or one of the
+    issue's, as the preferences page promises. ``None`` means every active subscriber.
+    """
+    active = f"{table}.status = 'active'"
+    if topics is None:
+        return active, []
+    return f"{active} AND {_chose_any_of(table, topics)}", list(topics)
+
+
 def iter_subscriber_batches(
     conn: sqlite3.Connection,
     *,
@@ -416,9 +447,7 @@ def iter_subscriber_batches(
         conditions.append("status = ?")
         params.append(status.value)
     if topic is not None:
-        conditions.append(
-            "(topics = '[]' OR EXISTS (SELECT 1 FROM json_each(topics) WHERE value = ?))"
-        )
+        conditions.append(_chose_any_of("subscribers", [topic]))
         params.append(topic)
     sql = f"SELECT {_COLUMNS} FROM subscribers WHERE {' AND '.join(conditions)} ORDER BY id LIMIT ?"
     last = after_id
@@ -432,15 +461,6 @@ def iter_subscriber_batches(
         last = batch[-1].id
         if len(rows) < batch_size:
             return
-
-
-def iter_active_batches(
-    conn: sqlite3.Connection, *, after_id: int = 0, batch_size: int = 1000
-) -> Iterator[list[Subscriber]]:
-    """The send path's recipients: active subscribers in id order, in batches."""
-    return iter_subscriber_batches(
-        conn, status=Status.ACTIVE, after_id=after_id, batch_size=batch_size
-    )
 
 
 def iter_subscribers(

@@ -11,20 +11,18 @@ import click
 
 from newsletter.cli import AppContext, pass_app
 from newsletter.errors import SendError
+from newsletter.rate import parse_rate
 from newsletter.send import (
+    UNCERTAIN_LISTED,
     Progress,
     Sender,
     SendOptions,
     SendReport,
-    issue_status,
-    month_of,
-    parse_rate,
     pending_count,
     prepare_send,
     send_test,
 )
-
-UNCERTAIN_LISTED = 1000
+from newsletter.status import issue_status, month_of
 
 
 class ProgressLine:
@@ -215,8 +213,17 @@ def status(app: AppContext, issue: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(found.as_json(), ensure_ascii=False, indent=2))
         return
+    if not found.started:
+        click.echo(f"{month}: no send of this issue has started")
+        return
     counts = ", ".join(f"{n:,} {state.value}" for state, n in found.counts.items())
-    click.echo(f"{month}: {counts}; {found.not_yet_queued:,} active subscriber(s) not yet queued")
+    if found.not_yet_queued is None:
+        # Sent by a version that did not record the issue's topics.
+        click.echo(f"{month}: {counts}")
+    else:
+        click.echo(
+            f"{month}: {counts}; {found.not_yet_queued:,} active subscriber(s) not yet queued"
+        )
     for title, entries in (
         ("failed", found.failed),
         ("uncertain", found.uncertain),

@@ -3,20 +3,27 @@
 Files go to ``<build>/outbox/<month>/<recipient id>.eml`` with an ``index.html`` linking them,
 so a dry run can be inspected in a browser or opened in a mail client. Nothing leaves the
 machine, and no credential is read.
+
+``send --dry-run`` with any provider writes here too, through :class:`DryRunWriter`: the
+provider's own request bodies for HTTP APIs, the messages themselves for the others.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import os
 from collections.abc import Sequence
 from email.header import decode_header, make_header
-from email.parser import BytesHeaderParser
+from email.parser import BytesHeaderParser, BytesParser
+from email.policy import HTTP as HTTP_POLICY
 from email.policy import compat32
 from pathlib import Path
 
+from newsletter.errors import ProviderError
 from newsletter.messages import OutgoingMessage
 from newsletter.providers.base import DeliveryResult, Provider
+from newsletter.providers.http import ApiRequest, HttpProvider
 
 INDEX_NAME = "index.html"
 
@@ -99,3 +106,74 @@ def write_index(folder: Path, known: dict[str, tuple[str, str]] | None = None) -
     index = folder / INDEX_NAME
     index.write_text(page, encoding="utf-8")
     return index
+
+
+class DryRunWriter:
+    """Writes what a provider would send into the outbox, with credentials left out.
+
+    HTTP providers' real request bodies (built by their own ``build_request``) go to
+    ``<provider>-batch-NNNN.json``; for the others each message goes there as an .eml file,
+    which is what SMTP would carry.
+    """
+
+    def __init__(self, provider: Provider, outbox: Path):
+        self.provider = provider
+        self.outbox = outbox
+        self.batches = 0
+        self._index: dict[str, tuple[str, str]] = {}
+        outbox.mkdir(parents=True, exist_ok=True)
+        for stale in (*outbox.glob("*.eml"), *outbox.glob("*-batch-*.json")):
+            stale.unlink()
+
+    def write(self, messages: Sequence[OutgoingMessage]) -> None:
+        if not messages:
+            return
+        if isinstance(self.provider, HttpProvider):
+            request = self.provider.build_request(messages)
+            self.batches += 1
+            payload = self._decoded(request)
+            document = {
+                "provider": self.provider.name,
+                "method": "POST",
+                "url": self.provider.base_url + request.path,
+                # Only non-secret headers: the credential is set on the session, never here.
+                "headers": {
+                    k: v for k, v in request.headers.items() if k.lower() != "authorization"
+                },
+                "credential": f"[redacted: ${self.provider.credential_variable}]",
+                "payload": payload,
+            }
+            path = self.outbox / f"{self.provider.name}-batch-{self.batches:04d}.json"
+            path.write_text(json.dumps(document, ensure_ascii=False, indent=1), "utf-8")
+            return
+        for message in messages:
+            (self.outbox / f"{message.recipient_id}.eml").write_bytes(message.as_bytes())
+            self._index[f"{message.recipient_id}.eml"] = (message.to_header, message.subject)
+
+    def _decoded(self, request: ApiRequest) -> object:
+        """The request body as data a person can read: JSON, or the fields of a form."""
+        if request.body is None:
+            return [{"name": n, "value": v} for n, v in request.form or []]
+        if request.content_type.startswith("multipart/form-data"):
+            # Parsed back with the standard library, which also checks that it is well formed.
+            head = f"Content-Type: {request.content_type}\r\n\r\n".encode("ascii")
+            form = BytesParser(policy=HTTP_POLICY).parsebytes(head + request.body)
+            if not form.is_multipart():
+                raise ProviderError(self.provider.name, "the multipart body built does not parse")
+            return [
+                {
+                    "name": part.get_param("name", header="content-disposition"),
+                    "value": part.get_content(),
+                }
+                for part in form.iter_parts()
+            ]
+        try:
+            return json.loads(request.body)
+        except ValueError as exc:
+            raise ProviderError(
+                self.provider.name, f"the payload built is not valid JSON: {exc}"
+            ) from None
+
+    def close(self) -> None:
+        if self._index:
+            write_index(self.outbox, self._index)
