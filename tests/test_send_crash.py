@@ -37,6 +37,7 @@ from newsletter.send import SendOptions
 from newsletter.status import issue_status
 from newsletter.store import open_store
 
+from .loopback import running
 from .sending_helpers import make_folder, run_send
 from .smtp_servers import SinkHandler, smtp_server
 
@@ -228,13 +229,8 @@ def faulty_server(service: FaultyResend) -> Iterator[str]:
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with running(server) as url:
+        yield url
 
 
 def test_http_faults_deliver_everyone_once_and_never_retry_permanent_failures(

@@ -127,7 +127,11 @@ def test_batches_are_keyset_paginated_and_filtered(conn: sqlite3.Connection) -> 
     assert ids == sorted(ids)
     assert len(ids) == 20
     assert all(len(batch) <= 7 for batch in batches)
-    resumed = [s.id for b in store.iter_subscriber_batches(conn, status=Status.ACTIVE, after_id=ids[9]) for s in b]
+    resumed = [
+        s.id
+        for b in store.iter_subscriber_batches(conn, status=Status.ACTIVE, after_id=ids[9])
+        for s in b
+    ]
     assert resumed == ids[10:]
     # Interested in Empathy: those naming it plus those who want every topic.
     wanting = list(store.iter_subscribers(conn, topic="Empathy"))

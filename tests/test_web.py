@@ -508,5 +508,9 @@ def test_list_unsubscribe_of_a_sent_message_leaves_the_reader_out_of_the_next_se
     assert answer.status_code == 200
     assert current(settings, ana.id).status is Status.UNSUBSCRIBED
     with closing(store.open_store(settings.paths.database)) as conn:
-        next_send = [s.id for batch in store.iter_subscriber_batches(conn, status=Status.ACTIVE) for s in batch]
+        next_send = [
+            s.id
+            for batch in store.iter_subscriber_batches(conn, status=Status.ACTIVE)
+            for s in batch
+        ]
     assert next_send == [bea.id]

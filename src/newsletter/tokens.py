@@ -22,7 +22,6 @@ import hmac
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from newsletter.errors import TokenError
 from newsletter.settings import Settings
@@ -136,7 +135,3 @@ def web_url(settings: Settings) -> str:
 
 def unsubscribe_url(settings: Settings, signer: Signer, subscriber_id: int) -> str:
     return f"{web_url(settings)}/unsubscribe/{signer.unsubscribe_token(subscriber_id)}"
-
-
-def secret_path(root: Path) -> Path:
-    return root / SECRET_FILE
