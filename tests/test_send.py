@@ -18,7 +18,7 @@ from newsletter.journal import JournalState
 from newsletter.rate import TokenBucket, parse_rate
 from newsletter.send import SendOptions
 from newsletter.status import issue_status
-from newsletter.store import Status, open_store, set_status
+from newsletter.store import Status, add_subscriber, open_store, set_status
 
 from .sending_helpers import SECRET, make_folder, run_send
 from .smtp_servers import SinkHandler, smtp_server
@@ -478,6 +478,53 @@ def test_an_issue_goes_to_those_who_chose_one_of_its_topics_or_chose_none(tmp_pa
     conn.close()
     assert sent == [1, 3, 4]
     assert issue_status(settings, "2026-10").not_yet_queued == 0
+    # Status reports the audience the send used, whatever becomes of the issue file.
+    issue.unlink()
+    conn = open_store(settings.paths.database)
+    for address, topic in (
+        ("new1@example.net", "Trauma and/or PTSD"),
+        ("new2@example.net", "Common Factors"),
+    ):
+        add_subscriber(conn, address, topics=[topic], taxonomy=settings.taxonomy)
+    conn.close()
+    found = issue_status(settings, "2026-10")
+    assert found.not_yet_queued == 1  # new2 only: new1 chose a topic the issue did not have
+    assert found.topics is not None and "Common Factors" in found.topics
+
+
+def test_status_before_any_send_says_none_has_started(tmp_path: Path) -> None:
+    _settings, _issue = make_folder(tmp_path, NULL, 2)
+    config = ["--config", str(tmp_path / "newsletter.toml")]
+    result = CliRunner().invoke(main, [*config, "status", "2026-10"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "2026-10: no send of this issue has started\n"
+    data = json.loads(CliRunner().invoke(main, [*config, "status", "--json", "2026-10"]).output)
+    assert data["started"] is False and data["not_yet_queued"] is None
+
+
+def test_a_send_reads_parses_and_renders_the_issue_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import newsletter.check
+    import newsletter.parse
+
+    settings, issue = make_folder(tmp_path, NULL, 3)
+    calls: list[str] = []
+    real_read, real_render = newsletter.parse.read_issue, newsletter.check.render_issue
+
+    def counting_read(*args: Any, **kwargs: Any) -> Any:
+        calls.append("read")
+        return real_read(*args, **kwargs)
+
+    def counting_render(*args: Any, **kwargs: Any) -> Any:
+        calls.append("render")
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(newsletter.check, "read_issue", counting_read)
+    monkeypatch.setattr(newsletter.check, "render_issue", counting_render)
+    monkeypatch.setattr(newsletter.parse, "read_issue", counting_read)
+    assert run_send(settings, issue, SendOptions()).sent == 3
+    assert calls == ["read", "render"]
 
 
 # --- what a review of the send path found ---------------------------------------------------
