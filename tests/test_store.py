@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,71 @@ def test_invalid_input_is_a_value_error_and_never_a_store_failure(
         store.add_subscriber(conn, "not an address")
     assert isinstance(caught.value, ValueError)
     assert not isinstance(caught.value, StoreError)
+
+
+def _store_at_version(path: Path, version: int) -> None:
+    raw = sqlite3.connect(path, isolation_level=None)
+    for step in store.MIGRATIONS[:version]:
+        for statement in step:
+            raw.execute(statement)
+    raw.execute(f"PRAGMA user_version = {version}")
+    raw.close()
+
+
+def test_an_id_is_never_given_twice_even_after_the_highest_is_removed(
+    conn: sqlite3.Connection,
+) -> None:
+    first = store.add_subscriber(conn, "a@example.org")
+    last = store.add_subscriber(conn, "b@example.org")
+    store.remove_subscriber(conn, last.id)
+    newcomer = store.add_subscriber(conn, "c@example.org")
+    assert newcomer.id not in (first.id, last.id)
+    assert newcomer.id > last.id
+
+
+def test_an_older_store_keeps_its_rows_and_never_reuses_an_id_the_journal_names(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    _store_at_version(path, 4)
+    raw = sqlite3.connect(path, isolation_level=None)
+    for n in (1, 2):
+        raw.execute(
+            "INSERT INTO subscribers (id, email, email_key, status, source, created_at,"
+            " status_changed_at, status_source) VALUES (?, ?, ?, 'active', 'x', 't', 't', 'x')",
+            (n, f"r{n}@example.org", f"r{n}@example.org"),
+        )
+    # Subscriber 3 was removed before the upgrade; the journal still names the id.
+    raw.execute(
+        "INSERT INTO journal (issue, subscriber_id, state, queued_at, updated_at)"
+        " VALUES ('2026-10', 3, 'sent', 't', 't')"
+    )
+    raw.close()
+    upgraded = store.open_store(path)
+    assert [s.email for s in store.iter_subscribers(upgraded)] == [
+        "r1@example.org",
+        "r2@example.org",
+    ]
+    assert store.add_subscriber(upgraded, "new@example.org").id == 4
+    upgraded.close()
+
+
+def test_remove_forgets_topics_history_confirmations_and_reasons(
+    conn: sqlite3.Connection,
+) -> None:
+    ana = store.add_subscriber(conn, "ana@example.org", topics=["Empathy"], taxonomy=TAXONOMY)
+    store.set_topics(conn, ana.id, ["Training"], taxonomy=TAXONOMY)
+    store.claim_confirmation_send(
+        conn, "ana@example.org", now=datetime.now(UTC), interval_seconds=3600
+    )
+    conn.execute(
+        "INSERT INTO journal (issue, subscriber_id, state, reason, queued_at, updated_at)"
+        " VALUES ('2026-10', ?, 'failed', '550 <ana@example.org>: no such user', 't', 't')",
+        (ana.id,),
+    )
+    store.remove_subscriber(conn, "ana@example.org")
+    dump = "\n".join(conn.iterdump())
+    assert "ana@example.org" not in dump
+    assert store.topic_history(conn, ana.id) == []
+    # What the send did stays countable, by id alone.
+    assert conn.execute("SELECT state FROM journal").fetchall() == [("failed",)]

@@ -25,7 +25,7 @@ from newsletter.store import Status
 from newsletter.tokens import Signer, unsubscribe_url
 from newsletter.web import MAX_BODY_BYTES, WebApp, create_app
 
-from .conftest import make_rendered
+from .conftest import REPO, make_rendered
 from .web_server import (
     PUBLIC_URL,
     SECRET,
@@ -514,3 +514,28 @@ def test_list_unsubscribe_of_a_sent_message_leaves_the_reader_out_of_the_next_se
             for s in batch
         ]
     assert next_send == [bea.id]
+
+
+def test_a_removed_persons_links_never_act_on_the_next_newcomer(
+    settings: Settings, base: str
+) -> None:
+    from newsletter.csvio import import_csv
+
+    with closing(store.open_store(settings.paths.database)) as conn:
+        import_csv(conn, REPO / "subscribers.example.csv", settings.taxonomy)
+        last = max(s.id for s in store.iter_subscribers(conn))
+        removed = store.require_subscriber(conn, last)
+    signer = signer_for(settings)
+    old_unsubscribe = f"{base}/unsubscribe/{signer.unsubscribe_token(removed.id)}"
+    old_confirm = f"{base}/confirm/{signer.confirm_token(removed.id, now=time.time())}"
+    with closing(store.open_store(settings.paths.database)) as conn:
+        store.remove_subscriber(conn, removed.id)
+    answer = requests.post(f"{base}/subscribe", data={"email": "newcomer@example.org"}, timeout=5)
+    assert answer.status_code == 200
+    newcomer = current(settings, "newcomer@example.org")
+    assert newcomer.id != removed.id
+    # The old confirm link must not activate a stranger without their consent...
+    requests.post(old_confirm, timeout=5)
+    # ...and the old unsubscribe link must not unsubscribe them.
+    requests.post(old_unsubscribe, data={"List-Unsubscribe": "One-Click"}, timeout=5)
+    assert current(settings, newcomer.id).status is Status.PENDING

@@ -166,6 +166,40 @@ MIGRATIONS: list[tuple[str, ...]] = [
         ) WITHOUT ROWID
         """,
     ),
+    # 4 -> 5: subscriber ids are never used twice. Signed links and journal rows name a
+    # subscriber by id, so a removed person's id given to a newcomer would let the old links
+    # act on the newcomer and count them as already sent. AUTOINCREMENT never hands out an id
+    # again; the sequence starts above every id any table has seen.
+    (
+        """
+        CREATE TABLE subscribers_v5 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            email TEXT NOT NULL,
+            email_key TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL DEFAULT '',
+            topics TEXT NOT NULL DEFAULT '[]',
+            status TEXT NOT NULL CHECK (status IN ({_STATUS_CHECK})),
+            source TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            confirmed_at TEXT,
+            status_changed_at TEXT NOT NULL,
+            status_reason TEXT NOT NULL DEFAULT '',
+            status_source TEXT NOT NULL
+        )
+        """.replace("{_STATUS_CHECK}", _STATUS_CHECK),
+        "INSERT INTO subscribers_v5 SELECT * FROM subscribers",
+        "DROP TABLE subscribers",
+        "ALTER TABLE subscribers_v5 RENAME TO subscribers",
+        "CREATE INDEX subscribers_by_status ON subscribers (status, id)",
+        # (The copy above made a sequence row already; there must be only one.)
+        "DELETE FROM sqlite_sequence WHERE name = 'subscribers'",
+        """
+        INSERT INTO sqlite_sequence (name, seq) SELECT 'subscribers', max(
+            (SELECT coalesce(max(id), 0) FROM subscribers),
+            (SELECT coalesce(max(subscriber_id), 0) FROM journal),
+            (SELECT coalesce(max(subscriber_id), 0) FROM topic_changes))
+        """,
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -592,11 +626,25 @@ def set_status(
 
 
 def remove_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subscriber:
-    """Delete a subscriber's row and return what it held. Unlike an unsubscribe, this forgets
-    the address: a later import can add it again."""
+    """Forget a subscriber and return what their row held.
+
+    Unlike an unsubscribe, nothing of the address is kept: the row, the history of topic
+    choices and the confirmation record go, and the provider's reasons in the send journal
+    (which may quote the address) are blanked. The journal keeps, by id only, what each send
+    did, so counts stay true; ids are never used again (schema 5), so those rows and the
+    person's old links can never act on anyone else. A later import can add the address anew.
+    """
     with transaction(conn):
         current = require_subscriber(conn, email_or_id)
         conn.execute("DELETE FROM subscribers WHERE id = ?", (current.id,))
+        conn.execute("DELETE FROM topic_changes WHERE subscriber_id = ?", (current.id,))
+        conn.execute(
+            "DELETE FROM confirmation_sends WHERE email_key = ?", (email_key(current.email),)
+        )
+        conn.execute(
+            "UPDATE journal SET reason = '' WHERE subscriber_id = ? AND reason != ''",
+            (current.id,),
+        )
     return current
 
 
