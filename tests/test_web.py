@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from click.testing import CliRunner
 
 from newsletter import store
-from newsletter.errors import TokenError
+from newsletter.cli import main
+from newsletter.errors import StoreError, TokenError
 from newsletter.messages import Recipient, prepare_issue
 from newsletter.providers import create_provider
 from newsletter.settings import Settings
@@ -141,6 +143,44 @@ def test_create_app_reads_the_settings_named_in_the_environment(
     with serving(app) as base:
         requests.post(base + unsubscribe_path(settings, ana.id), timeout=5)
     assert current(settings, ana.id).status is Status.UNSUBSCRIBED
+
+
+@pytest.mark.parametrize("mistake", ["missing", "empty"])
+def test_a_mistyped_or_empty_store_stops_the_app_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mistake: str
+) -> None:
+    settings = web_settings(tmp_path, monkeypatch, '[paths]\ndatabase = "newsleter.db"\n')
+    mistyped = settings.paths.database
+    assert mistyped.name == "newsleter.db"
+    mistyped.unlink()
+    if mistake == "empty":
+        mistyped.touch()
+    expected = "no subscriber store here" if mistake == "missing" else "empty file"
+    with pytest.raises(StoreError, match=expected):
+        WebApp(settings)
+    monkeypatch.setenv("NEWSLETTER_CONFIG", str(settings.source))
+    with pytest.raises(StoreError, match=expected):
+        create_app()
+    result = CliRunner().invoke(main, ["--config", str(settings.source), "serve", "--port", "0"])
+    assert result.exit_code == 1 and f"Error: {mistyped}" in result.output
+    # Nothing was created or filled in on the way.
+    if mistake == "missing":
+        assert not mistyped.exists()
+    else:
+        assert mistyped.stat().st_size == 0
+
+
+def test_a_store_that_disappears_answers_503_never_unsubscribed(
+    settings: Settings, base: str
+) -> None:
+    ana = add(settings, "ana@example.org")
+    settings.paths.database.rename(settings.paths.database.with_suffix(".moved"))
+    answer = requests.post(
+        base + unsubscribe_path(settings, ana.id), data={"List-Unsubscribe": "One-Click"}, timeout=5
+    )
+    assert answer.status_code == 503
+    assert "You are unsubscribed" not in answer.text
+    assert not settings.paths.database.exists()  # no empty store made in its place
 
 
 # --- unsubscribe ----------------------------------------------------------------------------

@@ -23,7 +23,9 @@ PUBLIC_URL = "https://news.example.org"
 
 def web_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: str = "") -> Settings:
     monkeypatch.setenv("NEWSLETTER_SECRET", SECRET)
-    return write_settings(tmp_path, f'[web]\nurl = "{PUBLIC_URL}"\n' + extra)
+    settings = write_settings(tmp_path, f'[web]\nurl = "{PUBLIC_URL}"\n' + extra)
+    store.open_store(settings.paths.database).close()  # the app refuses to start without one
+    return settings
 
 
 def signer_for(settings: Settings) -> Signer:

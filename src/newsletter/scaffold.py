@@ -7,6 +7,7 @@ import secrets
 from importlib import resources
 from pathlib import Path
 
+from newsletter import store
 from newsletter.errors import NewsletterError
 from newsletter.settings import SETTINGS_FILE
 
@@ -70,6 +71,11 @@ def init_newsletter(folder: Path, *, today: _dt.date | None = None) -> list[Path
         path.write_text(text, "utf-8")
         created.append(path)
     (folder / SECRET_FILE).chmod(0o600)
+    # An empty list, so that `newsletter serve` can start before the first import.
+    database = folder / "newsletter.db"
+    if not database.exists():
+        store.open_store(database).close()
+        created.append(database)
     return created
 
 

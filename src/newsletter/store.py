@@ -222,11 +222,8 @@ def open_store(
     ``create=False``: a mistyped path must not look like an empty list.
     """
     path = Path(path)
-    if not create and not path.exists():
-        raise StoreError(
-            f"{path}: there is no subscriber store here. Check [paths] database in "
-            "newsletter.toml, or add subscribers first (`newsletter subscribers import FILE.csv`)."
-        )
+    if not create:
+        _require_existing(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -248,6 +245,25 @@ def open_store(
         conn.close()
         raise
     return conn
+
+
+def _require_existing(path: Path) -> None:
+    """Refuse a missing or empty file: SQLite would quietly make it a new, empty store."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise StoreError(
+            f"{path}: there is no subscriber store here. Check [paths] database in "
+            "newsletter.toml, or add subscribers first (`newsletter subscribers import FILE.csv`)."
+        ) from None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open the subscriber store ({exc.strerror})") from None
+    if size == 0:
+        raise StoreError(
+            f"{path} is an empty file, not a subscriber store. Check [paths] database in "
+            "newsletter.toml; if the store was lost, restore it from a backup (or remove the "
+            "empty file and import the list again)."
+        )
 
 
 def _migrate(conn: StoreConnection) -> None:

@@ -151,6 +151,9 @@ class WebApp:
         self.settings = settings
         # Without a signing secret no link can be checked: fail at start-up, not per request.
         self.signer = signer or Signer.for_settings(settings)
+        # Nor without the store: a mistyped path would answer "you are unsubscribed" while
+        # the real list keeps mailing the reader. This also migrates it once, up front.
+        store.open_store(settings.paths.database, create=False).close()
         self.send = send
         self.clock = clock
 
@@ -399,7 +402,7 @@ class WebApp:
     def _store(self) -> Iterator[sqlite3.Connection]:
         # One short-lived connection per request: SQLite connections are cheap, and this keeps
         # threads (or worker processes) from sharing one.
-        with closing(store.open_store(self.settings.paths.database)) as conn:
+        with closing(store.open_store(self.settings.paths.database, create=False)) as conn:
             yield conn
 
     @staticmethod
@@ -449,7 +452,8 @@ class WebApp:
 def create_app(settings: Settings | None = None) -> WebApp:
     """The app for a WSGI server; settings from $NEWSLETTER_CONFIG or the nearest newsletter.toml.
 
-    Raises TokenError at once when there is no signing secret.
+    Raises TokenError at once when there is no signing secret, StoreError when the store
+    named by ``[paths] database`` does not exist.
     """
     if settings is None:
         configured = os.environ.get(CONFIG_ENV, "").strip()
