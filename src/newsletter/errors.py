@@ -9,7 +9,8 @@ NewsletterError                 base: the CLI prints "Error: <message>" and exit
 │   │                           a subscriber that is not there); also a ValueError
 │   └── ImportRejected          a CSV import was refused; carries each rejected row
 ├── StoreError                  the subscriber store cannot be opened, read or written (storage
-│                               only: the web endpoints answer it with 503, InvalidInput with 400)
+│   │                           only: the web endpoints answer it with 503, InvalidInput with 400)
+│   └── StoreReadOnly           the store's file (or folder) cannot be written by this user
 ├── MessageError                a message cannot be built (e.g. a header with CR/LF)
 ├── ProviderError               a provider refused or failed; carries the provider's name and reply
 │   └── ProviderConfigError     a provider is unknown or its settings/credentials are missing
@@ -84,6 +85,10 @@ class InvalidInput(NewsletterError, ValueError):
 
 class StoreError(NewsletterError):
     """The store itself failed (missing, locked, full, corrupt, read-only)."""
+
+
+class StoreReadOnly(StoreError):
+    """This user may read the store but not write it; commands that only read still work."""
 
 
 class ImportRejected(InvalidInput):

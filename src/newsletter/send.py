@@ -153,7 +153,7 @@ def prepare_send(settings: Settings, issue_path: Path, options: SendOptions) -> 
 
 def pending_count(job: PreparedSend) -> tuple[int, int]:
     """(to send, already sent) for the job's issue, as its run would count them; no writes."""
-    conn = open_store(job.settings.paths.database, create=False)
+    conn = open_store(job.settings.paths.database, readonly=True)
     try:
         journal = SendJournal(conn, job.month)
         resend = resend_policy(journal, job)
@@ -195,7 +195,8 @@ class Sender:
     # --- the run ----------------------------------------------------------------------------
 
     def run(self) -> SendReport:
-        conn = open_store(self.job.settings.paths.database, create=False)
+        database = self.job.settings.paths.database
+        conn = open_store(database, readonly=self.options.dry_run, create=False)
         try:
             if self.options.dry_run:
                 self._dry_run(conn)

@@ -59,7 +59,7 @@ class IssueStatus:
 
 def issue_status(settings: Settings, month: str, *, limit: int | None = 1000) -> IssueStatus:
     """The journal's account of ``month``: counts, and the rows that need a person's eye."""
-    conn = open_store(settings.paths.database, create=False)
+    conn = open_store(settings.paths.database, readonly=True)
     try:
         journal = SendJournal(conn, month)
         topics = journal.recorded_topics()

@@ -26,7 +26,7 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
-from newsletter.errors import InvalidInput, StoreError
+from newsletter.errors import InvalidInput, StoreError, StoreReadOnly
 from newsletter.taxonomy import Taxonomy
 
 BUSY_TIMEOUT_SECONDS = 10.0
@@ -213,17 +213,32 @@ _COLUMNS = (
 
 
 def open_store(
-    path: Path, *, timeout: float = BUSY_TIMEOUT_SECONDS, create: bool = True
+    path: Path,
+    *,
+    timeout: float = BUSY_TIMEOUT_SECONDS,
+    create: bool = True,
+    readonly: bool = False,
 ) -> StoreConnection:
     """Open (creating on first use, unless ``create`` is False) and migrate the store at ``path``.
 
     ``timeout`` is how long a write waits for another writer (a send, the web endpoints)
     before giving up with a StoreError. Commands that only read or send pass
-    ``create=False``: a mistyped path must not look like an empty list.
+    ``create=False``: a mistyped path must not look like an empty list. Commands that only
+    read pass ``readonly=True`` (implies ``create=False``): they work on a store this user
+    cannot write, which they read without its write-ahead log's shared memory.
     """
     path = Path(path)
-    if not create:
+    if not create or readonly:
         _require_existing(path)
+    if readonly:
+        try:
+            return _open_writable(path, timeout)
+        except StoreReadOnly:
+            return _open_readonly(path)
+    return _open_writable(path, timeout)
+
+
+def _open_writable(path: Path, timeout: float) -> StoreConnection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -244,6 +259,39 @@ def open_store(
     except BaseException:
         conn.close()
         raise
+    return conn
+
+
+def _open_readonly(path: Path) -> StoreConnection:
+    """The store of another user (or on a read-only disk), for reading only."""
+    # WAL readers need to write its shared-memory index; "immutable" reads the main file
+    # alone, which is only the whole truth when no log holds changes not yet copied back.
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise StoreReadOnly(
+            f"{path}: this user cannot write the store, and it has recent changes in "
+            f"{wal.name} that only a user who can write it will fold in. Run the command as "
+            "the store's owner (or any command that writes, as the owner, first)."
+        )
+    uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, factory=StoreConnection)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open the subscriber store ({exc})") from None
+    conn.path = path
+    try:
+        with translate_errors(conn):
+            version = _user_version(conn)
+    except BaseException:
+        conn.close()
+        raise
+    if version != SCHEMA_VERSION:
+        conn.close()
+        raise StoreReadOnly(
+            f"{path}: the store has schema version {version} and this version of newsletter "
+            f"uses {SCHEMA_VERSION}; this user cannot write it to upgrade it. Run any "
+            "`newsletter subscribers` command as the store's owner once."
+        )
     return conn
 
 
@@ -322,7 +370,10 @@ def _store_error(conn: sqlite3.Connection, exc: sqlite3.Error) -> StoreError:
             "newsletter.toml, or move the file away to start a new store."
         )
     if code.startswith("SQLITE_READONLY") or code.startswith("SQLITE_CANTOPEN"):
-        return StoreError(f"{where}: cannot write the store ({exc}); check the file's permissions.")
+        return StoreReadOnly(
+            f"{where}: cannot write the store ({exc}); nothing was changed. Check the "
+            "permissions of the file and of its folder (SQLite writes files beside it)."
+        )
     return StoreError(f"{where}: {exc}")
 
 
