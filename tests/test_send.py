@@ -663,3 +663,40 @@ def test_two_sends_of_one_issue_cannot_run_at_once(tmp_path: Path) -> None:
     with send_lock(settings.paths.database, "2026-10"), pytest.raises(SendError, match=running):
         run_send(settings, issue, SendOptions())
     assert run_send(settings, issue, SendOptions()).sent == 3  # released
+
+
+@pytest.mark.parametrize("command", ["status", "send", "list"])
+def test_a_damaged_store_is_a_clear_error_that_keeps_the_file(tmp_path: Path, command: str) -> None:
+    settings, issue = make_folder(tmp_path, NULL, 2000)
+    run_send(settings, issue, SendOptions(limit=1000))
+    database = settings.paths.database
+    size = database.stat().st_size
+    with database.open("r+b") as handle:
+        for page in (size // 4096 // 3, size // 4096 // 2, size // 4096 - 2):
+            handle.seek(page * 4096 + 100)
+            handle.write(b"\xff" * 3000)
+    damaged = database.read_bytes()
+    args = {
+        "status": ["status", "2026-10"],
+        "send": ["send", "--yes", str(issue)],
+        "list": ["subscribers", "list"],
+    }[command]
+    result = CliRunner().invoke(main, ["--config", str(tmp_path / "newsletter.toml"), *args])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert "is damaged (database disk image is malformed)" in result.output
+    assert "restore the store from a backup" in result.output
+    assert database.read_bytes() == damaged
+
+
+def test_a_value_no_schema_allows_is_reported_as_damage(tmp_path: Path) -> None:
+    settings, _issue = make_folder(tmp_path, NULL, 2)
+    conn = open_store(settings.paths.database)
+    conn.execute("PRAGMA ignore_check_constraints = 1")
+    conn.execute("UPDATE subscribers SET status = 'zombie', topics = '{' WHERE id = 2")
+    conn.close()
+    result = CliRunner().invoke(
+        main, ["--config", str(tmp_path / "newsletter.toml"), "subscribers", "list"]
+    )
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "is damaged (subscriber 2:" in result.output

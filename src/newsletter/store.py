@@ -351,6 +351,14 @@ def translate_errors(conn: sqlite3.Connection) -> Iterator[None]:
         raise _store_error(conn, exc) from exc
 
 
+def _damaged(where: str, detail: str) -> StoreError:
+    return StoreError(
+        f"{where} is damaged ({detail}); nothing was changed. Keep the file: copy it aside, "
+        "then restore the store from a backup, or rebuild one with `sqlite3 FILE .recover`. "
+        "A send's journal is in it: do not start over with an empty store."
+    )
+
+
 def _store_error(conn: sqlite3.Connection, exc: sqlite3.Error) -> StoreError:
     where = _where(conn)
     code = getattr(exc, "sqlite_errorname", "")
@@ -364,11 +372,13 @@ def _store_error(conn: sqlite3.Connection, exc: sqlite3.Error) -> StoreError:
             f"{where}: the disk (or the store's size limit) is full; nothing was changed. "
             "Free some space and run the command again."
         )
-    if code.startswith("SQLITE_NOTADB") or code.startswith("SQLITE_CORRUPT"):
+    if code.startswith("SQLITE_NOTADB"):
         return StoreError(
             f"{where} is not a newsletter database ({exc}). Check [paths] database in "
-            "newsletter.toml, or move the file away to start a new store."
+            "newsletter.toml."
         )
+    if code.startswith("SQLITE_CORRUPT"):
+        return _damaged(where, str(exc))
     if code.startswith("SQLITE_READONLY") or code.startswith("SQLITE_CANTOPEN"):
         return StoreReadOnly(
             f"{where}: cannot write the store ({exc}); nothing was changed. Check the "
@@ -465,6 +475,14 @@ def now_utc() -> str:
 
 
 def _row_to_subscriber(row: tuple[Any, ...]) -> Subscriber:
+    try:
+        return _subscriber_from(row)
+    except (ValueError, TypeError) as exc:
+        # Only a damaged file (or a hand edit) gets past the schema's checks.
+        raise _damaged("the subscriber store", f"subscriber {row[0]!r}: {exc}") from None
+
+
+def _subscriber_from(row: tuple[Any, ...]) -> Subscriber:
     topics = json.loads(str(row[3]))
     return Subscriber(
         id=int(row[0]),
