@@ -84,7 +84,15 @@ class InvalidInput(NewsletterError, ValueError):
 
 
 class StoreError(NewsletterError):
-    """The store itself failed (missing, locked, full, corrupt, read-only)."""
+    """The store itself failed (missing, locked, full, corrupt, read-only).
+
+    ``cause`` names what failed in a few words ("the disk is full"), for callers that put
+    the failure of one statement into the context of a longer run.
+    """
+
+    def __init__(self, message: str, *, cause: str = ""):
+        super().__init__(message)
+        self.cause = cause or message
 
 
 class StoreReadOnly(StoreError):

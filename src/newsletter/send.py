@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from newsletter.check import check_issue
-from newsletter.errors import IssueFileError, MessageError, ProviderError, SendError
+from newsletter.errors import IssueFileError, MessageError, ProviderError, SendError, StoreError
 from newsletter.journal import JournalEntry, JournalState, Outcome, Resend, SendJournal
 from newsletter.messages import OutgoingMessage, PreparedIssue, Recipient, prepare_issue
 from newsletter.providers import Provider, create_provider, rehearsal_providers
@@ -189,6 +189,10 @@ class Sender:
         self.retry_deadline = time.monotonic() + self.options.retry_budget
         self.consecutive_failed_calls = 0
         self.consecutive_refused_messages = 0
+        # Messages handed to the provider whose outcome is not recorded yet, and the count of
+        # sent messages the journal holds before them: what a store failure leaves uncertain.
+        self.in_flight = 0
+        self.sent_recorded = 0
         self.started = time.monotonic()
         self.interrupted = threading.Event()
 
@@ -238,6 +242,8 @@ class Sender:
                 handed_over += len(rows)
                 self._deliver(journal, rows)
                 self._progress(total)
+        except StoreError as exc:
+            raise self._store_failed(exc) from None
         finally:
             self.provider.close()
         # Those who left while the send ran were passed over by the batch reads; forget them.
@@ -248,6 +254,27 @@ class Sender:
             (e.subscriber_id, e.email, e.reason)
             for e in journal.entries(JournalState.FAILED, limit=UNCERTAIN_LISTED)
         ]
+
+    def _store_failed(self, exc: StoreError) -> SendError:
+        """What a store failure in the middle of a run means for the journal, in words."""
+        # The failed statement changed nothing, so the journal is true up to it: rows that
+        # were marked "sending" and handed over stay so, and are reported as uncertain.
+        flight = self.in_flight
+        recorded = self.sent_recorded if flight else self.report.sent
+        lost = (
+            f" The last {flight:,} message(s) were handed to {self.provider.name} but their "
+            "outcome could not be recorded: they stay 'sending' and are reported as "
+            "uncertain (`newsletter status`); check with the provider before resending them "
+            "with --resend-uncertain."
+            if flight
+            else ""
+        )
+        return SendError(
+            f"the store could not be written in the middle of the send ({exc.cause}). "
+            f"This run handed over and recorded {recorded:,} message(s).{lost} "
+            "Everything else is still queued. Fix the cause (e.g. free disk space) and run the "
+            "same command again to resume."
+        )
 
     def _messages(
         self, rows: Sequence[tuple[int, str, str]]
@@ -280,6 +307,8 @@ class Sender:
         while messages:
             if self.bucket is not None:
                 self.bucket.take(len(messages))
+            self.in_flight = len(messages)
+            self.sent_recorded = self.report.sent
             try:
                 results = self.provider.send_batch(messages)
             except ProviderError as exc:
@@ -289,18 +318,21 @@ class Sender:
                 if partial is not None:
                     outcomes, _ = self._classify(messages, partial)
                     journal.record(outcomes)
+                    self.in_flight = 0
                 else:
                     journal.record(
                         Outcome(m.recipient_id, JournalState.DEFERRED, reason=str(exc)[:500])
                         for m in messages
                     )
                     self.report.deferred += len(messages)
+                    self.in_flight = 0
                 raise SendError(
                     f"the {self.provider.name} provider stopped the send: {exc}\n"
                     "Nothing more was sent. Fix the cause and run the same command again to resume."
                 ) from exc
             outcomes, retry = self._classify(messages, results)
             journal.record(outcomes)
+            self.in_flight = 0
             self._check_provider_health(results)
             if not retry:
                 return

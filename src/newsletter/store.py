@@ -365,12 +365,14 @@ def _store_error(conn: sqlite3.Connection, exc: sqlite3.Error) -> StoreError:
     if code.startswith("SQLITE_BUSY") or code.startswith("SQLITE_LOCKED"):
         return StoreError(
             f"{where} is locked by another process (a running send or the web endpoints?); "
-            "nothing was changed. Try again when it has finished."
+            "nothing was changed. Try again when it has finished.",
+            cause=f"{where} was locked by another process for too long",
         )
     if code.startswith("SQLITE_FULL"):
         return StoreError(
             f"{where}: the disk (or the store's size limit) is full; nothing was changed. "
-            "Free some space and run the command again."
+            "Free some space and run the command again.",
+            cause=f"{where}: the disk (or the store's size limit) is full",
         )
     if code.startswith("SQLITE_NOTADB"):
         return StoreError(

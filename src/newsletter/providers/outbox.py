@@ -10,6 +10,7 @@ provider's own request bodies for HTTP APIs, the messages themselves for the oth
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
@@ -42,30 +43,49 @@ class OutboxProvider(Provider):
         self._written: dict[Path, dict[str, tuple[str, str]]] = {}
 
     def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
-        results = []
-        for message in messages:
+        results: list[DeliveryResult] = []
+        for index, message in enumerate(messages):
             folder = self.root / message.month
-            entries = self._written.get(folder)
-            if entries is None:
-                folder.mkdir(parents=True, exist_ok=True)
-                entries = self._written[folder] = {}
             filename = f"{message.recipient_id}.eml"
-            _write_atomically(folder / filename, message.as_bytes())
+            try:
+                entries = self._written.get(folder)
+                if entries is None:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    entries = self._written[folder] = {}
+                _write_atomically(folder / filename, message.as_bytes())
+            except OSError as exc:
+                # Known outcome: this message and the rest of the batch were not written.
+                # Say so per message, so the journal records exactly what is in the outbox.
+                reason = f"cannot write {folder / filename}: {exc.strerror or exc}"
+                results.extend(DeliveryResult.temporary(m, reason) for m in messages[index:])
+                raise ProviderError(
+                    self.name,
+                    f"{reason}; {index} of this batch of {len(messages)} were written. Free some "
+                    "space (or fix the folder's permissions)",
+                    results=results,
+                ) from None
             entries[filename] = (message.to_header, message.subject)
             results.append(DeliveryResult.accepted(message, str(folder / filename)))
         return results
 
     def close(self) -> None:
         for folder, entries in getattr(self, "_written", {}).items():
-            write_index(folder, entries)
+            # The index is a convenience: on a full disk the previous one stays whole.
+            with contextlib.suppress(OSError):
+                write_index(folder, entries)
         self._written = {}
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    # A dry run killed half-way must not leave half a message behind.
-    temporary = path.with_suffix(".eml.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    # A dry run killed half-way must not leave half a message behind, nor a full disk a
+    # temporary file.
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _header_text(value: str) -> str:
@@ -104,7 +124,7 @@ def write_index(folder: Path, known: dict[str, tuple[str, str]] | None = None) -
         + "\n</tbody></table></body></html>\n"
     )
     index = folder / INDEX_NAME
-    index.write_text(page, encoding="utf-8")
+    _write_atomically(index, page.encode("utf-8"))
     return index
 
 
