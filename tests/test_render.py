@@ -172,3 +172,13 @@ def test_repository_settings_file_is_valid() -> None:
     settings = load_settings(REPO / "newsletter.toml")
     assert settings.provider == "outbox"
     assert settings.paths.issues == REPO / "issues"
+
+
+def test_enumerations_stay_letters_in_both_parts(settings: Settings) -> None:
+    case = REPO / "tests" / "cases" / "typography.md"
+    rendered = render_issue(parse_issue(case), settings)
+    for part in (rendered.html, rendered.text):
+        assert "(c) their repair" in part and "silence (tm)" in part
+        assert not {"©", "®", "™", "…"} & set(part)
+        assert "Two hyphens -- and three dots ..." in part
+    assert "“straight quotes”" in rendered.text  # smart quotes stay on

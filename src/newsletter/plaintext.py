@@ -13,9 +13,9 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 WIDTH = 72
-_markdown = MarkdownIt("commonmark", {"html": False, "typographer": True}).enable(
-    ["replacements", "smartquotes"]
-)
+# Smart quotes only: the "replacements" rule would turn the (a), (b), (c) of research prose
+# into "©" (and (r), (tm), "--", "..." likewise); the author's own dashes and quotes stay.
+_markdown = MarkdownIt("commonmark", {"html": False, "typographer": True}).enable("smartquotes")
 
 
 class TextRenderer:

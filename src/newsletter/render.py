@@ -34,9 +34,9 @@ PLACEHOLDERS = {
 PLACEHOLDER_PATTERN = re.compile(r"\[\[(name|email|unsubscribe_url)\]\]")
 NAME_FALLBACK = "reader"
 
-_markdown = MarkdownIt("commonmark", {"html": False, "typographer": True}).enable(
-    ["replacements", "smartquotes"]
-)
+# Smart quotes only: the "replacements" rule would turn the (a), (b), (c) of research prose
+# into "©" (and (r), (tm), "--", "..." likewise); the author's own dashes and quotes stay.
+_markdown = MarkdownIt("commonmark", {"html": False, "typographer": True}).enable("smartquotes")
 _HEAD_META = (
     '<meta name="color-scheme" content="light dark">'
     '<meta name="supported-color-schemes" content="light dark">'
