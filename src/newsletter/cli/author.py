@@ -69,7 +69,9 @@ def check(app: AppContext, issue: Path, offline: bool, timeout: float, concurren
 @click.option("--serve", is_flag=True, help="Serve on localhost; rebuild and reload on changes.")
 @click.option("--port", default=8000, show_default=True, help="Port for --serve.")
 @click.option(
-    "--screenshot", is_flag=True, help="Save PNGs at 375 px and 700 px (headless Chromium)."
+    "--screenshot",
+    is_flag=True,
+    help="Save full-height PNGs at 375 px and 700 px, light and dark (headless Chromium).",
 )
 @pass_app
 def preview(
@@ -83,8 +85,8 @@ def preview(
     if screenshot:
         if browser.find_chromium() is None:
             raise NewsletterError(f"--screenshot needs headless Chromium; {browser.INSTALL_HINT}")
-        for path in take_screenshots(built):
-            click.echo(f"Screenshot: {path}")
+        for shot in take_screenshots(built):
+            click.echo(f"Screenshot: {shot}")
     if serve:
         live = LivePreview(issue, settings, port=port)
         click.echo(
