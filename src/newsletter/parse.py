@@ -66,7 +66,11 @@ CITATION_FIELDS = {
     "url": "url",
     "topics": "topics",
     "research type": "research_type",
+    "online first": "online_first",
+    "advance online publication": "online_first",
 }
+_YES = {"yes", "true", "y"}
+_NO = {"no", "false", "n"}
 REQUIRED_CITATION = ("authors", "year", "title", "journal", "topics")
 
 # Only the block structure (headings and their lines) matters here: inline parsing, the
@@ -343,7 +347,7 @@ def _article(
                     lineno(i),
                     f"unknown citation field '{raw_key}'{hint} "
                     "(fields: Authors, Year, Title, Journal, Volume, Pages, DOI, URL, "
-                    "Topics, Research type)",
+                    "Online first, Topics, Research type)",
                 )
                 last_key = None
             else:
@@ -458,6 +462,20 @@ def _citation(
     if "doi" not in fields and "url" not in fields:
         found.error(head_line, f"article '{title}': the citation needs a 'DOI:' or a 'URL:' line")
         ok = False
+    online_first = False
+    if "online_first" in fields:
+        text, line = fields["online_first"]
+        if text.casefold() in _YES:
+            online_first = True
+        elif text.casefold() not in _NO:
+            found.error(line, f"Online first must be 'yes' or 'no', not {text!r}")
+            ok = False
+        if online_first and "volume" in fields:
+            found.warning(
+                line,
+                "the citation has both 'Online first: yes' and a Volume; once an article has a "
+                "volume it is no longer an advance online publication: remove one of them",
+            )
     for name in ("title", "journal"):
         if name in fields and not fields[name][0]:
             found.error(fields[name][1], f"{name.capitalize()} is empty")
@@ -473,6 +491,7 @@ def _citation(
         pages=fields.get("pages", ("", 0))[0],
         doi=doi,
         url=url,
+        online_first=online_first,
     )
 
 
