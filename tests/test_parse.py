@@ -337,3 +337,11 @@ def test_online_first_takes_yes_or_no_and_warns_beside_a_volume(
         f"{path}:15: warning: the citation has both 'Online first: yes' and a Volume; once an "
         "article has a volume it is no longer an advance online publication: remove one of them"
     ]
+
+
+def test_one_article_is_counted_in_the_singular(write_issue: Callable[..., Path]) -> None:
+    single = VALID_ISSUE[: VALID_ISSUE.index("# Feedback reduces deterioration")]
+    path = write_issue(single)
+    assert [str(p) for p in read_issue(path).problems] == [
+        f"{path}:9: warning: this issue has 1 article; the digest usually has two or three"
+    ]

@@ -17,6 +17,7 @@ from pathlib import Path
 import requests
 
 from newsletter import __version__
+from newsletter.english import counted
 from newsletter.errors import Problem
 from newsletter.parse import read_issue
 from newsletter.render import RenderedIssue, fill_placeholders, render_issue, sample_fields
@@ -115,7 +116,12 @@ def check_rendered(
         )
     if page.empty_paragraphs:
         problems.append(
-            Problem(path, 0, f"{page.empty_paragraphs} empty paragraph(s) in the email", "warning")
+            Problem(
+                path,
+                0,
+                f"{counted(page.empty_paragraphs, 'empty paragraph')} in the email",
+                "warning",
+            )
         )
     for part, content in (("HTML", html), ("text", text)):
         for leftover in sorted(set(LEFTOVER.findall(content))):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-
 # How an author writes the APA 7 ellipsis of a 21+ author list, and "et al.".
 ELLIPSES = frozenset({"…", "...", ". . ."})
 ET_AL = frozenset({"et al.", "et al", "et. al."})

@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 from markdown_it import MarkdownIt
 
+from newsletter.english import counted
 from newsletter.errors import IssueFileError, Problem
 from newsletter.issue import Article, Citation, Issue
 from newsletter.taxonomy import Taxonomy
@@ -303,7 +304,7 @@ def _body(
     if count == 1 or count > 3:
         found.warning(
             start + article_heads[0][1] + 1,
-            f"this issue has {count} articles; the digest usually has two or three",
+            f"this issue has {counted(count, 'article')}; the digest usually has two or three",
         )
     return intro, articles
 

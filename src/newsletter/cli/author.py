@@ -10,6 +10,7 @@ import click
 from newsletter import browser, scaffold
 from newsletter.check import check_issue
 from newsletter.cli import AppContext, pass_app
+from newsletter.english import counted
 from newsletter.errors import CheckFailed, NewsletterError
 from newsletter.preview import LivePreview, build_preview, take_screenshots
 
@@ -51,13 +52,14 @@ def check(app: AppContext, issue: Path, offline: bool, timeout: float, concurren
     report = check_issue(
         issue, app.settings, offline=offline, timeout=timeout, concurrency=concurrency
     )
+    # One stream, in file order, so that `check > log` keeps every problem in its place.
     for problem in report.problems:
-        click.echo(str(problem), err=problem.severity == "error")
-    summary = f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)"
+        click.echo(str(problem))
+    summary = f"{counted(len(report.errors), 'error')}, {counted(len(report.warnings), 'warning')}"
     if report.html_bytes:
         summary += f"; HTML {report.html_bytes / 1024:.1f} KB"
     if not offline:
-        summary += f"; {report.links_checked} link(s) checked"
+        summary += f"; {counted(report.links_checked, 'link')} checked"
     if not report.ok:
         raise CheckFailed(f"{issue}: {summary}")
     click.echo(f"{issue}: OK ({summary})")
@@ -140,7 +142,10 @@ def archive(app: AppContext, out: Path | None, skip_broken: bool) -> None:
     result = build_archive(app.settings, out=out, strict=not skip_broken)
     for problem in result.skipped:
         click.echo(f"skipped: {problem}", err=True)
-    click.echo(f"{len(result.issues)} issue(s), {len(result.pages)} page(s) in {result.folder}")
+    click.echo(
+        f"{counted(len(result.issues), 'issue')}, {counted(len(result.pages), 'page')} "
+        f"in {result.folder}"
+    )
     click.echo(f"Open {result.folder / 'index.html'}")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from newsletter.cli import AppContext, pass_app
+from newsletter.english import counted
 from newsletter.errors import SendError
 from newsletter.send import (
     Progress,
@@ -177,8 +178,8 @@ def send(
     if limit is not None:
         to_send = min(to_send, limit)
     click.echo(
-        f"{'Dry run: ' if dry_run else ''}{job.rendered.subject!r} ({job.month}) to {to_send:,} "
-        f"subscriber(s) via {job.provider.name}"
+        f"{'Dry run: ' if dry_run else ''}{job.rendered.subject!r} ({job.month}) to "
+        f"{counted(to_send, 'subscriber')} via {job.provider.name}"
         + (f"; {already:,} already have it" if already else "")
     )
     if not dry_run and not yes:
@@ -216,7 +217,9 @@ def status(app: AppContext, issue: str, as_json: bool) -> None:
         click.echo(json.dumps(found.as_json(), ensure_ascii=False, indent=2))
         return
     counts = ", ".join(f"{n:,} {state.value}" for state, n in found.counts.items())
-    click.echo(f"{month}: {counts}; {found.not_yet_queued:,} active subscriber(s) not yet queued")
+    click.echo(
+        f"{month}: {counts}; {counted(found.not_yet_queued, 'active subscriber')} not yet queued"
+    )
     for title, entries in (
         ("failed", found.failed),
         ("uncertain", found.uncertain),
