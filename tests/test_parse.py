@@ -345,3 +345,45 @@ def test_one_article_is_counted_in_the_singular(write_issue: Callable[..., Path]
     assert [str(p) for p in read_issue(path).problems] == [
         f"{path}:9: warning: this issue has 1 article; the digest usually has two or three"
     ]
+
+
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        (
+            "Empathy, Training, Attendance, Attrition, and Drop-Out",
+            "unknown topic 'Empathy, Training, Attendance, Attrition, and Drop-Out': topics are "
+            "separated by ';', not ','; write 'Topics: Empathy; Training; Attendance, "
+            "Attrition, and Drop-Out'",
+        ),
+        (
+            "Empathy, Trainin",
+            "unknown topic 'Empathy, Trainin': topics are separated by ';', not ','; "
+            "did you mean 'Topics: Empathy; Training'?",
+        ),
+        ("PTSD", "unknown topic 'PTSD'; did you mean 'Trauma and/or PTSD'? "),
+        (
+            "CBT",
+            "unknown topic 'CBT'; did you mean 'Cognitive Therapy (CT) and "
+            "Cognitive-Behavioural Therapy (CBT)'? ",
+        ),
+        ("IPT", "unknown topic 'IPT'; did you mean 'Interpersonal Psychotherapy (IPT)'? "),
+        (
+            "depressive symptoms",
+            "unknown topic 'depressive symptoms'; did you mean "
+            "'Depression and Depressive Symptoms'? ",
+        ),
+        ("medication", "unknown topic 'medication'; did you mean 'Medications/Pharmacotherapy'? "),
+        ("Empthy", "unknown topic 'Empthy'; did you mean 'Empathy'? "),
+    ],
+    ids=["commas", "commas-misspelt", "ptsd", "cbt", "ipt", "words", "stem", "spelling"],
+)
+def test_unknown_topics_get_a_suggestion_that_teaches(
+    written: str, message: str, write_issue: Callable[..., Path]
+) -> None:
+    path = write_issue(
+        VALID_ISSUE.replace("Topics: Feedback and Progress Monitoring", f"Topics: {written}")
+    )
+    problems = [str(p) for p in read_issue(path).problems]
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{path}:33: {message}"), problems[0]

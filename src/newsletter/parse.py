@@ -508,7 +508,27 @@ def _topics(
     topics: list[str] = []
     for name in names:
         canonical = taxonomy.canonical(name)
-        if canonical is None:
+        listed = taxonomy.split_by_commas(name) if canonical is None else None
+        if listed:
+            found.error(
+                line,
+                f"unknown topic '{name}': topics are separated by ';', not ','; "
+                f"write 'Topics: {'; '.join(listed)}'",
+            )
+        elif canonical is None and "," in name:
+            guesses = [
+                taxonomy.canonical(part) or taxonomy.suggest(part) for part in name.split(",")
+            ]
+            hint = (
+                f"; did you mean 'Topics: {'; '.join(g for g in guesses if g)}'?"
+                if all(guesses)
+                else ""
+            )
+            found.error(
+                line,
+                f"unknown topic '{name}': topics are separated by ';', not ','{hint}",
+            )
+        elif canonical is None:
             suggestion = taxonomy.suggest(name)
             hint = f"; did you mean '{suggestion}'?" if suggestion else ""
             found.error(
