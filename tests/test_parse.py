@@ -387,3 +387,25 @@ def test_unknown_topics_get_a_suggestion_that_teaches(
     problems = [str(p) for p in read_issue(path).problems]
     assert len(problems) == 1
     assert problems[0].startswith(f"{path}:33: {message}"), problems[0]
+
+
+@pytest.mark.parametrize("loader", ["SafeLoader", "CSafeLoader"])
+def test_an_unquoted_colon_in_the_subject_says_to_quote_it(
+    loader: str, write_issue: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    from newsletter import parse
+
+    if not hasattr(yaml, loader):
+        pytest.skip(f"PyYAML was built without {loader}")
+    monkeypatch.setattr(parse, "_YamlLoader", getattr(yaml, loader))
+    path = write_issue(
+        VALID_ISSUE.replace(
+            "subject: Ruptures, feedback and dropout", 'subject: Ruptures: what "repair" means'
+        )
+    )
+    assert [str(p) for p in read_issue(path).problems] == [
+        f"{path}:4: 'subject': the value contains ': ', which YAML reads as another key; "
+        'put the value in quotes: subject: "Ruptures: what \\"repair\\" means"'
+    ]

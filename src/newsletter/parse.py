@@ -185,7 +185,7 @@ def _front_matter(
         mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         line = first_line + (mark.line if mark else 0)
         problem = getattr(exc, "problem", None) or str(exc)
-        found.error(line, f"front matter is not valid YAML: {problem}")
+        found.error(line, _yaml_advice(block, mark.line if mark else 0, problem))
         return {}
     if node is None:
         for key in REQUIRED_FRONT_MATTER:
@@ -249,6 +249,20 @@ def _front_matter(
             subject[1], f"subject is {len(subject[0])} characters; many clients cut it near 60–90"
         )
     return values
+
+
+def _yaml_advice(block: list[str], index: int, problem: str) -> str:
+    """What to do about a YAML error on ``block[index]``, in the author's terms."""
+    raw = block[index] if 0 <= index < len(block) else ""
+    key, colon, value = raw.partition(":")
+    if problem.startswith("mapping values are not allowed") and colon and value.strip():
+        # A second ": " in an unquoted value, as in `subject: Grief: what helps`.
+        quoted = value.strip().replace("\\", "\\\\").replace('"', '\\"')
+        return (
+            f"'{key.strip()}': the value contains ': ', which YAML reads as another key; "
+            f'put the value in quotes: {key.strip()}: "{quoted}"'
+        )
+    return f"front matter is not valid YAML: {problem}"
 
 
 def _construct(node: yaml.Node) -> Any:
