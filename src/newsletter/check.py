@@ -69,11 +69,8 @@ def check_issue(
     if not offline:
         links = sorted(_own_links(rendered.html, settings))
         report.links_checked = len(links)
-        for url, reason in check_links(
-            links, timeout=timeout, concurrency=concurrency, session=session
-        ):
-            line = _line_of(path, url)
-            report.problems.append(Problem(str(path), line, f"broken link {url}: {reason}"))
+        failures = check_links(links, timeout=timeout, concurrency=concurrency, session=session)
+        report.problems.extend(link_problems(path, links, failures))
     report.problems.sort()
     return report
 
@@ -134,6 +131,30 @@ def check_rendered(
                 )
             )
     return problems
+
+
+# The reasons check_links gives when no server answered at all (no HTTP status).
+_NO_ANSWER = ("cannot connect", "no answer within")
+
+
+def link_problems(path: Path, links: list[str], failures: list[tuple[str, str]]) -> list[Problem]:
+    """One problem per broken link; or, when not one link answered, a single one saying the
+    network is unreachable: a laptop on a train should not be told every DOI is broken."""
+    unanswered = [url for url, reason in failures if reason.startswith(_NO_ANSWER)]
+    if links and len(unanswered) == len(links):
+        return [
+            Problem(
+                str(path),
+                0,
+                f"the network is unreachable: no link answered ({counted(len(links), 'link')} "
+                f"tried; {failures[0][0]}: {failures[0][1]}); check the connection, or run "
+                "`newsletter check --offline` to skip the links",
+            )
+        ]
+    return [
+        Problem(str(path), _line_of(path, url), f"broken link {url}: {reason}")
+        for url, reason in failures
+    ]
 
 
 def check_links(
