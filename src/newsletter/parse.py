@@ -456,10 +456,7 @@ def _citation(
     doi = ""
     if "doi" in fields:
         text, line = fields["doi"]
-        doi = text
-        for prefix in _DOI_PREFIXES:
-            if doi.lower().startswith(prefix):
-                doi = doi[len(prefix) :].strip()
+        doi = bare_doi(text)
         if not DOI.match(doi):
             found.error(
                 line,
@@ -551,6 +548,15 @@ def _topics(
         elif canonical not in topics:
             topics.append(canonical)
     return tuple(topics)
+
+
+def bare_doi(text: str) -> str:
+    """A DOI as an author may paste it (bare, ``doi:…``, a doi.org address), made bare."""
+    doi = text.strip()
+    for prefix in _DOI_PREFIXES:
+        if doi.lower().startswith(prefix):
+            doi = doi[len(prefix) :].strip()
+    return doi
 
 
 def _did_you_mean(word: str, choices: set[str] | dict[str, str]) -> str:

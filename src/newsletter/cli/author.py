@@ -1,4 +1,4 @@
-"""The author's commands: init, check, preview, templates."""
+"""The author's commands: init, new, cite, check, preview, templates, archive."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from newsletter.check import check_issue
 from newsletter.cli import AppContext, pass_app
 from newsletter.english import counted
 from newsletter.errors import CheckFailed, NewsletterError
+from newsletter.parse import bare_doi
 from newsletter.preview import LivePreview, build_preview, take_screenshots
 
 issue_argument = click.argument(
@@ -149,4 +150,61 @@ def archive(app: AppContext, out: Path | None, skip_broken: bool) -> None:
     click.echo(f"Open {result.folder / 'index.html'}")
 
 
-COMMANDS: list[click.Command] = [init, check, preview, templates, archive]
+@click.command()
+@click.argument("dois", nargs=-1, required=True, metavar="DOI...")
+@pass_app
+def cite(app: AppContext, dois: tuple[str, ...]) -> None:
+    """Print the citation lines of each DOI, ready to paste under an article's heading.
+
+    Asks Crossref (and doi.org for DOIs registered elsewhere, e.g. DataCite); records are
+    cached under build/cache/doi/.
+    """
+    from newsletter.doi import DoiClient
+    from newsletter.errors import DoiLookupError
+
+    failed: list[str] = []
+    with DoiClient(app.settings) as client:
+        for number, doi in enumerate(dois):
+            try:
+                record = client.lookup(bare_doi(doi))
+            except DoiLookupError as exc:
+                failed.append(str(exc))
+                continue
+            if number:
+                click.echo()
+            click.echo("\n".join(record.citation_lines()))
+            for retraction in record.retractions:
+                click.echo(f"# RETRACTED ({retraction.describe()})", err=True)
+    if failed:
+        raise NewsletterError("\n".join(failed))
+
+
+@click.command()
+@click.argument("month", required=False, metavar="[YYYY-MM]")
+@click.option(
+    "--doi", "dois", multiple=True, metavar="DOI", help="An article to start from (repeatable)."
+)
+@pass_app
+def new(app: AppContext, month: str | None, dois: tuple[str, ...]) -> None:
+    """Start the issue file of MONTH (default: next month) in the issues folder.
+
+    Writes the front matter, a teaser to write and one article skeleton per --doi with its
+    citation lines filled in from the DOI's record (one empty skeleton without --doi).
+    """
+    from newsletter import draft
+    from newsletter.doi import DoiClient
+
+    month = month or draft.next_month()
+    records = []
+    if dois:
+        with DoiClient(app.settings) as client:
+            records = [client.lookup(bare_doi(doi)) for doi in dois]
+    path = draft.create_issue(app.settings.paths.issues, month, records)
+    click.echo(f"created {path}")
+    click.echo(
+        f"Next: write the headline, topics, summary and Practice Implications; then "
+        f"newsletter check {path}"
+    )
+
+
+COMMANDS: list[click.Command] = [init, new, cite, check, preview, templates, archive]
