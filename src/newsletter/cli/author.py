@@ -164,14 +164,16 @@ def cite(app: AppContext, dois: tuple[str, ...]) -> None:
 
     failed: list[str] = []
     with DoiClient(app.settings) as client:
-        for number, doi in enumerate(dois):
+        printed = 0
+        for doi in dois:
             try:
                 record = client.lookup(bare_doi(doi))
             except DoiLookupError as exc:
                 failed.append(str(exc))
                 continue
-            if number:
+            if printed:
                 click.echo()
+            printed += 1
             click.echo("\n".join(record.citation_lines()))
             for retraction in record.retractions:
                 click.echo(f"# RETRACTED ({retraction.describe()})", err=True)
