@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
@@ -123,3 +124,139 @@ def test_new_with_a_doi_nobody_knows_writes_nothing(run: Run, doi_settings: Sett
     assert result.exit_code == 1
     assert "DOI 10.1037/not-registered is not registered" in result.stderr
     assert not (doi_settings.paths.issues / "2027-02.md").exists()
+
+
+CITED_ISSUE = """\
+---
+month: 2026-10
+title: October 2026
+subject: Transference, feedback and a retraction
+---
+Dear [[name]], this month I write about what the records say.
+
+# Transference work helps some clients
+Authors: Høglend, P.; Bøgwald, K.-P.; Amlo, S.
+Year: 2008
+Title: Transference interpretations in dynamic psychotherapy: Do they really yield sustained effects?
+Journal: American Journal of Psychiatry
+Volume: 165(6)
+Pages: 763–771
+DOI: 10.1176/appi.ajp.2008.07061028
+Topics: Transference and Countertransference
+
+It matched the record, apart from the title's capitals.
+
+## Practice Implications
+Assess relationships early.
+
+# Feedback effects depend on the therapist
+Authors: Jong, K. de; van Sluis, P.
+Year: 2011
+Title: Understanding the differential impact of outcome monitoring
+Journal: Psychotherapy Research
+DOI: 10.1080/10503307.2012.673023
+Topics: Feedback and Progress Monitoring
+
+Year and first author are wrong here; the title lacks its subtitle.
+
+## Practice Implications
+Look at the feedback.
+
+# A retracted classic
+Authors: Wakefield, A. J.; Murch, S. H.
+Year: 1998
+Title: Ileal-lymphoid-nodular hyperplasia, non-specific colitis, and pervasive developmental disorder in children
+Journal: Lancet
+Volume: 351(9103)
+Pages: 637–641
+DOI: 10.1016/S0140-6736(97)11096-0
+Topics: Miscellaneous
+
+Retracted in 2010.
+
+## Practice Implications
+Check retractions.
+
+# A DOI with a typo
+Authors: Lambert, M. J.
+Year: 2018
+Title: Progress feedback
+Journal: Psychotherapy
+DOI: 10.1037/not-registered
+Topics: Feedback and Progress Monitoring
+
+No record.
+
+## Practice Implications
+Copy DOIs with care.
+"""
+
+
+def test_citations_are_compared_with_their_records(doi_settings: Settings, tmp_path: Path) -> None:
+    from newsletter.citation_check import check_citations
+
+    path = tmp_path / "issues" / "2026-10.md"
+    path.parent.mkdir()
+    path.write_text(CITED_ISSUE, "utf-8")
+    report = check_citations(path, doi_settings)
+    assert report.checked == 3
+    assert [str(p).replace(str(path), "PATH") for p in sorted(report.problems)] == [
+        "PATH:24: warning: the first author 'Jong' differs from the DOI's record (Crossref): "
+        "'de Jong, K.'",
+        "PATH:25: warning: Year 2011 differs from the DOI's record (Crossref): 2012",
+        "PATH:26: warning: Title differs from the DOI's record (Crossref): 'Understanding "
+        "the differential impact of outcome monitoring: Therapist variables that moderate "
+        "feedback effects in a randomized clinical trial'",
+        "PATH:43: 10.1016/S0140-6736(97)11096-0 was retracted (notice "
+        "10.1016/S0140-6736(10)60175-4, 2010-02-06; recorded by Publisher, Retraction Watch); "
+        "remove the article, or write about the retraction and cite the notice",
+        "PATH:56: DOI 10.1037/not-registered does not resolve: neither Crossref nor doi.org "
+        "knows it; copy the DOI again from the article's page",
+    ]
+
+
+def _write_cited_issue(tmp_path: Path) -> Path:
+    path = tmp_path / "issues" / "2026-10.md"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(CITED_ISSUE, "utf-8")
+    return path
+
+
+def test_a_recheck_reads_the_cache_and_works_offline(
+    run: Run, doi_settings: Settings, registries: Registries, tmp_path: Path
+) -> None:
+    from newsletter.citation_check import check_citations
+
+    path = _write_cited_issue(tmp_path)
+    online = check_citations(path, doi_settings)
+    asked = len(registries.requests)
+    result = run("check", "--offline", "--citations", str(path))
+    assert len(registries.requests) == asked  # nothing asked: the records were on disk
+    assert result.exit_code == 1
+    printed = result.stdout.splitlines()
+    for problem in online.problems:
+        if "does not resolve" not in problem.message:
+            assert str(problem) in printed
+    # The unknown DOI was never cached: offline, it is said to be unchecked, not wrong.
+    assert f"{path}:56: warning: 10.1037/not-registered is not in the DOI cache" in result.stdout
+    assert result.stderr.startswith(f"Error: {path}: 1 error, ")
+    assert "3 citations compared with DOI records" in result.stderr
+
+
+def test_citations_with_crossref_down_say_so_once(
+    doi_settings: Settings, registries: Registries, tmp_path: Path
+) -> None:
+    from newsletter.citation_check import check_citations
+
+    path = _write_cited_issue(tmp_path)
+    for doi in ("10.1176/appi.ajp.2008.07061028",):
+        registries.queued[doi] = [lambda: Response("down", status=502)] * 3
+    from newsletter.doi import DoiClient
+
+    with DoiClient(doi_settings, sleep=lambda seconds: None) as client:
+        report = check_citations(path, doi_settings, client=client)
+    assert len(report.problems) == 1
+    assert report.problems[0].message.startswith("citations not checked: Crossref (")
+    assert "failed with HTTP 502 for 10.1176/appi.ajp.2008.07061028 after 3 tries" in str(
+        report.problems[0]
+    )

@@ -42,17 +42,36 @@ def init(folder: Path) -> None:
 @click.option("--offline", is_flag=True, help="Skip fetching the links.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each link.")
 @click.option("--concurrency", default=8, show_default=True, help="Links fetched at once.")
+@click.option(
+    "--citations",
+    is_flag=True,
+    help="Compare each citation with its DOI's record (Crossref); flag retractions.",
+)
 @pass_app
-def check(app: AppContext, issue: Path, offline: bool, timeout: float, concurrency: int) -> None:
+def check(
+    app: AppContext,
+    issue: Path,
+    offline: bool,
+    timeout: float,
+    concurrency: int,
+    citations: bool,
+) -> None:
     """Validate ISSUE and the email it makes; exit non-zero on errors.
 
     Checks the file (front matter, citations, topics, sections), the rendered email (size
     against Gmail's clipping, image alt text, unreplaced placeholders) and, unless
-    --offline, that every link answers.
+    --offline, that every link answers. --citations also compares each citation with its
+    DOI's record (from the cache only when --offline).
     """
     report = check_issue(
         issue, app.settings, offline=offline, timeout=timeout, concurrency=concurrency
     )
+    compared = None
+    if citations:
+        from newsletter.citation_check import check_citations
+
+        compared = check_citations(issue, app.settings, offline=offline)
+        report.problems = sorted([*report.problems, *compared.problems])
     # One stream, in file order, so that `check > log` keeps every problem in its place.
     for problem in report.problems:
         click.echo(str(problem))
@@ -61,6 +80,8 @@ def check(app: AppContext, issue: Path, offline: bool, timeout: float, concurren
         summary += f"; HTML {report.html_bytes / 1024:.1f} KB"
     if not offline:
         summary += f"; {counted(report.links_checked, 'link')} checked"
+    if compared is not None:
+        summary += f"; {counted(compared.checked, 'citation')} compared with DOI records"
     if not report.ok:
         raise CheckFailed(f"{issue}: {summary}")
     click.echo(f"{issue}: OK ({summary})")
