@@ -260,3 +260,28 @@ def test_citations_with_crossref_down_say_so_once(
     assert "failed with HTTP 502 for 10.1176/appi.ajp.2008.07061028 after 3 tries" in str(
         report.problems[0]
     )
+
+
+def test_new_with_a_wrong_month_asks_nothing(run: Run, registries: Registries) -> None:
+    result = run("new", "2027-13", "--doi", "10.1176/appi.ajp.2008.07061028")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: month must be YYYY-MM with a month from 01 to 12, not '2027-13'\n"
+    )
+    assert registries.requests == []
+
+
+def test_cite_without_a_network_says_so_once(tmp_path: Path) -> None:
+    from .conftest import write_settings
+
+    settings = write_settings(
+        tmp_path, '[crossref]\nbase_url = "http://127.0.0.1:9"\ntimeout = 1\n'
+    )
+    result = CliRunner().invoke(
+        main, ["--config", str(settings.source), "cite", "10.1037/a", "10.1037/b"]
+    )
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: cannot reach Crossref (127.0.0.1:9) for 10.1037/a: the network is unreachable "
+        "(ConnectionError); check the connection\n"
+    )

@@ -54,7 +54,14 @@ def check_citations(
                     report.problems.append(where.problem("doi", str(exc), "warning"))
                     continue
                 # The network or the service is down: one message, not one per article.
-                report.problems.append(Problem(str(path), 0, f"citations not checked: {exc}"))
+                report.problems.append(
+                    Problem(
+                        str(path),
+                        0,
+                        f"citations not checked: {exc}; `newsletter check --offline "
+                        "--citations` compares with the records cached so far",
+                    )
+                )
                 break
             report.checked += 1
             report.problems.extend(_compare(article, record, where))

@@ -340,8 +340,7 @@ class DoiClient:
             except requests.RequestException as exc:
                 raise DoiLookupError(
                     f"cannot reach {service} ({host}) for {doi}: the network is unreachable "
-                    f"({type(exc).__name__}); check the connection, or use --offline to rely "
-                    "on the records already cached"
+                    f"({type(exc).__name__}); check the connection"
                 ) from None
             status = response.status_code
             if status == 404:

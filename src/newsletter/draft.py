@@ -64,8 +64,8 @@ def issue_text(month: str, records: Sequence[DoiRecord]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def create_issue(folder: Path, month: str, records: Sequence[DoiRecord]) -> Path:
-    """Write ``folder/<month>.md``; never over an existing file."""
+def new_issue_path(folder: Path, month: str) -> Path:
+    """Where the issue of ``month`` goes; raises when the month is wrong or the file exists."""
     if not MONTH.match(month):
         raise NewsletterError(f"month must be YYYY-MM with a month from 01 to 12, not {month!r}")
     path = folder / f"{month}.md"
@@ -73,6 +73,12 @@ def create_issue(folder: Path, month: str, records: Sequence[DoiRecord]) -> Path
         raise NewsletterError(
             f"{path} already exists; edit it, or name another month: newsletter new YYYY-MM"
         )
+    return path
+
+
+def create_issue(folder: Path, month: str, records: Sequence[DoiRecord]) -> Path:
+    """Write ``folder/<month>.md``; never over an existing file."""
+    path = new_issue_path(folder, month)
     folder.mkdir(parents=True, exist_ok=True)
     with path.open("x", encoding="utf-8") as out:
         out.write(issue_text(month, records))

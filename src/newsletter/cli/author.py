@@ -181,7 +181,7 @@ def cite(app: AppContext, dois: tuple[str, ...]) -> None:
     cached under build/cache/doi/.
     """
     from newsletter.doi import DoiClient
-    from newsletter.errors import DoiLookupError
+    from newsletter.errors import DoiLookupError, DoiNotFound
 
     failed: list[str] = []
     with DoiClient(app.settings) as client:
@@ -189,9 +189,13 @@ def cite(app: AppContext, dois: tuple[str, ...]) -> None:
         for doi in dois:
             try:
                 record = client.lookup(bare_doi(doi))
-            except DoiLookupError as exc:
+            except DoiNotFound as exc:
                 failed.append(str(exc))
                 continue
+            except DoiLookupError as exc:
+                # Network, rate limit or server trouble: the next DOI would fare no better.
+                failed.append(str(exc))
+                break
             if printed:
                 click.echo()
             printed += 1
@@ -218,6 +222,7 @@ def new(app: AppContext, month: str | None, dois: tuple[str, ...]) -> None:
     from newsletter.doi import DoiClient
 
     month = month or draft.next_month()
+    draft.new_issue_path(app.settings.paths.issues, month)  # a wrong month fails before lookups
     records = []
     if dois:
         with DoiClient(app.settings) as client:
