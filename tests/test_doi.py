@@ -191,3 +191,27 @@ def test_no_network_says_so(tmp_path: Path) -> None:
         "cannot reach Crossref (127.0.0.1:9) for 10.1176/appi.ajp.2008.07061028: the network "
         "is unreachable (ConnectionError); check the connection"
     )
+
+
+def test_names_as_registries_deposit_them() -> None:
+    from newsletter.doi import from_crossref
+
+    people = [
+        {"given": "PER", "family": "HØGLEND"},
+        {"given": "Martin Luther", "family": "King", "suffix": "Jr."},
+        {"name": "Open Science Collaboration"},
+        {"given": "Kim de", "family": "Jong"},
+        {"given": "Al", "family": "Smith"},
+    ] + [{"given": f"A{n}", "family": f"Author{n}"} for n in range(20)]
+    record = from_crossref({"DOI": "10.5555/x", "author": people, "type": "journal-article"})
+    assert record.authors[:5] == (
+        "Høglend, P.",
+        "King, M. L., Jr.",
+        "Open Science Collaboration",
+        "de Jong, K.",
+        "Smith, A.",
+    )
+    # APA 7: past 20 authors, the first 19, an ellipsis and the last.
+    assert len(record.authors) == 21
+    assert record.authors[-2:] == ("…", "Author19, A.")
+    assert record.year is None and record.online_first

@@ -52,10 +52,6 @@ class Update:
     date: str = ""  # YYYY-MM-DD
     source: str = ""  # "publisher", "retraction-watch"
 
-    @property
-    def label(self) -> str:
-        return self.kind.replace("_", " ")
-
     def describe(self) -> str:
         parts = [f"notice {self.notice}" if self.notice else "", self.date]
         if self.source:
