@@ -17,9 +17,13 @@ from newsletter.settings import Settings, load_settings
 from .cdp import Browser
 from .conftest import REPO, SAMPLE_ISSUES, VALID_ISSUE
 from .pages import measure, require_chromium
+from .regenerate_goldens import CASES
+
+# The samples, and the golden cases (long unbreakable author names among them).
+LAYOUT_ISSUES = [*SAMPLE_ISSUES, *sorted(CASES.glob("*.md"))]
 
 
-@pytest.mark.parametrize("path", SAMPLE_ISSUES, ids=[p.name for p in SAMPLE_ISSUES])
+@pytest.mark.parametrize("path", LAYOUT_ISSUES, ids=[p.name for p in LAYOUT_ISSUES])
 def test_preview_at_phone_width_is_one_column_without_horizontal_scroll(
     path: Path, tmp_path: Path
 ) -> None:
