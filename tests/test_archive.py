@@ -167,7 +167,7 @@ def test_archive_command(tmp_path: Path) -> None:
         ["--config", str(REPO / "newsletter.toml"), "archive", "--out", str(tmp_path / "site")],
     )
     assert result.exit_code == 0, result.output
-    assert "3 issue(s)" in result.output
+    assert "3 issues" in result.output
     assert (tmp_path / "site" / "feed.xml").is_file()
 
 

@@ -66,7 +66,10 @@ def test_email_contains_every_part_a_subscriber_needs(rendered_html: str) -> Non
     assert "Three studies for the consulting room." in rendered_html  # preheader
     assert "Practice Implications" in rendered_html
     assert 'href="https://doi.org/10.1037/pst0000185"' in rendered_html
-    assert "Eubanks, C. F., Muran, J. C., &amp; Safran, J. D. (2018)" in rendered_html
+    assert (
+        "Eubanks,\u00a0C.\u00a0F., Muran,\u00a0J.\u00a0C., &amp; Safran,\u00a0J.\u00a0D. (2018)"
+        in rendered_html
+    )
     assert "Kleinstäuber" in rendered_html and "β = −.31" in rendered_html
     assert "12 Example Street" in rendered_html  # postal address
     assert "You receive this email because" in rendered_html
@@ -172,3 +175,13 @@ def test_repository_settings_file_is_valid() -> None:
     settings = load_settings(REPO / "newsletter.toml")
     assert settings.provider == "outbox"
     assert settings.paths.issues == REPO / "issues"
+
+
+def test_enumerations_stay_letters_in_both_parts(settings: Settings) -> None:
+    case = REPO / "tests" / "cases" / "typography.md"
+    rendered = render_issue(parse_issue(case), settings)
+    for part in (rendered.html, rendered.text):
+        assert "(c) their repair" in part and "silence (tm)" in part
+        assert not {"©", "®", "™", "…"} & set(part)
+        assert "Two hyphens -- and three dots ..." in part
+    assert "“straight quotes”" in rendered.text  # smart quotes stay on

@@ -325,7 +325,7 @@ def test_send_and_status_commands(tmp_path: Path) -> None:
     config = ["--config", str(tmp_path / "newsletter.toml")]
     result = runner.invoke(main, [*config, "send", "--yes", str(issue)])
     assert result.exit_code == 0, result.output
-    assert "to 4 subscriber(s) via null" in result.output
+    assert "to 4 subscribers via null" in result.output
     assert "4 sent, 0 failed permanently, 0 uncertain" in result.output
     status = runner.invoke(main, [*config, "status", "--json", "2026-10"])
     data = json.loads(status.output)

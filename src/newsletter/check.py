@@ -17,6 +17,7 @@ from pathlib import Path
 import requests
 
 from newsletter import __version__
+from newsletter.english import counted
 from newsletter.errors import Problem
 from newsletter.parse import read_issue
 from newsletter.recipient_fields import fill, known_fields
@@ -73,11 +74,8 @@ def check_issue(
     if not offline:
         links = sorted(_own_links(rendered.html, settings))
         report.links_checked = len(links)
-        for url, reason in check_links(
-            links, timeout=timeout, concurrency=concurrency, session=session
-        ):
-            line = source.line_of(url)
-            report.problems.append(Problem(str(path), line, f"broken link {url}: {reason}"))
+        failures = check_links(links, timeout=timeout, concurrency=concurrency, session=session)
+        report.problems.extend(link_problems(path, links, failures, source))
     report.problems.sort()
     return report
 
@@ -122,7 +120,12 @@ def check_rendered(
         problems.append(Problem(path, source.line_of(src), f"image {src} has no alt text"))
     if page.empty_paragraphs:
         problems.append(
-            Problem(path, 0, f"{page.empty_paragraphs} empty paragraph(s) in the email", "warning")
+            Problem(
+                path,
+                0,
+                f"{counted(page.empty_paragraphs, 'empty paragraph')} in the email",
+                "warning",
+            )
         )
     for part, content in (("HTML", html), ("text", text)):
         for leftover in sorted(set(LEFTOVER.findall(content))):
@@ -135,6 +138,36 @@ def check_rendered(
                 )
             )
     return problems
+
+
+# The reasons check_links gives when no server answered at all (no HTTP status).
+_NO_ANSWER = ("cannot connect", "no answer within")
+
+
+def link_problems(
+    path: Path,
+    links: list[str],
+    failures: list[tuple[str, str]],
+    source: _SourceLines | None = None,
+) -> list[Problem]:
+    """One problem per broken link; or, when not one link answered, a single one saying the
+    network is unreachable: a laptop on a train should not be told every DOI is broken."""
+    unanswered = [url for url, reason in failures if reason.startswith(_NO_ANSWER)]
+    if links and len(unanswered) == len(links):
+        return [
+            Problem(
+                str(path),
+                0,
+                f"the network is unreachable: no link answered ({counted(len(links), 'link')} "
+                f"tried; {failures[0][0]}: {failures[0][1]}); check the connection, or run "
+                "`newsletter check --offline` to skip the links",
+            )
+        ]
+    source = source or _SourceLines(path)
+    return [
+        Problem(str(path), source.line_of(url), f"broken link {url}: {reason}")
+        for url, reason in failures
+    ]
 
 
 def check_links(

@@ -15,7 +15,9 @@ NewsletterError                 base: the CLI prints "Error: <message>" and exit
 ├── ProviderError               a provider refused or failed; carries the provider's name and reply
 │   └── ProviderConfigError     a provider is unknown or its settings/credentials are missing
 ├── SendError                   a send cannot start or was stopped
-└── TokenError                  a signed link is forged, truncated or for another newsletter
+├── TokenError                  a signed link is forged, truncated or for another newsletter
+└── DoiLookupError              a DOI's record cannot be fetched (network, rate limit, server)
+    └── DoiNotFound             neither Crossref nor doi.org knows the DOI
 
 The library never imports click: the CLI turns NewsletterError into click's error output.
 """
@@ -146,4 +148,12 @@ class SendError(NewsletterError):
 
 
 class TokenError(NewsletterError):
+    pass
+
+
+class DoiLookupError(NewsletterError):
+    """A DOI's record could not be fetched; the message says from where and what to do."""
+
+
+class DoiNotFound(DoiLookupError):
     pass

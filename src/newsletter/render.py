@@ -27,9 +27,9 @@ from newsletter.recipient_fields import PLACEHOLDERS, fill, recipient_values
 from newsletter.settings import Settings
 from newsletter.taxonomy import slugify
 
-_markdown = MarkdownIt("commonmark", {"html": False, "typographer": True}).enable(
-    ["replacements", "smartquotes"]
-)
+# Smart quotes only: the "replacements" rule would turn the (a), (b), (c) of research prose
+# into "©" (and (r), (tm), "--", "..." likewise); the author's own dashes and quotes stay.
+_markdown = MarkdownIt("commonmark", {"html": False, "typographer": True}).enable("smartquotes")
 _HEAD_META = (
     '<meta name="color-scheme" content="light dark">'
     '<meta name="supported-color-schemes" content="light dark">'

@@ -31,6 +31,17 @@ class Style:
 
 
 @dataclass(frozen=True)
+class Crossref:
+    """Where DOI records come from (``[crossref]``): Crossref's REST API, and doi.org's
+    content negotiation for DOIs registered elsewhere (DataCite)."""
+
+    base_url: str = "https://api.crossref.org"
+    doi_base_url: str = "https://doi.org"
+    mailto: str = ""  # the polite pool's contact; empty: the newsletter's from_email
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class Paths:
     issues: Path
     templates: Path
@@ -58,6 +69,7 @@ class Settings:
     provider: str = "outbox"
     provider_options: dict[str, Any] = field(default_factory=dict)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    crossref: Crossref = field(default_factory=Crossref)
 
     @property
     def sender_domain(self) -> str:
@@ -93,6 +105,7 @@ _KNOWN: dict[str, set[str] | None] = {
     "paths": {"issues", "templates", "build", "database"},
     "style": {"accent_color", "background_color", "text_color", "logo_url", "logo_alt"},
     "provider": None,  # provider modules check their own keys
+    "crossref": {"base_url", "doi_base_url", "mailto", "timeout"},
 }
 # Tables owned by other modules, which validate their own keys when they use them.
 _OPEN_TABLES = {"provider", "dkim", "sending", "web"}
@@ -231,6 +244,8 @@ def _build(raw: dict[str, Any], *, source: Path | None, root: Path) -> Settings:
     if not isinstance(provider, str) or not provider:
         raise SettingsError("must name a provider", path=where, key="provider.name")
 
+    crossref = _crossref(raw.get("crossref", {}), where, from_email)
+
     return Settings(
         root=root,
         source=source,
@@ -248,7 +263,35 @@ def _build(raw: dict[str, Any], *, source: Path | None, root: Path) -> Settings:
         provider=provider,
         provider_options=provider_raw,
         sections={t: dict(v) for t, v in raw.items() if t in _OPEN_TABLES - {"provider"}},
+        crossref=crossref,
     )
+
+
+def _crossref(raw: dict[str, Any], where: Path, from_email: str) -> Crossref:
+    defaults = Crossref()
+    urls: dict[str, str] = {}
+    for key in ("base_url", "doi_base_url"):
+        value = raw.get(key, getattr(defaults, key))
+        if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value):
+            raise SettingsError(
+                f"must be an http(s) URL such as {getattr(defaults, key)}, not {value!r}",
+                path=where,
+                key=f"crossref.{key}",
+            )
+        urls[key] = value.rstrip("/")
+    mailto = raw.get("mailto", from_email)
+    if not isinstance(mailto, str):
+        raise SettingsError("must be a string", path=where, key="crossref.mailto")
+    if mailto:
+        mailto = _address(mailto, where, "crossref.mailto")
+    timeout = raw.get("timeout", defaults.timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise SettingsError(
+            f"must be a number of seconds above 0, not {timeout!r}",
+            path=where,
+            key="crossref.timeout",
+        )
+    return Crossref(mailto=mailto, timeout=float(timeout), **urls)
 
 
 def _address(value: str, where: Path, key: str) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from newsletter.cli import AppContext, pass_app
+from newsletter.english import counted
 from newsletter.errors import SendError
 from newsletter.rate import parse_rate
 from newsletter.send import (
@@ -175,8 +176,8 @@ def send(
     if limit is not None:
         to_send = min(to_send, limit)
     click.echo(
-        f"{'Dry run: ' if dry_run else ''}{job.rendered.subject!r} ({job.month}) to {to_send:,} "
-        f"subscriber(s) via {job.provider.name}"
+        f"{'Dry run: ' if dry_run else ''}{job.rendered.subject!r} ({job.month}) to "
+        f"{counted(to_send, 'subscriber')} via {job.provider.name}"
         + (f"; {already:,} already have it" if already else "")
     )
     if not dry_run and not yes:
@@ -221,9 +222,8 @@ def status(app: AppContext, issue: str, as_json: bool) -> None:
         # Sent by a version that did not record the issue's topics.
         click.echo(f"{month}: {counts}")
     else:
-        click.echo(
-            f"{month}: {counts}; {found.not_yet_queued:,} active subscriber(s) not yet queued"
-        )
+        subscribers = counted(found.not_yet_queued, "active subscriber")
+        click.echo(f"{month}: {counts}; {subscribers} not yet queued")
     for title, entries in (
         ("failed", found.failed),
         ("uncertain", found.uncertain),

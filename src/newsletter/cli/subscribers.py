@@ -13,6 +13,7 @@ import click
 
 from newsletter import csvio, store
 from newsletter.cli import AppContext, pass_app
+from newsletter.english import counted
 from newsletter.store import Status, StoreConnection, Subscriber
 
 _STATUS_CHOICE = click.Choice([s.value for s in Status], case_sensitive=False)
@@ -265,7 +266,7 @@ def _print_report(report: csvio.ImportReport) -> None:
                 f"  line {kept.line}: {kept.email} stays {kept.kept} (the file says {kept.asked})"
             )
     if report.rejected_count:
-        click.echo(f"{report.rejected_count} rows skipped:")
+        click.echo(f"{counted(report.rejected_count, 'row')} skipped:")
         for row in report.rejected:
             click.echo(f"  line {row.line}: {row.email or '(no address)'}: {row.reason}")
     listed = len(report.kept) + len(report.rejected)

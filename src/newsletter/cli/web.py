@@ -6,6 +6,7 @@ import click
 
 from newsletter import store, suppressions
 from newsletter.cli import AppContext, pass_app
+from newsletter.english import counted
 from newsletter.tokens import web_url
 from newsletter.web import WebApp, make_server
 
@@ -47,8 +48,9 @@ def sync(app: AppContext, dry_run: bool) -> None:
             + (" [dry run]" if dry_run else "")
         )
     click.echo(
-        f"{report.provider}: {report.fetched} suppressed address(es); {len(report.changes)} "
-        f"subscriber(s) {verb}, {report.already_suppressed} already suppressed, "
+        f"{report.provider}: {counted(report.fetched, 'suppressed address')}; "
+        f"{counted(len(report.changes), 'subscriber')} {verb}, "
+        f"{report.already_suppressed} already suppressed, "
         f"{report.not_on_the_list} not on the list."
     )
 
