@@ -6,7 +6,6 @@ import functools
 import http.server
 import json
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from html import unescape
@@ -16,6 +15,8 @@ from typing import Any
 import pytest
 
 from newsletter import browser
+
+from .loopback import running
 
 # Headless Chromium will not make its window narrower than 500 px, so a phone is measured
 # through an iframe of the phone's width: media queries inside it see that width.
@@ -54,14 +55,8 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def serve_folder(folder: Path) -> Iterator[str]:
     """Serve ``folder`` on a free loopback port; yields the base URL."""
     handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with running(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as url:
+        yield url + "/"
 
 
 def measure(folder: Path, page: str, width: int) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Rewrite tests/golden/ from the sample issues: `make goldens`, after an intended change.
+"""Rewrite tests/golden/ from the sample issues and the cases in tests/cases/: `make goldens`,
+after an intended change.
 
 Review the diff (`git diff tests/golden`) before committing: it is the change subscribers see.
 """
@@ -13,16 +14,21 @@ from newsletter.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests" / "golden"
+# Issue files that pin one rendering rule each (typography, citation edge cases); their
+# goldens live in tests/golden/cases/<name>/.
+CASES = REPO / "tests" / "cases"
 
 
 def render_samples() -> dict[Path, str]:
-    """Relative golden path -> expected content, for every sample issue."""
+    """Relative golden path -> expected content, for every sample issue and case."""
     settings = load_settings(REPO / "newsletter.toml")
     out: dict[Path, str] = {}
-    for path in sorted((REPO / "issues").glob("*.md")):
+    sources = [(Path(p.stem), p) for p in sorted((REPO / "issues").glob("*.md"))]
+    sources += [(Path("cases") / p.stem, p) for p in sorted(CASES.glob("*.md"))]
+    for folder, path in sources:
         rendered = render_issue(parse_issue(path, settings.taxonomy), settings)
-        out[Path(path.stem) / "email.html"] = rendered.html
-        out[Path(path.stem) / "email.txt"] = rendered.text
+        out[folder / "email.html"] = rendered.html
+        out[folder / "email.txt"] = rendered.text
     return out
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+from newsletter.send import Progress, Sender, SendOptions, SendReport, prepare_send
 from newsletter.settings import Settings, load_settings
 from newsletter.store import Status, add_subscriber, open_store
 
@@ -31,3 +33,13 @@ def make_folder(
     finally:
         conn.close()
     return settings, issue
+
+
+def run_send(
+    settings: Settings,
+    issue: Path,
+    options: SendOptions | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> SendReport:
+    """A send as `newsletter send --yes` runs it: prepare (check, render), then run."""
+    return Sender(prepare_send(settings, issue, options or SendOptions()), on_progress).run()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from html.parser import HTMLParser
@@ -166,7 +167,7 @@ def test_archive_command(tmp_path: Path) -> None:
         ["--config", str(REPO / "newsletter.toml"), "archive", "--out", str(tmp_path / "site")],
     )
     assert result.exit_code == 0, result.output
-    assert "3 issue(s)" in result.output
+    assert "3 issues" in result.output
     assert (tmp_path / "site" / "feed.xml").is_file()
 
 
@@ -211,3 +212,27 @@ def test_no_placeholder_reaches_the_public_archive(tmp_path: Path) -> None:
     page = (result.folder / "2026-10" / "index.html").read_text("utf-8")
     assert "Dear reader (you), this month" in page
     assert 'href="https://digest.example.org/subscribe"' in page
+
+
+@pytest.mark.parametrize(
+    ("template", "source", "expected"),
+    [
+        ("site/index.html", "{% for x in %}", r".*/templates/site/index\.html:1: "),
+        ("site/topic.html", "{{ no_such_value.attribute }}", r"template site/topic\.html: "),
+        ("site/feed.xml", "{% include 'missing.xml' %}", r"template 'missing\.xml' not found"),
+    ],
+    ids=["syntax", "undefined", "missing-include"],
+)
+def test_a_broken_site_template_is_an_error_with_its_name_not_a_traceback(
+    tmp_path: Path, template: str, source: str, expected: str
+) -> None:
+    folder = tmp_path / "letter"
+    assert CliRunner().invoke(main, ["init", str(folder)]).exit_code == 0
+    override = folder / "templates" / template
+    override.parent.mkdir(parents=True, exist_ok=True)
+    override.write_text(source, "utf-8")
+    result = CliRunner().invoke(main, ["--config", str(folder / "newsletter.toml"), "archive"])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert re.search(r"^Error: " + expected, result.output, re.M), result.output
+    assert not (folder / "build" / "site").exists()

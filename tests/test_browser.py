@@ -14,11 +14,16 @@ from newsletter import browser
 from newsletter.preview import LivePreview, build_preview, take_screenshots
 from newsletter.settings import Settings, load_settings
 
+from .cdp import Browser
 from .conftest import REPO, SAMPLE_ISSUES, VALID_ISSUE
 from .pages import measure, require_chromium
+from .regenerate_goldens import CASES
+
+# The samples, and the golden cases (long unbreakable author names among them).
+LAYOUT_ISSUES = [*SAMPLE_ISSUES, *sorted(CASES.glob("*.md"))]
 
 
-@pytest.mark.parametrize("path", SAMPLE_ISSUES, ids=[p.name for p in SAMPLE_ISSUES])
+@pytest.mark.parametrize("path", LAYOUT_ISSUES, ids=[p.name for p in LAYOUT_ISSUES])
 def test_preview_at_phone_width_is_one_column_without_horizontal_scroll(
     path: Path, tmp_path: Path
 ) -> None:
@@ -36,18 +41,49 @@ def test_preview_at_phone_width_is_one_column_without_horizontal_scroll(
     assert set(desktop["columns"]) == {640}, desktop  # the email's fixed desktop width
 
 
-def test_screenshots_are_taken_at_phone_and_desktop_width(
-    settings: Settings, write_issue: Callable[..., Path]
-) -> None:
+def test_screenshots_show_the_whole_email_light_and_dark(settings: Settings) -> None:
     require_chromium()
-    shots = take_screenshots(build_preview(write_issue(), settings))
-    widths = []
+    # The longest sample: three articles, far taller than any fixed window.
+    preview = build_preview(SAMPLE_ISSUES[0], settings)
+    shots = take_screenshots(preview)
+    assert [s.path.name for s in shots] == [
+        "email-375px.png",
+        "email-700px.png",
+        "email-375px-dark.png",
+        "email-700px-dark.png",
+    ]
+    with Browser(width=375) as page:
+        heights = {}
+        for width in (375, 700):
+            page.resize(width, 800)
+            page.open(preview.html_path.resolve().as_uri())
+            heights[width] = page.evaluate("document.documentElement.scrollHeight")
     for shot in shots:
-        data = shot.read_bytes()
+        data = shot.path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
-        widths.append(struct.unpack(">I", data[16:20])[0])
-    assert widths == [375, 700]
-    assert [s.name for s in shots] == ["email-375px.png", "email-700px.png"]
+        size = struct.unpack(">II", data[16:24])
+        # The PNG is as tall as the document: the footer and postal address are in it.
+        assert size == (shot.width, shot.height) == (shot.width, heights[shot.width]), shot
+        assert shot.height > 2400
+    light, dark = _pixel(shots[1].path), _pixel(shots[3].path)
+    assert light != dark  # the dark one was rendered with prefers-color-scheme: dark
+
+
+def _pixel(png: Path) -> bytes:
+    """The first pixel of the first row of an 8-bit RGB(A) PNG."""
+    import zlib
+
+    data = png.read_bytes()
+    chunks, at = b"", 8
+    while at < len(data):
+        length = struct.unpack(">I", data[at : at + 4])[0]
+        kind = data[at + 4 : at + 8]
+        if kind == b"IDAT":
+            chunks += data[at + 8 : at + 8 + length]
+        at += 12 + length
+    channels = 4 if data[25] == 6 else 3
+    raw = zlib.decompressobj().decompress(chunks, 1 + channels)
+    return raw[1 : 1 + channels]
 
 
 def test_live_preview_serves_the_page_and_rebuilds_on_change(
@@ -102,8 +138,6 @@ def _with_build(settings: Settings, folder: Path) -> Settings:
 def test_the_served_preview_reloads_itself_in_the_browser_when_the_issue_changes(
     settings: Settings, write_issue: Callable[..., Path]
 ) -> None:
-    from .cdp import Browser
-
     path = write_issue()
     live = LivePreview(path, settings, port=0)
     thread = live.start_in_background(interval=0.1)

@@ -5,10 +5,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from newsletter.check import GMAIL_CLIP_BYTES, check_issue, check_links
+from newsletter.cli import main
 from newsletter.settings import Settings
 
 from .conftest import SAMPLE_ISSUES, VALID_ISSUE
@@ -115,3 +117,36 @@ def test_online_check_points_to_the_line_of_a_broken_link(
     report = check_issue(path, settings, timeout=2)
     assert report.links_checked == 2
     assert [str(p) for p in report.errors] == [f"{path}:16: broken link {gone}: HTTP 404"]
+
+
+def test_no_network_is_said_once_with_the_way_out(
+    settings: Settings, write_issue: Callable[..., Path]
+) -> None:
+    # Nothing listens on these loopback ports (9 is "discard"), as no server answers offline.
+    text = VALID_ISSUE.replace("DOI: 10.1037/pst0000185", "URL: http://127.0.0.1:9/first").replace(
+        "DOI: https://doi.org/10.1037/pst0000167", "URL: http://127.0.0.1:9/second"
+    )
+    path = write_issue(text)
+    report = check_issue(path, settings, timeout=2)
+    assert [str(p) for p in report.problems] == [
+        f"{path}: the network is unreachable: no link answered (2 links tried; "
+        "http://127.0.0.1:9/first: cannot connect (ConnectionError)); check the connection, "
+        "or run `newsletter check --offline` to skip the links"
+    ]
+    result = CliRunner().invoke(main, ["--config", str(settings.source), "check", str(path)])
+    assert result.exit_code == 1
+    assert result.stdout.count("the network is unreachable") == 1
+    assert "broken link" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_one_dead_host_among_answering_ones_is_a_broken_link(
+    link_server: HTTPServer, settings: Settings, write_issue: Callable[..., Path]
+) -> None:
+    text = VALID_ISSUE.replace("DOI: 10.1037/pst0000185", "URL: http://127.0.0.1:9/dead").replace(
+        "DOI: https://doi.org/10.1037/pst0000167", f"URL: {link_server.url_for('/ok')}"
+    )
+    path = write_issue(text)
+    assert [str(p) for p in check_issue(path, settings, timeout=2).errors] == [
+        f"{path}:16: broken link http://127.0.0.1:9/dead: cannot connect (ConnectionError)"
+    ]

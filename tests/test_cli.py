@@ -48,7 +48,7 @@ def test_every_command_has_help_and_is_documented(path: str, command: click.Comm
 def test_check_passes_on_a_sample_offline(runner: CliRunner) -> None:
     result = runner.invoke(main, ["check", "--offline", str(SAMPLE_ISSUES[0])])
     assert result.exit_code == 0, result.output
-    assert "OK (0 error(s), 0 warning(s)" in result.output
+    assert "OK (0 errors, 0 warnings" in result.output
 
 
 def test_check_fails_with_path_and_line(runner: CliRunner, tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_check_fails_with_path_and_line(runner: CliRunner, tmp_path: Path) -> No
     result = runner.invoke(main, ["check", "--offline", str(path)])
     assert result.exit_code == 1
     assert f"{path}:33: unknown topic 'Empthy'; did you mean 'Empathy'?" in result.output
-    assert f"Error: {path}: 1 error(s), 0 warning(s)" in result.output
+    assert f"Error: {path}: 1 error, 0 warnings" in result.output
     assert "Traceback" not in result.output
 
 
@@ -148,3 +148,25 @@ def test_screenshot_without_chromium_says_how_to_install_it(
     assert (
         "needs headless Chromium" in result.output and "apt-get install chromium" in result.output
     )
+
+
+def test_check_prints_every_problem_on_one_stream_in_file_order(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    path = tmp_path / "2026-10.md"
+    path.write_text(
+        VALID_ISSUE.replace("subject: Ruptures, feedback and dropout", "subject: " + "x" * 95)
+        .replace("DOI: 10.1037/pst0000185", "DOI: 10.1037/pst0000185.")
+        .replace("Topics: Feedback and Progress Monitoring", "Topics: Empthy"),
+        "utf-8",
+    )
+    result = runner.invoke(main, ["check", "--offline", str(path)])
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        f"{path}:4: warning: subject is 95 characters; many clients cut it near 60–90",
+        f"{path}:16: DOI '10.1037/pst0000185.' is not a DOI such as 10.1037/pst0000185 "
+        "(remove the punctuation at its end)",
+        f"{path}:33: unknown topic 'Empthy'; did you mean 'Empathy'? "
+        "(the taxonomy lists the allowed names)",
+    ]
+    assert result.stderr == f"Error: {path}: 2 errors, 1 warning\n"

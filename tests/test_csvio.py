@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from newsletter import csvio, store
-from newsletter.errors import ImportRejected, NewsletterError, StoreError
+from newsletter.errors import ImportRejected, InvalidInput, NewsletterError, StoreError
 from newsletter.store import Status
 from newsletter.taxonomy import Taxonomy
 
@@ -137,7 +137,7 @@ def test_export_filters_by_status(conn: sqlite3.Connection, tmp_path: Path) -> N
 
 
 def test_a_failed_export_leaves_no_file(conn: sqlite3.Connection, tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="cannot write"):
+    with pytest.raises(NewsletterError, match="cannot write"):
         csvio.export_csv(conn, tmp_path / "missing" / "out.csv")
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith("newsletter.db")]
     out = tmp_path / "out.csv"
@@ -148,7 +148,7 @@ def test_a_failed_export_leaves_no_file(conn: sqlite3.Connection, tmp_path: Path
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (500, limits[1]))
     try:
-        with pytest.raises(StoreError, match="cannot write the export"):
+        with pytest.raises(NewsletterError, match="cannot write the export"):
             csvio.export_csv(conn, out)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
@@ -180,7 +180,7 @@ def test_other_encodings_need_to_be_named(conn: sqlite3.Connection, tmp_path: Pa
         csvio.import_csv(conn, path, TAXONOMY)
     csvio.import_csv(conn, path, TAXONOMY, encoding="cp1252")
     assert store.require_subscriber(conn, "f@example.fr").name == "François Pérez"
-    with pytest.raises(StoreError, match="unknown encoding"):
+    with pytest.raises(InvalidInput, match="unknown encoding"):
         csvio.import_csv(conn, path, TAXONOMY, encoding="klingon")
 
 
@@ -288,7 +288,7 @@ def test_malformed_files_are_refused_whole(
 
 
 def test_a_missing_file_is_a_clear_error(conn: sqlite3.Connection, tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="cannot read the file"):
+    with pytest.raises(InvalidInput, match="cannot read the file"):
         csvio.import_csv(conn, tmp_path / "nope.csv", TAXONOMY)
 
 

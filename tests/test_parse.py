@@ -281,3 +281,131 @@ def test_underlined_paragraph_gets_a_warning(write_issue: Callable[..., Path]) -
     (warning,) = result.problems
     assert warning.severity == "warning" and warning.line == 21
     assert "makes it a heading" in warning.message
+
+
+@pytest.mark.parametrize(
+    ("authors", "expected"),
+    [
+        ("Rubel, J. A.", "Rubel, J. A."),
+        ("Rubel, J. A.; Lutz, W.", "Rubel, J. A., & Lutz, W."),
+        ("Rubel, J. A.; van der Berg, M.; et al.", "Rubel, J. A., van der Berg, M., et al."),
+        ("A, A.; B, B.; …; Z, Z.", "A, A., B, B., . . . Z, Z."),
+        ("A, A.; B, B.; ...; Z, Z.", "A, A., B, B., . . . Z, Z."),
+    ],
+    ids=["one", "two", "et-al", "ellipsis", "three-dots"],
+)
+def test_author_lists_follow_apa_7(
+    authors: str, expected: str, write_issue: Callable[..., Path]
+) -> None:
+    issue = parse_issue(
+        write_issue(VALID_ISSUE.replace("Eubanks, C. F.; Muran, J. C.; Safran, J. D.", authors))
+    )
+    citation = issue.articles[0].citation
+    assert citation.author_list == expected
+    assert citation.author_list_unbroken.replace("\u00a0", " ") == expected
+    assert "J.\u00a0A." in citation.author_list_unbroken or "Rubel" not in authors
+
+
+def test_a_title_ending_in_a_question_gets_a_space_and_no_period(
+    write_issue: Callable[..., Path],
+) -> None:
+    issue = parse_issue(write_issue(VALID_ISSUE.replace("A meta-analysis", "Does it help?")))
+    assert "Does it help? Psychotherapy, 55(4)" in issue.articles[0].citation.formatted()
+
+
+def test_online_first_says_advance_online_publication(write_issue: Callable[..., Path]) -> None:
+    text = VALID_ISSUE.replace("Volume: 55(4)\nPages: 508–519\n", "Online first: yes\n")
+    citation = parse_issue(write_issue(text)).articles[0].citation
+    assert citation.online_first
+    assert citation.formatted().endswith(
+        "Alliance rupture repair: A meta-analysis. Psychotherapy. Advance online publication."
+    )
+
+
+def test_online_first_takes_yes_or_no_and_warns_beside_a_volume(
+    write_issue: Callable[..., Path],
+) -> None:
+    path = write_issue(
+        VALID_ISSUE.replace("Volume: 55(4)\n", "Volume: 55(4)\nOnline first: soon\n", 1)
+    )
+    problems = [str(p) for p in read_issue(path).problems]
+    assert f"{path}:15: Online first must be 'yes' or 'no', not 'soon'" in problems
+    path = write_issue(
+        VALID_ISSUE.replace("Volume: 55(4)\n", "Volume: 55(4)\nOnline first: yes\n", 1)
+    )
+    assert [str(p) for p in read_issue(path).problems] == [
+        f"{path}:15: warning: the citation has both 'Online first: yes' and a Volume; once an "
+        "article has a volume it is no longer an advance online publication: remove one of them"
+    ]
+
+
+def test_one_article_is_counted_in_the_singular(write_issue: Callable[..., Path]) -> None:
+    single = VALID_ISSUE[: VALID_ISSUE.index("# Feedback reduces deterioration")]
+    path = write_issue(single)
+    assert [str(p) for p in read_issue(path).problems] == [
+        f"{path}:9: warning: this issue has 1 article; the digest usually has two or three"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        (
+            "Empathy, Training, Attendance, Attrition, and Drop-Out",
+            "unknown topic 'Empathy, Training, Attendance, Attrition, and Drop-Out': topics are "
+            "separated by ';', not ','; write 'Topics: Empathy; Training; Attendance, "
+            "Attrition, and Drop-Out'",
+        ),
+        (
+            "Empathy, Trainin",
+            "unknown topic 'Empathy, Trainin': topics are separated by ';', not ','; "
+            "did you mean 'Topics: Empathy; Training'?",
+        ),
+        ("PTSD", "unknown topic 'PTSD'; did you mean 'Trauma and/or PTSD'? "),
+        (
+            "CBT",
+            "unknown topic 'CBT'; did you mean 'Cognitive Therapy (CT) and "
+            "Cognitive-Behavioural Therapy (CBT)'? ",
+        ),
+        ("IPT", "unknown topic 'IPT'; did you mean 'Interpersonal Psychotherapy (IPT)'? "),
+        (
+            "depressive symptoms",
+            "unknown topic 'depressive symptoms'; did you mean "
+            "'Depression and Depressive Symptoms'? ",
+        ),
+        ("medication", "unknown topic 'medication'; did you mean 'Medications/Pharmacotherapy'? "),
+        ("Empthy", "unknown topic 'Empthy'; did you mean 'Empathy'? "),
+    ],
+    ids=["commas", "commas-misspelt", "ptsd", "cbt", "ipt", "words", "stem", "spelling"],
+)
+def test_unknown_topics_get_a_suggestion_that_teaches(
+    written: str, message: str, write_issue: Callable[..., Path]
+) -> None:
+    path = write_issue(
+        VALID_ISSUE.replace("Topics: Feedback and Progress Monitoring", f"Topics: {written}")
+    )
+    problems = [str(p) for p in read_issue(path).problems]
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{path}:33: {message}"), problems[0]
+
+
+@pytest.mark.parametrize("loader", ["SafeLoader", "CSafeLoader"])
+def test_an_unquoted_colon_in_the_subject_says_to_quote_it(
+    loader: str, write_issue: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    from newsletter import parse
+
+    if not hasattr(yaml, loader):
+        pytest.skip(f"PyYAML was built without {loader}")
+    monkeypatch.setattr(parse, "_YamlLoader", getattr(yaml, loader))
+    path = write_issue(
+        VALID_ISSUE.replace(
+            "subject: Ruptures, feedback and dropout", 'subject: Ruptures: what "repair" means'
+        )
+    )
+    assert [str(p) for p in read_issue(path).problems] == [
+        f"{path}:4: 'subject': the value contains ': ', which YAML reads as another key; "
+        'put the value in quotes: subject: "Ruptures: what \\"repair\\" means"'
+    ]

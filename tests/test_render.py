@@ -8,8 +8,8 @@ import pytest
 
 from newsletter.errors import TemplateError
 from newsletter.parse import parse_issue
+from newsletter.recipient_fields import fill
 from newsletter.render import (
-    fill_placeholders,
     mjml_to_html,
     render_issue,
     render_mjml,
@@ -66,7 +66,10 @@ def test_email_contains_every_part_a_subscriber_needs(rendered_html: str) -> Non
     assert "Three studies for the consulting room." in rendered_html  # preheader
     assert "Practice Implications" in rendered_html
     assert 'href="https://doi.org/10.1037/pst0000185"' in rendered_html
-    assert "Eubanks, C. F., Muran, J. C., &amp; Safran, J. D. (2018)" in rendered_html
+    assert (
+        "Eubanks,\u00a0C.\u00a0F., Muran,\u00a0J.\u00a0C., &amp; Safran,\u00a0J.\u00a0D. (2018)"
+        in rendered_html
+    )
     assert "Kleinstäuber" in rendered_html and "β = −.31" in rendered_html
     assert "12 Example Street" in rendered_html  # postal address
     assert "You receive this email because" in rendered_html
@@ -119,11 +122,11 @@ def test_fill_placeholders_escapes_html_but_not_text() -> None:
         "email": "a@b.c",
         "unsubscribe_url": "https://x/u?a=1&b=2",
     }
-    html = fill_placeholders(template, values, html=True)
+    html = fill(template, values, html=True)
     assert html == (
         '<a href="https://x/u?a=1&amp;b=2">O&#x27;Brien &amp; &quot;Sons&quot;</a> a@b.c [[other]]'
     )
-    assert fill_placeholders("[[name]]", values, html=False) == 'O\'Brien & "Sons"'
+    assert fill("[[name]]", values, html=False) == 'O\'Brien & "Sons"'
 
 
 def test_a_template_in_the_newsletter_folder_overrides_the_packaged_one(
@@ -163,7 +166,7 @@ def test_sample_preview_fields_leave_no_placeholder(
     settings: Settings, write_issue: Callable[..., Path]
 ) -> None:
     rendered = render_issue(parse_issue(write_issue()), settings)
-    html = fill_placeholders(rendered.html, sample_fields(settings), html=True)
+    html = fill(rendered.html, sample_fields(settings), html=True)
     assert "[[" not in html
     assert "Dear Alex Sample," in html
 
@@ -172,3 +175,13 @@ def test_repository_settings_file_is_valid() -> None:
     settings = load_settings(REPO / "newsletter.toml")
     assert settings.provider == "outbox"
     assert settings.paths.issues == REPO / "issues"
+
+
+def test_enumerations_stay_letters_in_both_parts(settings: Settings) -> None:
+    case = REPO / "tests" / "cases" / "typography.md"
+    rendered = render_issue(parse_issue(case), settings)
+    for part in (rendered.html, rendered.text):
+        assert "(c) their repair" in part and "silence (tm)" in part
+        assert not {"©", "®", "™", "…"} & set(part)
+        assert "Two hyphens -- and three dots ..." in part
+    assert "“straight quotes”" in rendered.text  # smart quotes stay on

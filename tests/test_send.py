@@ -15,10 +15,12 @@ from werkzeug import Request, Response
 from newsletter.cli import main
 from newsletter.errors import IssueFileError, SendError, TokenError
 from newsletter.journal import JournalState
-from newsletter.send import SendOptions, TokenBucket, issue_status, parse_rate, send_issue
-from newsletter.store import Status, open_store, set_status
+from newsletter.rate import TokenBucket, parse_rate
+from newsletter.send import SendOptions
+from newsletter.status import issue_status
+from newsletter.store import Status, add_subscriber, open_store, set_status
 
-from .sending_helpers import SECRET, make_folder
+from .sending_helpers import SECRET, make_folder, run_send
 from .smtp_servers import SinkHandler, smtp_server
 
 NULL = '[provider]\nname = "null"\nbatch_size = 7\n'
@@ -33,29 +35,29 @@ def test_a_send_reaches_every_active_subscriber_once_and_a_rerun_sends_nothing(
 ) -> None:
     statuses = {3: Status.UNSUBSCRIBED, 4: Status.BOUNCED, 5: Status.PENDING}
     settings, issue = make_folder(tmp_path, NULL, 30, statuses=statuses)
-    report = send_issue(settings, issue, SendOptions())
+    report = run_send(settings, issue, SendOptions())
     assert (report.sent, report.failed, report.deferred, report.uncertain) == (27, 0, 0, [])
     status = issue_status(settings, "2026-10")
     assert status.counts[JournalState.SENT] == 27
-    again = send_issue(settings, issue, SendOptions())
+    again = run_send(settings, issue, SendOptions())
     assert (again.sent, again.skipped_already_sent, again.to_send) == (0, 27, 0)
 
 
 def test_a_new_subscriber_gets_the_issue_on_the_next_run(tmp_path: Path) -> None:
     settings, issue = make_folder(tmp_path, NULL, 5)
-    send_issue(settings, issue, SendOptions())
+    run_send(settings, issue, SendOptions())
     conn = open_store(settings.paths.database)
     from newsletter.store import add_subscriber
 
     add_subscriber(conn, "late@example.net")
     conn.close()
-    assert send_issue(settings, issue, SendOptions()).sent == 1
+    assert run_send(settings, issue, SendOptions()).sent == 1
 
 
 def test_limit_sends_part_of_the_list_and_the_next_run_the_rest(tmp_path: Path) -> None:
     settings, issue = make_folder(tmp_path, NULL, 20)
-    assert send_issue(settings, issue, SendOptions(limit=8)).sent == 8
-    assert send_issue(settings, issue, SendOptions()).sent == 12
+    assert run_send(settings, issue, SendOptions(limit=8)).sent == 8
+    assert run_send(settings, issue, SendOptions()).sent == 12
 
 
 def test_smtp_send_delivers_one_copy_each_with_its_own_unsubscribe_link(tmp_path: Path) -> None:
@@ -63,7 +65,7 @@ def test_smtp_send_delivers_one_copy_each_with_its_own_unsubscribe_link(tmp_path
     with smtp_server(handler) as port:
         provider = f'[provider]\nname = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\nconnections = 3\n'
         settings, issue = make_folder(tmp_path, provider, 12)
-        report = send_issue(settings, issue, SendOptions())
+        report = run_send(settings, issue, SendOptions())
     assert report.sent == 12
     recipients = sorted(r.rcpt_tos[0] for r in handler.received)
     assert recipients == sorted(f"reader{n}@example.net" for n in range(1, 13))
@@ -84,7 +86,7 @@ def test_permanent_smtp_refusals_are_recorded_and_not_retried(tmp_path: Path) ->
             f'[provider]\nname = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
         )
         settings, issue = make_folder(tmp_path, provider, 6)
-        report = send_issue(settings, issue, SendOptions())
+        report = run_send(settings, issue, SendOptions())
         assert (report.sent, report.failed) == (4, 2)
         assert sorted(e for _, e, _ in report.failures) == [
             "reader2@example.net",
@@ -92,9 +94,9 @@ def test_permanent_smtp_refusals_are_recorded_and_not_retried(tmp_path: Path) ->
         ]
         assert "550" in dict((e, r) for _, e, r in report.failures)["reader2@example.net"]
         before = handler.count
-        again = send_issue(settings, issue, SendOptions())
+        again = run_send(settings, issue, SendOptions())
         assert (again.sent, handler.count) == (0, before)  # nothing retried
-        retried = send_issue(settings, issue, SendOptions(retry_failed=True))
+        retried = run_send(settings, issue, SendOptions(retry_failed=True))
         assert retried.failed == 2 and handler.count == before  # refused again at RCPT
 
 
@@ -118,7 +120,7 @@ def test_temporary_smtp_failures_are_retried_with_backoff(tmp_path: Path) -> Non
             f'[provider]\nname = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
         )
         settings, issue = make_folder(tmp_path, provider, 4)
-        report = send_issue(settings, issue, SendOptions(sleep=waits.append))
+        report = run_send(settings, issue, SendOptions(sleep=waits.append))
     assert report.sent == 4 and report.deferred == 0
     assert Flaky.attempts == 3 and len(waits) == 2
     assert 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 2.0  # exponential, with jitter
@@ -151,7 +153,7 @@ def test_a_name_with_a_line_break_fails_that_subscriber_only(tmp_path: Path) -> 
     conn = open_store(settings.paths.database)
     conn.execute("UPDATE subscribers SET name = 'Eve\r\nBcc: all@example.net' WHERE id = 2")
     conn.close()
-    report = send_issue(settings, issue, SendOptions())
+    report = run_send(settings, issue, SendOptions())
     assert report.sent == 2 and report.failed == 1
     assert "line break" in report.failures[0][2] or "CR" in report.failures[0][2]
 
@@ -163,7 +165,7 @@ def test_no_signing_secret_stops_before_anything_is_written(
     settings, issue = make_folder(tmp_path, NULL, 3)
     (tmp_path / ".newsletter-secret").unlink()
     with pytest.raises(TokenError, match="no secret for signing"):
-        send_issue(settings, issue, SendOptions())
+        run_send(settings, issue, SendOptions())
     assert issue_status(settings, "2026-10").counts[JournalState.QUEUED] == 0
 
 
@@ -173,7 +175,7 @@ def test_an_issue_with_errors_is_not_sent(tmp_path: Path) -> None:
         issue.read_text("utf-8").replace("## Practice Implications\nNotice", "Notice"), "utf-8"
     )
     with pytest.raises(IssueFileError, match="Practice Implications"):
-        send_issue(settings, issue, SendOptions())
+        run_send(settings, issue, SendOptions())
 
 
 # --- HTTP providers against a loopback server ---------------------------------------------
@@ -211,7 +213,7 @@ def test_429_with_retry_after_is_honoured(
     httpserver.expect_request("/emails/batch", method="POST").respond_with_handler(handler)
     settings, issue = make_folder(tmp_path, _resend_settings(httpserver), 5)
     waits: list[float] = []
-    report = send_issue(settings, issue, SendOptions(sleep=waits.append))
+    report = run_send(settings, issue, SendOptions(sleep=waits.append))
     assert report.sent == 5 and waits and waits[0] >= 7
 
 
@@ -223,7 +225,7 @@ def test_a_provider_that_fails_every_call_stops_the_send(
     with pytest.raises(
         SendError, match=r"accepted nothing in 6 calls in a row \(last: service error \(503\)"
     ):
-        send_issue(settings, issue, SendOptions(sleep=_no_sleep))
+        run_send(settings, issue, SendOptions(sleep=_no_sleep))
     assert len(httpserver.log) == 6
     counts = issue_status(settings, "2026-10").counts
     assert counts[JournalState.DEFERRED] == 2 and counts[JournalState.SENT] == 0
@@ -238,7 +240,7 @@ def test_a_refused_credential_stops_the_send_and_loses_nothing(
     )
     settings, issue = make_folder(tmp_path, _resend_settings(httpserver), 5)
     with pytest.raises(SendError, match="check RESEND_API_KEY"):
-        send_issue(settings, issue, SendOptions(sleep=_no_sleep))
+        run_send(settings, issue, SendOptions(sleep=_no_sleep))
     counts = issue_status(settings, "2026-10").counts
     assert counts[JournalState.DEFERRED] == 5 and counts[JournalState.SENDING] == 0
 
@@ -248,7 +250,7 @@ def test_dry_run_builds_the_real_payloads_without_secrets_and_marks_nothing(
 ) -> None:
     monkeypatch.delenv("RESEND_API_KEY", raising=False)
     settings, issue = make_folder(tmp_path, _resend_settings(httpserver, "batch_size = 4\n"), 10)
-    report = send_issue(settings, issue, SendOptions(dry_run=True))
+    report = run_send(settings, issue, SendOptions(dry_run=True))
     assert report.sent == 10 and report.missing_credentials == ["RESEND_API_KEY"]
     files = sorted((tmp_path / "build" / "outbox" / "2026-10").glob("resend-batch-*.json"))
     assert len(files) == 3
@@ -260,7 +262,7 @@ def test_dry_run_builds_the_real_payloads_without_secrets_and_marks_nothing(
     assert issue_status(settings, "2026-10").counts[JournalState.QUEUED] == 0
 
     monkeypatch.setenv("RESEND_API_KEY", "re_secret_value_987")
-    send_issue(settings, issue, SendOptions(dry_run=True))
+    run_send(settings, issue, SendOptions(dry_run=True))
     for path in (tmp_path / "build" / "outbox" / "2026-10").iterdir():
         assert "re_secret_value_987" not in path.read_text("utf-8", errors="replace")
     assert SECRET not in "".join(
@@ -323,7 +325,7 @@ def test_send_and_status_commands(tmp_path: Path) -> None:
     config = ["--config", str(tmp_path / "newsletter.toml")]
     result = runner.invoke(main, [*config, "send", "--yes", str(issue)])
     assert result.exit_code == 0, result.output
-    assert "to 4 subscriber(s) via null" in result.output
+    assert "to 4 subscribers via null" in result.output
     assert "4 sent, 0 failed permanently, 0 uncertain" in result.output
     status = runner.invoke(main, [*config, "status", "--json", "2026-10"])
     data = json.loads(status.output)
@@ -372,7 +374,7 @@ def test_interruption_leaves_a_consistent_journal_and_says_how_to_resume(tmp_pat
     counts = issue_status(settings, "2026-10").counts
     assert counts[JournalState.SENT] == 14 and counts[JournalState.SENDING] == 0
     assert counts[JournalState.QUEUED] == 26
-    assert send_issue(settings, issue, SendOptions()).sent == 26
+    assert run_send(settings, issue, SendOptions()).sent == 26
 
 
 def test_ctrl_c_in_the_command_prints_how_to_resume(
@@ -467,7 +469,7 @@ def test_an_issue_goes_to_those_who_chose_one_of_its_topics_or_chose_none(tmp_pa
         source="test",
     )  # one in it
     conn.close()  # subscriber 4 chose nothing: every issue
-    report = send_issue(settings, issue, SendOptions())
+    report = run_send(settings, issue, SendOptions())
     assert report.sent == 3
     conn = open_store(settings.paths.database)
     sent = sorted(
@@ -476,6 +478,53 @@ def test_an_issue_goes_to_those_who_chose_one_of_its_topics_or_chose_none(tmp_pa
     conn.close()
     assert sent == [1, 3, 4]
     assert issue_status(settings, "2026-10").not_yet_queued == 0
+    # Status reports the audience the send used, whatever becomes of the issue file.
+    issue.unlink()
+    conn = open_store(settings.paths.database)
+    for address, topic in (
+        ("new1@example.net", "Trauma and/or PTSD"),
+        ("new2@example.net", "Common Factors"),
+    ):
+        add_subscriber(conn, address, topics=[topic], taxonomy=settings.taxonomy)
+    conn.close()
+    found = issue_status(settings, "2026-10")
+    assert found.not_yet_queued == 1  # new2 only: new1 chose a topic the issue did not have
+    assert found.topics is not None and "Common Factors" in found.topics
+
+
+def test_status_before_any_send_says_none_has_started(tmp_path: Path) -> None:
+    _settings, _issue = make_folder(tmp_path, NULL, 2)
+    config = ["--config", str(tmp_path / "newsletter.toml")]
+    result = CliRunner().invoke(main, [*config, "status", "2026-10"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "2026-10: no send of this issue has started\n"
+    data = json.loads(CliRunner().invoke(main, [*config, "status", "--json", "2026-10"]).output)
+    assert data["started"] is False and data["not_yet_queued"] is None
+
+
+def test_a_send_reads_parses_and_renders_the_issue_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import newsletter.check
+    import newsletter.parse
+
+    settings, issue = make_folder(tmp_path, NULL, 3)
+    calls: list[str] = []
+    real_read, real_render = newsletter.parse.read_issue, newsletter.check.render_issue
+
+    def counting_read(*args: Any, **kwargs: Any) -> Any:
+        calls.append("read")
+        return real_read(*args, **kwargs)
+
+    def counting_render(*args: Any, **kwargs: Any) -> Any:
+        calls.append("render")
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(newsletter.check, "read_issue", counting_read)
+    monkeypatch.setattr(newsletter.check, "render_issue", counting_render)
+    monkeypatch.setattr(newsletter.parse, "read_issue", counting_read)
+    assert run_send(settings, issue, SendOptions()).sent == 3
+    assert calls == ["read", "render"]
 
 
 # --- what a review of the send path found ---------------------------------------------------
@@ -489,16 +538,16 @@ def _smtp(port: int, extra: str = "") -> str:
 
 def test_a_rehearsal_through_the_outbox_does_not_stop_the_real_send(tmp_path: Path) -> None:
     settings, issue = make_folder(tmp_path, '[provider]\nname = "outbox"\n', 5)
-    assert send_issue(settings, issue, SendOptions()).sent == 5  # written to build/outbox only
+    assert run_send(settings, issue, SendOptions()).sent == 5  # written to build/outbox only
     handler = SinkHandler()
     with smtp_server(handler) as port:
         (tmp_path / "newsletter.toml").write_text(_smtp(port), "utf-8")
         from newsletter.settings import load_settings
 
         real = load_settings(tmp_path / "newsletter.toml")
-        report = send_issue(real, issue, SendOptions())
+        report = run_send(real, issue, SendOptions())
         assert (report.sent, report.skipped_already_sent) == (5, 0)
-        again = send_issue(real, issue, SendOptions())
+        again = run_send(real, issue, SendOptions())
         assert (again.sent, again.skipped_already_sent) == (0, 5)
     assert len(handler.received) == 5
 
@@ -519,13 +568,13 @@ def test_what_the_relay_took_before_refusing_the_sender_is_not_sent_again(tmp_pa
     with smtp_server(handler) as port:
         settings, issue = make_folder(tmp_path, _smtp(port, "connections = 2\nbatch_size = 6\n"), 8)
         with pytest.raises(SendError, match="refused the sender"):
-            send_issue(settings, issue, SendOptions(sleep=_no_sleep))
+            run_send(settings, issue, SendOptions(sleep=_no_sleep))
         taken = handler.count  # 3, or 4 when both connections passed the check at once
         assert 3 <= taken < 8
         counts = issue_status(settings, "2026-10").counts
         assert counts[JournalState.SENT] == taken and counts[JournalState.SENDING] == 0
         handler.count = -100  # the relay lifts the suspension
-        report = send_issue(settings, issue, SendOptions(sleep=_no_sleep))
+        report = run_send(settings, issue, SendOptions(sleep=_no_sleep))
     assert report.sent == 8 - taken
     delivered = [r.rcpt_tos[0] for r in handler.received]
     assert sorted(delivered) == sorted(
@@ -538,7 +587,7 @@ def test_a_relay_that_refuses_everyone_stops_the_send(tmp_path: Path) -> None:
     with smtp_server(handler) as port:
         settings, issue = make_folder(tmp_path, _smtp(port), 70)
         with pytest.raises(SendError, match="accepted nothing in 50 calls in a row"):
-            send_issue(settings, issue, SendOptions(sleep=_no_sleep))
+            run_send(settings, issue, SendOptions(sleep=_no_sleep))
     counts = issue_status(settings, "2026-10").counts
     assert counts[JournalState.FAILED] == 50 and counts[JournalState.QUEUED] == 20
 
@@ -549,14 +598,14 @@ def test_a_run_of_dead_addresses_alone_does_not_stop_the_send(tmp_path: Path) ->
     )
     with smtp_server(handler) as port:
         settings, issue = make_folder(tmp_path, _smtp(port), 25)
-        report = send_issue(settings, issue, SendOptions(sleep=_no_sleep))
+        report = run_send(settings, issue, SendOptions(sleep=_no_sleep))
     assert (report.failed, report.sent) == (20, 5)
 
 
 def test_plain_http_links_stop_the_send_before_anything_happens(tmp_path: Path) -> None:
     settings, issue = make_folder(tmp_path, NULL + '[web]\nurl = "http://news.example.org"\n', 3)
     with pytest.raises(SendError, match=r"one-click unsubscribe \(RFC 8058\) only over https"):
-        send_issue(settings, issue, SendOptions())
+        run_send(settings, issue, SendOptions())
     assert issue_status(settings, "2026-10").counts[JournalState.QUEUED] == 0
 
 
@@ -565,7 +614,7 @@ def test_a_bad_rate_setting_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(
         SendError, match=r"newsletter.toml: \[provider\] rate: rate 'fast' is not a rate"
     ):
-        send_issue(settings, issue, SendOptions())
+        run_send(settings, issue, SendOptions())
 
 
 def test_dry_run_with_mailgun_writes_the_form_fields(
@@ -574,7 +623,7 @@ def test_dry_run_with_mailgun_writes_the_form_fields(
     monkeypatch.setenv("MAILGUN_API_KEY", "key-very-secret-123")
     provider = f'[provider]\nname = "mailgun"\nbase_url = "{httpserver.url_for("")}"\n'
     settings, issue = make_folder(tmp_path, provider, 3)
-    report = send_issue(settings, issue, SendOptions(dry_run=True))
+    report = run_send(settings, issue, SendOptions(dry_run=True))
     assert report.sent == 3 and httpserver.log == []
     (batch,) = (tmp_path / "build" / "outbox" / "2026-10").glob("mailgun-batch-*.json")
     text = batch.read_text("utf-8")
@@ -598,7 +647,7 @@ def test_a_mistyped_store_path_is_an_error_not_an_empty_list(tmp_path: Path) -> 
     issue = tmp_path / "issues" / "2026-10.md"
 
     with pytest.raises(StoreError, match="there is no subscriber store here"):
-        send_issue(settings, issue, SendOptions())
+        run_send(settings, issue, SendOptions())
     result = CliRunner().invoke(
         main, ["--config", str(tmp_path / "newsletter.toml"), "subscribers", "list"]
     )
@@ -607,10 +656,47 @@ def test_a_mistyped_store_path_is_an_error_not_an_empty_list(tmp_path: Path) -> 
 
 
 def test_two_sends_of_one_issue_cannot_run_at_once(tmp_path: Path) -> None:
-    from newsletter.send import send_lock
+    from newsletter.send_lock import send_lock
 
     settings, issue = make_folder(tmp_path, NULL, 3)
     running = r"another send of 2026-10 is running \(process \d+\)"
     with send_lock(settings.paths.database, "2026-10"), pytest.raises(SendError, match=running):
-        send_issue(settings, issue, SendOptions())
-    assert send_issue(settings, issue, SendOptions()).sent == 3  # released
+        run_send(settings, issue, SendOptions())
+    assert run_send(settings, issue, SendOptions()).sent == 3  # released
+
+
+@pytest.mark.parametrize("command", ["status", "send", "list"])
+def test_a_damaged_store_is_a_clear_error_that_keeps_the_file(tmp_path: Path, command: str) -> None:
+    settings, issue = make_folder(tmp_path, NULL, 2000)
+    run_send(settings, issue, SendOptions(limit=1000))
+    database = settings.paths.database
+    size = database.stat().st_size
+    with database.open("r+b") as handle:
+        for page in (size // 4096 // 3, size // 4096 // 2, size // 4096 - 2):
+            handle.seek(page * 4096 + 100)
+            handle.write(b"\xff" * 3000)
+    damaged = database.read_bytes()
+    args = {
+        "status": ["status", "2026-10"],
+        "send": ["send", "--yes", str(issue)],
+        "list": ["subscribers", "list"],
+    }[command]
+    result = CliRunner().invoke(main, ["--config", str(tmp_path / "newsletter.toml"), *args])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert "is damaged (database disk image is malformed)" in result.output
+    assert "restore the store from a backup" in result.output
+    assert database.read_bytes() == damaged
+
+
+def test_a_value_no_schema_allows_is_reported_as_damage(tmp_path: Path) -> None:
+    settings, _issue = make_folder(tmp_path, NULL, 2)
+    conn = open_store(settings.paths.database)
+    conn.execute("PRAGMA ignore_check_constraints = 1")
+    conn.execute("UPDATE subscribers SET status = 'zombie', topics = '{' WHERE id = 2")
+    conn.close()
+    result = CliRunner().invoke(
+        main, ["--config", str(tmp_path / "newsletter.toml"), "subscribers", "list"]
+    )
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "is damaged (subscriber 2:" in result.output

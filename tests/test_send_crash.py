@@ -33,10 +33,12 @@ import pytest
 
 from newsletter.errors import SendError
 from newsletter.journal import JournalState
-from newsletter.send import SendOptions, issue_status, send_issue
+from newsletter.send import SendOptions
+from newsletter.status import issue_status
 from newsletter.store import open_store
 
-from .sending_helpers import make_folder
+from .loopback import running
+from .sending_helpers import make_folder, run_send
 from .smtp_servers import SinkHandler, smtp_server
 
 CONNECTIONS = 4
@@ -227,13 +229,8 @@ def faulty_server(service: FaultyResend) -> Iterator[str]:
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with running(server) as url:
+        yield url
 
 
 def test_http_faults_deliver_everyone_once_and_never_retry_permanent_failures(
@@ -260,7 +257,7 @@ def test_http_faults_deliver_everyone_once_and_never_retry_permanent_failures(
             runs += 1
             # A streak of failures stops a run; the next run resumes.
             with contextlib.suppress(SendError):
-                send_issue(settings, issue, SendOptions(sleep=lambda seconds: None))
+                run_send(settings, issue, SendOptions(sleep=lambda seconds: None))
             counts = issue_status(settings, "2026-10").counts
             if counts[JournalState.QUEUED] + counts[JournalState.DEFERRED] == 0:
                 break

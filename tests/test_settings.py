@@ -87,3 +87,28 @@ def test_settings_are_found_in_a_parent_folder(tmp_path: Path) -> None:
     nested = tmp_path / "issues" / "drafts"
     nested.mkdir(parents=True)
     assert find_settings(nested) == path
+
+
+def test_crossref_settings_default_to_the_real_services_and_the_sender(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, '[newsletter]\nfrom_email = "news@example.org"\n'))
+    assert settings.crossref.base_url == "https://api.crossref.org"
+    assert settings.crossref.doi_base_url == "https://doi.org"
+    assert settings.crossref.mailto == "news@example.org"
+    assert settings.crossref.timeout == 10.0
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('base_url = "api.crossref.org"', "crossref.base_url: must be an http(s) URL"),
+        ('mailto = "nobody"', "crossref.mailto: 'nobody' is not an email address"),
+        ("timeout = 0", "crossref.timeout: must be a number of seconds above 0, not 0"),
+        ('mail_to = "a@example.org"', "crossref.mail_to: unknown key; [crossref] takes: base_url"),
+    ],
+    ids=["url", "mailto", "timeout", "unknown"],
+)
+def test_crossref_settings_are_checked(tmp_path: Path, line: str, message: str) -> None:
+    path = write(tmp_path, f"[crossref]\n{line}\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path)
+    assert f"{path}: {message}" in str(caught.value)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from newsletter import store
-from newsletter.errors import StoreError
+from newsletter.errors import InvalidInput, StoreError
 from newsletter.store import Status
 from newsletter.taxonomy import Taxonomy
 
@@ -71,7 +72,7 @@ def test_add_normalises_and_is_unique_regardless_of_case(conn: sqlite3.Connectio
     assert added.status is Status.ACTIVE
     assert added.confirmed_at == added.created_at
     assert added.source == store.SOURCE_COMMAND
-    with pytest.raises(StoreError, match="already in the store"):
+    with pytest.raises(InvalidInput, match="already in the store"):
         store.add_subscriber(conn, "ana.silva@EXAMPLE.org")
     assert store.get_subscriber(conn, "ANA.SILVA@example.org") == added
     assert store.get_subscriber(conn, added.id) == added
@@ -90,7 +91,7 @@ def test_add_normalises_and_is_unique_regardless_of_case(conn: sqlite3.Connectio
 def test_add_rejects_bad_values(
     conn: sqlite3.Connection, kwargs: dict[str, object], message: str
 ) -> None:
-    with pytest.raises(StoreError, match=message):
+    with pytest.raises(InvalidInput, match=message):
         store.add_subscriber(conn, taxonomy=TAXONOMY, **kwargs)
     assert store.count_subscribers(conn) == 0
 
@@ -110,7 +111,7 @@ def test_set_status_records_when_why_and_who(conn: sqlite3.Connection) -> None:
     # A second unsubscribe (say, from the provider's list) keeps the first one's record.
     again = store.set_status(conn, gone.id, Status.UNSUBSCRIBED, "suppression list", "provider")
     assert again == gone
-    with pytest.raises(StoreError, match="no subscriber"):
+    with pytest.raises(InvalidInput, match="no subscriber"):
         store.set_status(conn, "nobody@example.org", Status.BOUNCED)
 
 
@@ -122,12 +123,16 @@ def test_batches_are_keyset_paginated_and_filtered(conn: sqlite3.Connection) -> 
             status=Status.BOUNCED if i % 5 == 0 else Status.ACTIVE,
             topics=["Empathy"] if i % 2 else [],
         )
-    batches = list(store.iter_active_batches(conn, batch_size=7))
+    batches = list(store.iter_subscriber_batches(conn, status=Status.ACTIVE, batch_size=7))
     ids = [s.id for batch in batches for s in batch]
     assert ids == sorted(ids)
     assert len(ids) == 20
     assert all(len(batch) <= 7 for batch in batches)
-    resumed = [s.id for b in store.iter_active_batches(conn, after_id=ids[9]) for s in b]
+    resumed = [
+        s.id
+        for b in store.iter_subscriber_batches(conn, status=Status.ACTIVE, after_id=ids[9])
+        for s in b
+    ]
     assert resumed == ids[10:]
     # Interested in Empathy: those naming it plus those who want every topic.
     wanting = list(store.iter_subscribers(conn, topic="Empathy"))
@@ -216,6 +221,83 @@ def _assert_normalised_like_email_validator(address: str) -> None:
         expected = None
     try:
         got: str | None = store.normalize_email(address)
-    except StoreError:
+    except InvalidInput:
         got = None
     assert got == expected
+
+
+def test_invalid_input_is_a_value_error_and_never_a_store_failure(
+    conn: sqlite3.Connection,
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        store.add_subscriber(conn, "not an address")
+    assert isinstance(caught.value, ValueError)
+    assert not isinstance(caught.value, StoreError)
+
+
+def _store_at_version(path: Path, version: int) -> None:
+    raw = sqlite3.connect(path, isolation_level=None)
+    for step in store.MIGRATIONS[:version]:
+        for statement in step:
+            raw.execute(statement)
+    raw.execute(f"PRAGMA user_version = {version}")
+    raw.close()
+
+
+def test_an_id_is_never_given_twice_even_after_the_highest_is_removed(
+    conn: sqlite3.Connection,
+) -> None:
+    first = store.add_subscriber(conn, "a@example.org")
+    last = store.add_subscriber(conn, "b@example.org")
+    store.remove_subscriber(conn, last.id)
+    newcomer = store.add_subscriber(conn, "c@example.org")
+    assert newcomer.id not in (first.id, last.id)
+    assert newcomer.id > last.id
+
+
+def test_an_older_store_keeps_its_rows_and_never_reuses_an_id_the_journal_names(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    _store_at_version(path, 4)
+    raw = sqlite3.connect(path, isolation_level=None)
+    for n in (1, 2):
+        raw.execute(
+            "INSERT INTO subscribers (id, email, email_key, status, source, created_at,"
+            " status_changed_at, status_source) VALUES (?, ?, ?, 'active', 'x', 't', 't', 'x')",
+            (n, f"r{n}@example.org", f"r{n}@example.org"),
+        )
+    # Subscriber 3 was removed before the upgrade; the journal still names the id.
+    raw.execute(
+        "INSERT INTO journal (issue, subscriber_id, state, queued_at, updated_at)"
+        " VALUES ('2026-10', 3, 'sent', 't', 't')"
+    )
+    raw.close()
+    upgraded = store.open_store(path)
+    assert [s.email for s in store.iter_subscribers(upgraded)] == [
+        "r1@example.org",
+        "r2@example.org",
+    ]
+    assert store.add_subscriber(upgraded, "new@example.org").id == 4
+    upgraded.close()
+
+
+def test_remove_forgets_topics_history_confirmations_and_reasons(
+    conn: sqlite3.Connection,
+) -> None:
+    ana = store.add_subscriber(conn, "ana@example.org", topics=["Empathy"], taxonomy=TAXONOMY)
+    store.set_topics(conn, ana.id, ["Training"], taxonomy=TAXONOMY)
+    store.claim_confirmation_send(
+        conn, "ana@example.org", now=datetime.now(UTC), interval_seconds=3600
+    )
+    conn.execute(
+        "INSERT INTO journal (issue, subscriber_id, state, reason, queued_at, updated_at)"
+        " VALUES ('2026-10', ?, 'failed', '550 <ana@example.org>: no such user', 't', 't')",
+        (ana.id,),
+    )
+    store.remove_subscriber(conn, "ana@example.org")
+    dump = "\n".join(conn.iterdump())
+    assert "ana@example.org" not in dump
+    assert store.topic_history(conn, ana.id) == []
+    # What the send did stays countable, by id alone.
+    assert conn.execute("SELECT state FROM journal").fetchall() == [("failed",)]

@@ -426,11 +426,11 @@ def test_sync_command_dry_run_reports_and_changes_nothing(
         f"{ADDRESSES['hard']}: active -> bounced (mailgun bounce 550: No such mailbox) [dry run]"
         in result.output
     )
-    assert "5 subscriber(s) would change, 1 already suppressed, 1 not on the list." in result.output
+    assert "5 subscribers would change, 1 already suppressed, 1 not on the list." in result.output
     assert list(store.iter_subscribers(conn)) == before
     result = CliRunner().invoke(main, ["subscribers", "sync"])
     assert result.exit_code == 0, result.output
-    assert "5 subscriber(s) changed" in result.output
+    assert "5 subscribers changed" in result.output
     assert_marked(conn, "mailgun")
 
 

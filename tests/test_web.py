@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from click.testing import CliRunner
 
 from newsletter import store
-from newsletter.errors import TokenError
+from newsletter.cli import main
+from newsletter.errors import StoreError, TokenError
 from newsletter.messages import Recipient, prepare_issue
 from newsletter.providers import create_provider
 from newsletter.settings import Settings
@@ -25,7 +27,7 @@ from newsletter.store import Status
 from newsletter.tokens import Signer, unsubscribe_url
 from newsletter.web import MAX_BODY_BYTES, WebApp, create_app
 
-from .conftest import make_rendered
+from .conftest import REPO, make_rendered
 from .web_server import (
     PUBLIC_URL,
     SECRET,
@@ -141,6 +143,44 @@ def test_create_app_reads_the_settings_named_in_the_environment(
     with serving(app) as base:
         requests.post(base + unsubscribe_path(settings, ana.id), timeout=5)
     assert current(settings, ana.id).status is Status.UNSUBSCRIBED
+
+
+@pytest.mark.parametrize("mistake", ["missing", "empty"])
+def test_a_mistyped_or_empty_store_stops_the_app_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mistake: str
+) -> None:
+    settings = web_settings(tmp_path, monkeypatch, '[paths]\ndatabase = "newsleter.db"\n')
+    mistyped = settings.paths.database
+    assert mistyped.name == "newsleter.db"
+    mistyped.unlink()
+    if mistake == "empty":
+        mistyped.touch()
+    expected = "no subscriber store here" if mistake == "missing" else "empty file"
+    with pytest.raises(StoreError, match=expected):
+        WebApp(settings)
+    monkeypatch.setenv("NEWSLETTER_CONFIG", str(settings.source))
+    with pytest.raises(StoreError, match=expected):
+        create_app()
+    result = CliRunner().invoke(main, ["--config", str(settings.source), "serve", "--port", "0"])
+    assert result.exit_code == 1 and f"Error: {mistyped}" in result.output
+    # Nothing was created or filled in on the way.
+    if mistake == "missing":
+        assert not mistyped.exists()
+    else:
+        assert mistyped.stat().st_size == 0
+
+
+def test_a_store_that_disappears_answers_503_never_unsubscribed(
+    settings: Settings, base: str
+) -> None:
+    ana = add(settings, "ana@example.org")
+    settings.paths.database.rename(settings.paths.database.with_suffix(".moved"))
+    answer = requests.post(
+        base + unsubscribe_path(settings, ana.id), data={"List-Unsubscribe": "One-Click"}, timeout=5
+    )
+    assert answer.status_code == 503
+    assert "You are unsubscribed" not in answer.text
+    assert not settings.paths.database.exists()  # no empty store made in its place
 
 
 # --- unsubscribe ----------------------------------------------------------------------------
@@ -489,7 +529,7 @@ def test_list_unsubscribe_of_a_sent_message_leaves_the_reader_out_of_the_next_se
     with closing(store.open_store(settings.paths.database)) as conn:
         recipients = [
             Recipient(s.id, s.email, s.name, unsubscribe_url(settings, signer, s.id))
-            for batch in store.iter_active_batches(conn)
+            for batch in store.iter_subscriber_batches(conn, status=Status.ACTIVE)
             for s in batch
         ]
     with create_provider(settings) as outbox:
@@ -508,5 +548,34 @@ def test_list_unsubscribe_of_a_sent_message_leaves_the_reader_out_of_the_next_se
     assert answer.status_code == 200
     assert current(settings, ana.id).status is Status.UNSUBSCRIBED
     with closing(store.open_store(settings.paths.database)) as conn:
-        next_send = [s.id for batch in store.iter_active_batches(conn) for s in batch]
+        next_send = [
+            s.id
+            for batch in store.iter_subscriber_batches(conn, status=Status.ACTIVE)
+            for s in batch
+        ]
     assert next_send == [bea.id]
+
+
+def test_a_removed_persons_links_never_act_on_the_next_newcomer(
+    settings: Settings, base: str
+) -> None:
+    from newsletter.csvio import import_csv
+
+    with closing(store.open_store(settings.paths.database)) as conn:
+        import_csv(conn, REPO / "subscribers.example.csv", settings.taxonomy)
+        last = max(s.id for s in store.iter_subscribers(conn))
+        removed = store.require_subscriber(conn, last)
+    signer = signer_for(settings)
+    old_unsubscribe = f"{base}/unsubscribe/{signer.unsubscribe_token(removed.id)}"
+    old_confirm = f"{base}/confirm/{signer.confirm_token(removed.id, now=time.time())}"
+    with closing(store.open_store(settings.paths.database)) as conn:
+        store.remove_subscriber(conn, removed.id)
+    answer = requests.post(f"{base}/subscribe", data={"email": "newcomer@example.org"}, timeout=5)
+    assert answer.status_code == 200
+    newcomer = current(settings, "newcomer@example.org")
+    assert newcomer.id != removed.id
+    # The old confirm link must not activate a stranger without their consent...
+    requests.post(old_confirm, timeout=5)
+    # ...and the old unsubscribe link must not unsubscribe them.
+    requests.post(old_unsubscribe, data={"List-Unsubscribe": "One-Click"}, timeout=5)
+    assert current(settings, newcomer.id).status is Status.PENDING

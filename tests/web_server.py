@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ from newsletter.tokens import Signer
 from newsletter.web import WebApp, make_server
 
 from .conftest import write_settings
+from .loopback import running
 
 SECRET = "a-test-secret-of-enough-length-0123456789"
 PUBLIC_URL = "https://news.example.org"
@@ -23,7 +23,9 @@ PUBLIC_URL = "https://news.example.org"
 
 def web_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: str = "") -> Settings:
     monkeypatch.setenv("NEWSLETTER_SECRET", SECRET)
-    return write_settings(tmp_path, f'[web]\nurl = "{PUBLIC_URL}"\n' + extra)
+    settings = write_settings(tmp_path, f'[web]\nurl = "{PUBLIC_URL}"\n' + extra)
+    store.open_store(settings.paths.database).close()  # the app refuses to start without one
+    return settings
 
 
 def signer_for(settings: Settings) -> Signer:
@@ -45,16 +47,8 @@ def current(settings: Settings, email_or_id: str | int) -> Subscriber:
 @contextmanager
 def serving(app: WebApp) -> Iterator[str]:
     """Run ``app`` on a free loopback port in a thread; yields its base URL (no trailing /)."""
-    server = make_server(app, "127.0.0.1", 0, log=False)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with running(make_server(app, "127.0.0.1", 0, log=False)) as url:
+        yield url
 
 
 def local(url: str, base: str) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import shutil
-from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,7 +23,8 @@ from pathlib import Path
 from newsletter.errors import IssueFileError, NewsletterError, Problem
 from newsletter.issue import Article, Issue
 from newsletter.parse import read_issue
-from newsletter.render import fill_placeholders, template_environment
+from newsletter.recipient_fields import NAME_FALLBACK, fill
+from newsletter.render import template_environment, template_errors
 from newsletter.settings import Settings
 from newsletter.taxonomy import slugify
 from newsletter.tokens import web_url
@@ -95,7 +95,7 @@ def build_archive(
 
     public_fields = public_placeholder_values(settings)
     common = {
-        "public": lambda text: fill_placeholders(text, public_fields, html=False),
+        "public": lambda text: fill(text, public_fields, html=False),
         "settings": settings,
         "style": settings.style,
         "slugify": slugify,
@@ -107,7 +107,8 @@ def build_archive(
     def write(relative: str, template: str, root: str, **context: object) -> None:
         path = staging / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        html = env.get_template(template).render(**common, root=root, **context)
+        with template_errors(template):
+            html = env.get_template(template).render(**common, root=root, **context)
         path.write_text(html, "utf-8")
         pages.append(site / relative)
 
@@ -133,16 +134,19 @@ def build_archive(
             topic=topic,
             entries=entries,
         )
-    feed = env.get_template("site/feed.xml").render(
-        **common,
-        issues=issues[:20],
-        updated=month_date(issues[0].month).isoformat().replace("+00:00", "Z"),
-        feed_url=f"{settings.base_url}/feed.xml",
-    )
+    with template_errors("site/feed.xml"):
+        feed = env.get_template("site/feed.xml").render(
+            **common,
+            issues=issues[:20],
+            updated=month_date(issues[0].month).isoformat().replace("+00:00", "Z"),
+            feed_url=f"{settings.base_url}/feed.xml",
+        )
     (staging / "feed.xml").write_text(feed, "utf-8")
     pages.append(site / "feed.xml")
     css = resources.files("newsletter").joinpath("templates/site/style.css").read_text("utf-8")
-    (staging / "style.css").write_text(env.from_string(css).render(style=settings.style), "utf-8")
+    with template_errors("site/style.css"):
+        stylesheet = env.from_string(css).render(style=settings.style)
+    (staging / "style.css").write_text(stylesheet, "utf-8")
 
     if site.exists():
         shutil.rmtree(site)
@@ -156,8 +160,4 @@ def subscribe_url(settings: Settings) -> str:
 
 def public_placeholder_values(settings: Settings) -> dict[str, str]:
     """What the per-recipient fields become on the public web: nobody in particular."""
-    return {"name": "reader", "email": "you", "unsubscribe_url": subscribe_url(settings)}
-
-
-def iter_topic_slugs(issues: Iterable[Issue]) -> set[str]:
-    return {slugify(t) for issue in issues for t in issue.topics}
+    return {"name": NAME_FALLBACK, "email": "you", "unsubscribe_url": subscribe_url(settings)}

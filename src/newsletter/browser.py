@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
 
 from newsletter.errors import NewsletterError
 
@@ -58,15 +57,6 @@ def _run_headless(arguments: list[str], *, timeout: float) -> subprocess.Complet
             raise NewsletterError(
                 f"Chromium took over {timeout:.0f} s on {arguments[-1]}"
             ) from None
-
-
-def screenshot(url: str, out: Path, *, width: int, height: int = 2400, timeout: float = 60) -> Path:
-    """Save a PNG of ``url`` at ``width`` CSS pixels."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _run_headless([f"--window-size={width},{height}", f"--screenshot={out}", url], timeout=timeout)
-    if not out.is_file():
-        raise NewsletterError(f"Chromium did not write the screenshot {out}")
-    return out
 
 
 def dump_dom(url: str, *, width: int = 1000, timeout: float = 60, budget_ms: int = 2000) -> str:

@@ -17,9 +17,11 @@ from pathlib import Path
 import requests
 
 from newsletter import __version__
+from newsletter.english import counted
 from newsletter.errors import Problem
 from newsletter.parse import read_issue
-from newsletter.render import RenderedIssue, fill_placeholders, render_issue, sample_fields
+from newsletter.recipient_fields import fill, known_fields
+from newsletter.render import RenderedIssue, render_issue, sample_fields
 from newsletter.settings import Settings
 
 # Gmail cuts a message's HTML after about 102 KB and hides the rest behind "View entire
@@ -35,6 +37,8 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     html_bytes: int = 0
     links_checked: int = 0
+    # The issue as checked, rendered once: a send goes on with this very render.
+    rendered: RenderedIssue | None = None
 
     @property
     def errors(self) -> list[Problem]:
@@ -58,33 +62,36 @@ def check_issue(
     concurrency: int = 8,
     session: requests.Session | None = None,
 ) -> CheckReport:
+    """Every problem of the issue file at ``path`` and of the email it makes, with its render."""
     report = CheckReport(path)
     result = read_issue(path, settings.taxonomy)
     report.problems.extend(result.problems)
     if result.issue is None:
         return report
-    rendered = render_issue(result.issue, settings)
-    report.problems.extend(check_rendered(rendered, settings, report))
+    rendered = report.rendered = render_issue(result.issue, settings)
+    source = _SourceLines(path)
+    report.problems.extend(check_rendered(rendered, settings, report, source))
     if not offline:
         links = sorted(_own_links(rendered.html, settings))
         report.links_checked = len(links)
-        for url, reason in check_links(
-            links, timeout=timeout, concurrency=concurrency, session=session
-        ):
-            line = _line_of(path, url)
-            report.problems.append(Problem(str(path), line, f"broken link {url}: {reason}"))
+        failures = check_links(links, timeout=timeout, concurrency=concurrency, session=session)
+        report.problems.extend(link_problems(path, links, failures, source))
     report.problems.sort()
     return report
 
 
 def check_rendered(
-    rendered: RenderedIssue, settings: Settings, report: CheckReport
+    rendered: RenderedIssue,
+    settings: Settings,
+    report: CheckReport,
+    source: _SourceLines | None = None,
 ) -> list[Problem]:
     path = str(rendered.issue.path)
+    source = source or _SourceLines(rendered.issue.path)
     problems: list[Problem] = []
     fields = sample_fields(settings)
-    html = fill_placeholders(rendered.html, fields, html=True)
-    text = fill_placeholders(rendered.text, fields, html=False)
+    html = fill(rendered.html, fields, html=True)
+    text = fill(rendered.text, fields, html=False)
     size = len(html.encode("utf-8"))
     report.html_bytes = size
     if size > GMAIL_CLIP_BYTES:
@@ -110,24 +117,57 @@ def check_rendered(
     page = _Page()
     page.feed(html)
     for src in page.images_without_alt:
-        problems.append(
-            Problem(path, _line_of(rendered.issue.path, src), f"image {src} has no alt text")
-        )
+        problems.append(Problem(path, source.line_of(src), f"image {src} has no alt text"))
     if page.empty_paragraphs:
         problems.append(
-            Problem(path, 0, f"{page.empty_paragraphs} empty paragraph(s) in the email", "warning")
+            Problem(
+                path,
+                0,
+                f"{counted(page.empty_paragraphs, 'empty paragraph')} in the email",
+                "warning",
+            )
         )
     for part, content in (("HTML", html), ("text", text)):
         for leftover in sorted(set(LEFTOVER.findall(content))):
             problems.append(
                 Problem(
                     path,
-                    _line_of(rendered.issue.path, leftover),
+                    source.line_of(leftover),
                     f"placeholder {leftover} is left unreplaced in the {part} part; "
-                    "known fields are [[name]], [[email]] and [[unsubscribe_url]]",
+                    f"known fields are {known_fields()}",
                 )
             )
     return problems
+
+
+# The reasons check_links gives when no server answered at all (no HTTP status).
+_NO_ANSWER = ("cannot connect", "no answer within")
+
+
+def link_problems(
+    path: Path,
+    links: list[str],
+    failures: list[tuple[str, str]],
+    source: _SourceLines | None = None,
+) -> list[Problem]:
+    """One problem per broken link; or, when not one link answered, a single one saying the
+    network is unreachable: a laptop on a train should not be told every DOI is broken."""
+    unanswered = [url for url, reason in failures if reason.startswith(_NO_ANSWER)]
+    if links and len(unanswered) == len(links):
+        return [
+            Problem(
+                str(path),
+                0,
+                f"the network is unreachable: no link answered ({counted(len(links), 'link')} "
+                f"tried; {failures[0][0]}: {failures[0][1]}); check the connection, or run "
+                "`newsletter check --offline` to skip the links",
+            )
+        ]
+    source = source or _SourceLines(path)
+    return [
+        Problem(str(path), source.line_of(url), f"broken link {url}: {reason}")
+        for url, reason in failures
+    ]
 
 
 def check_links(
@@ -179,16 +219,22 @@ def _own_links(html: str, settings: Settings) -> set[str]:
     }
 
 
-def _line_of(path: Path, needle: str) -> int:
-    try:
-        for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+class _SourceLines:
+    """The issue file's lines, read once, to say on which line a finding's text stands."""
+
+    def __init__(self, path: Path):
+        try:
+            self.lines = path.read_text("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            self.lines = []
+
+    def line_of(self, needle: str) -> int:
+        for number, line in enumerate(self.lines, 1):
             if needle in line:
                 return number
-    except (OSError, UnicodeDecodeError):
-        pass
-    if needle.startswith("https://doi.org/"):
-        return _line_of(path, needle.removeprefix("https://doi.org/"))
-    return 0
+        if needle.startswith("https://doi.org/"):
+            return self.line_of(needle.removeprefix("https://doi.org/"))
+        return 0
 
 
 class _Page(HTMLParser):

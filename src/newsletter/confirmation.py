@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from newsletter import store
-from newsletter.errors import ProviderError, StoreError
+from newsletter.errors import InvalidInput, ProviderError
 from newsletter.messages import OutgoingMessage, Recipient, prepare_issue
 from newsletter.providers import create_provider
 from newsletter.render import render_template
@@ -123,7 +123,7 @@ def request_subscription(
 
     A new address is stored as pending with ``name`` and ``topics``. An address already in
     the store keeps its row as it is: a form anyone can post must not change someone
-    else's name or topics. Raises StoreError for an invalid address, name or topic, and
+    else's name or topics. Raises InvalidInput for an invalid address, name or topic, and
     ProviderError when the email could not be sent (the hourly allowance is given back).
     """
     moment = time.time() if now is None else now
@@ -139,7 +139,7 @@ def request_subscription(
                 source=SOURCE_WEB,
                 taxonomy=settings.taxonomy,
             )
-        except StoreError:
+        except InvalidInput:
             # Someone else added the address in the meantime; carry on with their row.
             subscriber = store.get_subscriber(conn, email)
             if subscriber is None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from newsletter.errors import ImportRejected, Problem, StoreError, excerpt
+from newsletter.errors import ImportRejected, InvalidInput, NewsletterError, Problem, excerpt
 from newsletter.store import (
     SOURCE_IMPORT,
     SUPPRESSED,
@@ -161,12 +161,12 @@ def import_csv(
     try:
         binary = path.open("rb")
     except OSError as exc:
-        raise StoreError(f"{path}: cannot read the file ({exc.strerror})") from None
+        raise InvalidInput(f"{path}: cannot read the file ({exc.strerror})") from None
     try:
         try:
             text = io.TextIOWrapper(binary, encoding=encoding, newline="")
         except LookupError:
-            raise StoreError(
+            raise InvalidInput(
                 f"unknown encoding {encoding!r}; try utf-8, cp1252 or latin-1"
             ) from None
         try:
@@ -376,7 +376,7 @@ def _parse_row(
             else canonical_topics(topics_cell.split(TOPIC_SEPARATOR), taxonomy)
         )
         status = _status(cell("status"))
-    except StoreError as exc:
+    except InvalidInput as exc:
         report.reject(line, email, str(exc))
         return None
     return _Row(line, normalized, email_key(normalized), name, topics, status)
@@ -389,7 +389,7 @@ def _status(value: str | None) -> Status | None:
         return Status(value.casefold())
     except ValueError:
         allowed = ", ".join(s.value for s in Status)
-        raise StoreError(f"unknown status '{value}'; use one of {allowed}") from None
+        raise InvalidInput(f"unknown status '{value}'; use one of {allowed}") from None
 
 
 def _apply_batch(conn: sqlite3.Connection, rows: Sequence[_Row], report: ImportReport) -> None:
@@ -513,7 +513,7 @@ def export_csv(
         # mkstemp's owner-only permissions suit a file of personal data.
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as exc:
-        raise StoreError(f"{path}: cannot write there ({exc.strerror})") from None
+        raise NewsletterError(f"{path}: cannot write there ({exc.strerror})") from None
     try:
         with open(handle, "w", encoding="utf-8", newline="") as out:
             writer = csv.writer(out, lineterminator="\n")
@@ -534,7 +534,7 @@ def export_csv(
                     on_progress(written)
         os.replace(temporary, path)
     except OSError as exc:
-        raise StoreError(
+        raise NewsletterError(
             f"{path}: cannot write the export ({exc.strerror}); nothing was written"
         ) from None
     finally:

@@ -5,13 +5,19 @@ NewsletterError                 base: the CLI prints "Error: <message>" and exit
 ├── IssueFileError              an issue file has problems; carries every Problem found
 ├── TemplateError               a template is missing or fails to render
 ├── CheckFailed                 `newsletter check` found errors (its report lists them)
-├── StoreError                  the subscriber store cannot be opened, read or written
+├── InvalidInput                a value is not acceptable (an address, a name, a topic, a status,
+│   │                           a subscriber that is not there); also a ValueError
 │   └── ImportRejected          a CSV import was refused; carries each rejected row
+├── StoreError                  the subscriber store cannot be opened, read or written (storage
+│   │                           only: the web endpoints answer it with 503, InvalidInput with 400)
+│   └── StoreReadOnly           the store's file (or folder) cannot be written by this user
 ├── MessageError                a message cannot be built (e.g. a header with CR/LF)
 ├── ProviderError               a provider refused or failed; carries the provider's name and reply
 │   └── ProviderConfigError     a provider is unknown or its settings/credentials are missing
 ├── SendError                   a send cannot start or was stopped
-└── TokenError                  a signed link is forged, truncated or for another newsletter
+├── TokenError                  a signed link is forged, truncated or for another newsletter
+└── DoiLookupError              a DOI's record cannot be fetched (network, rate limit, server)
+    └── DoiNotFound             neither Crossref nor doi.org knows the DOI
 
 The library never imports click: the CLI turns NewsletterError into click's error output.
 An error that quotes its input quotes an ``excerpt``: escaped, and short whatever the input.
@@ -19,9 +25,13 @@ An error that quotes its input quotes an ``excerpt``: escaped, and short whateve
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # providers.base imports this module
+    from newsletter.providers.base import DeliveryResult
 
 
 class NewsletterError(Exception):
@@ -81,11 +91,27 @@ class CheckFailed(NewsletterError):
     pass
 
 
+class InvalidInput(NewsletterError, ValueError):
+    """What a person or a file gave is not acceptable; nothing was stored."""
+
+
 class StoreError(NewsletterError):
-    pass
+    """The store itself failed (missing, locked, full, corrupt, read-only).
+
+    ``cause`` names what failed in a few words ("the disk is full"), for callers that put
+    the failure of one statement into the context of a longer run.
+    """
+
+    def __init__(self, message: str, *, cause: str = ""):
+        super().__init__(message)
+        self.cause = cause or message
 
 
-class ImportRejected(StoreError):
+class StoreReadOnly(StoreError):
+    """This user may read the store but not write it; commands that only read still work."""
+
+
+class ImportRejected(InvalidInput):
     """A CSV import changed nothing; ``problems`` gives each rejected row as file:line."""
 
     def __init__(self, message: str, problems: list[Problem]):
@@ -112,7 +138,7 @@ class ProviderError(NewsletterError):
         message: str,
         *,
         reply: str | None = None,
-        results: list[Any] | None = None,
+        results: Sequence[DeliveryResult] | None = None,
     ):
         text = f"{provider}: {message}"
         if reply:
@@ -132,4 +158,12 @@ class SendError(NewsletterError):
 
 
 class TokenError(NewsletterError):
+    pass
+
+
+class DoiLookupError(NewsletterError):
+    """A DOI's record could not be fetched; the message says from where and what to do."""
+
+
+class DoiNotFound(DoiLookupError):
     pass

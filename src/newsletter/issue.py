@@ -5,6 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from newsletter.taxonomy import slugify
+
+# How an author writes the APA 7 ellipsis of a 21+ author list, and "et al.".
+ELLIPSES = frozenset({"…", "...", ". . ."})
+ET_AL = frozenset({"et al.", "et al", "et. al."})
+NBSP = "\u00a0"
+ADVANCE_ONLINE = "Advance online publication"
+
 
 @dataclass(frozen=True)
 class Citation:
@@ -16,6 +24,7 @@ class Citation:
     pages: str = ""
     doi: str = ""
     url: str = ""
+    online_first: bool = False  # APA: "Advance online publication", no volume or pages yet
 
     @property
     def link(self) -> str:
@@ -24,22 +33,54 @@ class Citation:
 
     @property
     def author_list(self) -> str:
-        """Authors as a reference list writes them: "A, B, & C"."""
-        if len(self.authors) == 1:
-            return self.authors[0]
-        if len(self.authors) == 2:
-            return f"{self.authors[0]}, & {self.authors[1]}"
-        return ", ".join(self.authors[:-1]) + f", & {self.authors[-1]}"
+        """Authors as an APA 7 reference list writes them.
+
+        "A, B, & C"; an author list cut with an ellipsis (21 or more authors) is
+        "A, B, . . . Z" with no ampersand; a list ending in "et al." is "A, B, et al.".
+        """
+        return self._authors(" ")
+
+    @property
+    def author_list_unbroken(self) -> str:
+        """``author_list`` with no-break spaces inside each name, so that a line never breaks
+        between "Rubel, J." and "A."."""
+        return self._authors(NBSP)
+
+    def _authors(self, space: str) -> str:
+        names = [space.join(a.split()) for a in self.authors]
+        plain = [" ".join(a.split()) for a in self.authors]
+        if plain and plain[-1].casefold() in ET_AL:
+            return ", ".join([*names[:-1], "et al."]) if len(names) > 1 else names[0]
+        cut = [i for i, n in enumerate(plain) if n in ELLIPSES]
+        if cut and 0 < cut[0] < len(names) - 1:
+            return ", ".join(names[: cut[0]]) + ", . . . " + ", ".join(names[cut[0] + 1 :])
+        if len(names) == 1:
+            return names[0]
+        if len(names) == 2:
+            return f"{names[0]}, & {names[1]}"
+        return ", ".join(names[:-1]) + f", & {names[-1]}"
+
+    @property
+    def title_end(self) -> str:
+        """The period after the title, unless the title ends in its own "?", "!" or "."."""
+        return "" if self.title[-1:] in ".?!" else "."
 
     @property
     def source(self) -> str:
         """Journal, volume and pages: "Psychotherapy, 55(4), 508–519"."""
         return ", ".join(part for part in (self.journal, self.volume, self.pages) if part)
 
-    def formatted(self) -> str:
-        """The whole reference in one line, in the style of APA."""
-        title = self.title if self.title[-1:] in ".?!" else f"{self.title}."
-        return f"{self.author_list} ({self.year}). {title} {self.source}."
+    @property
+    def status(self) -> str:
+        """What follows the source: "Advance online publication" for an online-first article."""
+        return ADVANCE_ONLINE if self.online_first else ""
+
+    def formatted(self, *, unbroken: bool = False) -> str:
+        """The whole reference in one line, in the style of APA (``unbroken``: names joined
+        by no-break spaces, for wrapping)."""
+        authors = self.author_list_unbroken if unbroken else self.author_list
+        status = f" {self.status}." if self.status else ""
+        return f"{authors} ({self.year}). {self.title}{self.title_end} {self.source}.{status}"
 
 
 @dataclass(frozen=True)
@@ -54,8 +95,6 @@ class Article:
 
     @property
     def slug(self) -> str:
-        from newsletter.taxonomy import slugify
-
         return slugify(self.title)[:60].strip("-")
 
 

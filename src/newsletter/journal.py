@@ -11,35 +11,26 @@ answers. A row found in ``sending`` when a send starts is therefore one whose fa
 the process died (or the connection dropped) while the provider had it. Such rows are
 uncertain: reported by name, never resent unless asked to (``--resend-uncertain``).
 
-Rows are added as ``queued`` for every active subscriber when a send starts, so the journal
-is also the issue's recipient list: ``newsletter status`` reads it, and a rerun after a
-complete send only has to find that nothing is left queued.
+Rows are added as ``queued`` for every subscriber in the issue's audience (see
+``store.audience``) when a send starts, so the journal is also the issue's recipient list:
+``newsletter status`` reads it, and a rerun after a complete send only has to find that
+nothing is left queued. The topics that audience was chosen by are recorded with the issue
+(``journal_issues``), so ``status`` never has to read the issue file again.
+
+Which earlier outcomes a run sends again is one decision, :class:`Resend`, taken by the send
+loop and used alike by the run's writes (``start_run``), by the count shown before a send
+(``count_to_send``) and by the dry run's reads (``batches_to_send``).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
-from newsletter.store import now_utc, transaction, translate_errors
-
-
-def audience(topics: Sequence[str] | None, table: str = "subscribers") -> tuple[str, list[object]]:
-    """The SQL condition (and its parameters) for who gets an issue with these ``topics``.
-
-    Active subscribers whose topics of interest are empty (everything) or share a topic with
-    the issue. ``None`` means every active subscriber.
-    """
-    if topics is None:
-        return f"{table}.status = 'active'", []
-    marks = ",".join("?" * len(topics)) or "NULL"
-    return (
-        f"{table}.status = 'active' AND ({table}.topics = '[]' OR EXISTS "
-        f"(SELECT 1 FROM json_each({table}.topics) WHERE value IN ({marks})))",
-        list(topics),
-    )
+from newsletter.store import audience, now_utc, transaction, translate_errors
 
 
 class JournalState(StrEnum):
@@ -72,12 +63,137 @@ class Outcome:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class Resend:
+    """Which rows with an outcome already recorded a run hands to the provider again."""
+
+    failed: bool = False  # --retry-failed
+    uncertain: bool = False  # --resend-uncertain
+    # Providers that delivered nothing (outbox, null): their "sent" was a rehearsal. Only
+    # a run through a provider that delivers sends those rows again.
+    rehearsals: tuple[str, ...] = field(default=())
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        """The states whose rows this run sends (whatever provider handled them)."""
+        states = [JournalState.QUEUED.value, JournalState.DEFERRED.value]
+        if self.failed:
+            states.append(JournalState.FAILED.value)
+        if self.uncertain:
+            states.append(JournalState.SENDING.value)
+        return tuple(states)
+
+    def condition(self, table: str) -> tuple[str, list[object]]:
+        """SQL: a journal row in ``table`` (or no row at all) is one this run sends."""
+        states = ",".join("?" * len(self.states))
+        sql = f"({table}.state IS NULL OR {table}.state IN ({states})"
+        params: list[object] = list(self.states)
+        if self.rehearsals:
+            sql += f" OR {table}.provider IN ({','.join('?' * len(self.rehearsals))})"
+            params.extend(self.rehearsals)
+        return sql + ")", params
+
+
 class SendJournal:
     """The journal rows of one issue (``YYYY-MM``) in one store."""
 
     def __init__(self, conn: sqlite3.Connection, issue: str):
         self.conn = conn
         self.issue = issue
+
+    # --- the issue -------------------------------------------------------------------------
+
+    def record_issue(self, topics: Sequence[str], subject: str) -> None:
+        """Remember what this send of the issue is about (its latest run wins)."""
+        now = now_utc()
+        with transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO journal_issues (issue, topics, subject, first_run_at, last_run_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (issue) DO UPDATE SET "
+                "topics = excluded.topics, subject = excluded.subject, "
+                "last_run_at = excluded.last_run_at",
+                (self.issue, json.dumps(list(topics), ensure_ascii=False), subject, now, now),
+            )
+
+    def recorded_topics(self) -> tuple[str, ...] | None:
+        """The topics the latest run of this issue's send used; None if no run was recorded."""
+        with translate_errors(self.conn):
+            row = self.conn.execute(
+                "SELECT topics FROM journal_issues WHERE issue = ?", (self.issue,)
+            ).fetchone()
+        return None if row is None else tuple(json.loads(str(row[0])))
+
+    # --- one run's selection ------------------------------------------------------------------
+
+    def start_run(self, topics: Sequence[str], resend: Resend) -> int:
+        """Queue this run's recipients; return how many queued earlier have left the list.
+
+        Rows that ``resend`` names go back to the queue, every subscriber of the audience
+        without a row gets one, and queued rows of those no longer active are forgotten.
+        """
+        self.requeue_rehearsals(resend.rehearsals)
+        if resend.failed:
+            self.requeue(JournalState.FAILED)
+        if resend.uncertain:
+            self.requeue(JournalState.SENDING)
+        self.queue_active(topics)
+        return self.drop_inactive_queued()
+
+    def count_to_send(self, topics: Sequence[str], resend: Resend) -> int:
+        """How many subscribers a run with ``resend`` would hand over, without writing."""
+        sql, params = self._to_send_sql(topics, resend, "count(*)")
+        with translate_errors(self.conn):
+            return int(self.conn.execute(sql, params).fetchone()[0])
+
+    def batches_to_send(
+        self, topics: Sequence[str], resend: Resend, batch_size: int
+    ) -> Iterator[list[tuple[int, str, str]]]:
+        """(id, email, name) of the subscribers a run would hand over, in id order; no writes."""
+        sql, params = self._to_send_sql(topics, resend, "s.id, s.email, s.name")
+        sql += " AND s.id > ? ORDER BY s.id LIMIT ?"
+        last = 0
+        while True:
+            with translate_errors(self.conn):
+                rows = self.conn.execute(sql, (*params, last, batch_size)).fetchall()
+            if not rows:
+                return
+            yield [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+            last = int(rows[-1][0])
+
+    def _to_send_sql(
+        self, topics: Sequence[str], resend: Resend, columns: str
+    ) -> tuple[str, list[object]]:
+        who, who_params = audience(topics, "s")
+        again, again_params = resend.condition("j")
+        sql = (
+            f"SELECT {columns} FROM subscribers AS s LEFT JOIN journal AS j "
+            f"ON j.issue = ? AND j.subscriber_id = s.id WHERE {who} AND {again}"
+        )
+        return sql, [self.issue, *who_params, *again_params]
+
+    def count_sent(self, *, excluding_providers: Sequence[str] = ()) -> int:
+        """Rows sent, leaving out those handled by ``excluding_providers`` (rehearsals)."""
+        marks = ",".join("?" * len(excluding_providers))
+        skip = f" AND provider NOT IN ({marks})" if excluding_providers else ""
+        with translate_errors(self.conn):
+            row = self.conn.execute(
+                f"SELECT count(*) FROM journal WHERE issue = ? AND state = 'sent'{skip}",
+                (self.issue, *excluding_providers),
+            ).fetchone()
+        return int(row[0])
+
+    def count_not_yet_queued(self, topics: Sequence[str]) -> int:
+        """Subscribers in the audience of ``topics`` who have no row for this issue."""
+        who, params = audience(topics, "s")
+        with translate_errors(self.conn):
+            row = self.conn.execute(
+                f"SELECT count(*) FROM subscribers AS s WHERE {who} AND NOT EXISTS "
+                "(SELECT 1 FROM journal AS j WHERE j.issue = ? AND j.subscriber_id = s.id)",
+                (*params, self.issue),
+            ).fetchone()
+        return int(row[0])
+
+    # --- rows ---------------------------------------------------------------------------------
 
     def queue_active(self, topics: Sequence[str] | None = None) -> int:
         """Queue every active subscriber the issue is for (see ``audience``) who has no row yet."""
@@ -238,9 +354,3 @@ class SendJournal:
                 (self.issue,),
             )
             return cursor.rowcount
-
-
-def issues_in_journal(conn: sqlite3.Connection) -> list[str]:
-    with translate_errors(conn):
-        rows = conn.execute("SELECT DISTINCT issue FROM journal ORDER BY issue").fetchall()
-    return [str(r[0]) for r in rows]

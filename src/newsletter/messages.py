@@ -17,7 +17,6 @@ import binascii
 import dataclasses
 import functools
 import hashlib
-import html
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
@@ -28,14 +27,19 @@ from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Protocol
 
 from newsletter.errors import MessageError
+from newsletter.recipient_fields import (
+    FIELDS,
+    PATTERN,
+    display_name,
+    escape_html,
+    needs_html_escape,
+    recipient_values,
+)
 from newsletter.settings import Settings
 
-PLACEHOLDERS = ("name", "email", "unsubscribe_url")
-DEFAULT_NAME = "reader"
 ONE_CLICK = "List-Unsubscribe=One-Click"
 
 _SPECIALS = re.compile(r'[][\\()<>@,:;".]')
-_PLACEHOLDER = re.compile(r"\[\[(name|email|unsubscribe_url)\]\]")
 _CRLF = b"\r\n"
 _SOFT_BREAK = b"=\r\n"
 # Longest display name or subject written as a plain (unencoded) header value; longer or
@@ -84,7 +88,7 @@ class _Part:
     @classmethod
     def parse(cls, source: str) -> _Part:
         source = source.replace("\r\n", "\n").replace("\r", "\n")
-        pieces = _PLACEHOLDER.split(source)
+        pieces = PATTERN.split(source)
         literals = tuple(pieces[0::2])
         slots = tuple(pieces[1::2])
         encoded = []
@@ -134,15 +138,7 @@ class _Part:
 
     def with_markers(self, marker: Callable[[str], str]) -> str:
         """The part with each placeholder replaced by a provider's own substitution tag."""
-        return self.fill({slot: marker(slot) for slot in PLACEHOLDERS})
-
-
-_HTML_SPECIAL = re.compile(r"[&<>\"']")
-
-
-def _escape_html(value: str) -> str:
-    # Most names, addresses and URLs have nothing to escape; skip the five replaces for them.
-    return html.escape(value, quote=True) if _HTML_SPECIAL.search(value) else value
+        return self.fill({slot: marker(slot) for slot in FIELDS})
 
 
 def _json_inner(text: str) -> bytes:
@@ -423,7 +419,7 @@ class OutgoingMessage:
 
     @property
     def display_name(self) -> str:
-        return self.recipient.name or DEFAULT_NAME
+        return display_name(self.recipient.name)
 
     @property
     def to_header(self) -> str:
@@ -435,13 +431,10 @@ class OutgoingMessage:
 
     def values(self, part: str) -> dict[str, str]:
         """The placeholder values for ``part`` ("html" escaped for attributes, or "text")."""
-        raw = {
-            "name": self.display_name,
-            "email": self.recipient.email,
-            "unsubscribe_url": self.recipient.unsubscribe_url,
-        }
+        recipient = self.recipient
+        raw = recipient_values(recipient.name, recipient.email, recipient.unsubscribe_url)
         if part == "html":
-            return {key: _escape_html(value) for key, value in raw.items()}
+            return {key: escape_html(value) for key, value in raw.items()}
         return raw
 
     @property
@@ -469,7 +462,7 @@ class OutgoingMessage:
         one JSON payload: the same values as ``values()``, without its dictionaries.
         """
         recipient = self.recipient
-        name = recipient.name or DEFAULT_NAME
+        name = display_name(recipient.name)
         email = recipient.email
         url = recipient.unsubscribe_url
         text = (
@@ -479,13 +472,13 @@ class OutgoingMessage:
         )
         # One search over the three values: most recipients have nothing to escape, and then
         # the HTML values are the text values.
-        if _HTML_SPECIAL.search(f"{name}{email}{url}") is None:
+        if not needs_html_escape(f"{name}{email}{url}"):
             return text + text
         return (
             *text,
-            encode_basestring_ascii(_escape_html(name)),
-            encode_basestring_ascii(_escape_html(email)),
-            encode_basestring_ascii(_escape_html(url)),
+            encode_basestring_ascii(escape_html(name)),
+            encode_basestring_ascii(escape_html(email)),
+            encode_basestring_ascii(escape_html(url)),
         )
 
     def api_headers(self) -> dict[str, str]:
@@ -500,7 +493,7 @@ class OutgoingMessage:
         """The complete message: CRLF line ends, 7-bit clean, no line over 998 octets."""
         issue = self.issue
         recipient = self.recipient
-        name = recipient.name or DEFAULT_NAME
+        name = display_name(recipient.name)
         url = recipient.unsubscribe_url
         email = recipient.email
         text_values = {
@@ -509,9 +502,9 @@ class OutgoingMessage:
             "unsubscribe_url": _qp_value(url),
         }
         html_values = {
-            "name": _qp_value(_escape_html(name)),
-            "email": _qp_value(_escape_html(email)),
-            "unsubscribe_url": _qp_value(_escape_html(url)),
+            "name": _qp_value(escape_html(name)),
+            "email": _qp_value(escape_html(email)),
+            "unsubscribe_url": _qp_value(escape_html(url)),
         }
         out = [
             issue._head_from,

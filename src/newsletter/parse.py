@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 from markdown_it import MarkdownIt
 
+from newsletter.english import counted
 from newsletter.errors import IssueFileError, Problem
 from newsletter.issue import Article, Citation, Issue
 from newsletter.taxonomy import Taxonomy
@@ -67,7 +68,11 @@ CITATION_FIELDS = {
     "url": "url",
     "topics": "topics",
     "research type": "research_type",
+    "online first": "online_first",
+    "advance online publication": "online_first",
 }
+_YES = {"yes", "true", "y"}
+_NO = {"no", "false", "n"}
 REQUIRED_CITATION = ("authors", "year", "title", "journal", "topics")
 
 # Only the block structure (headings and their lines) matters here: inline parsing, the
@@ -222,7 +227,7 @@ def _front_matter(
         mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         line = first_line + (mark.line if mark else 0)
         problem = getattr(exc, "problem", None) or str(exc)
-        found.error(line, f"front matter is not valid YAML: {problem}")
+        found.error(line, _yaml_advice(block, mark.line if mark else 0, problem))
         return {}
     if node is None:
         for key in REQUIRED_FRONT_MATTER:
@@ -305,6 +310,20 @@ def _front_matter(
     return values
 
 
+def _yaml_advice(block: list[str], index: int, problem: str) -> str:
+    """What to do about a YAML error on ``block[index]``, in the author's terms."""
+    raw = block[index] if 0 <= index < len(block) else ""
+    key, colon, value = raw.partition(":")
+    if problem.startswith("mapping values are not allowed") and colon and value.strip():
+        # A second ": " in an unquoted value, as in `subject: Grief: what helps`.
+        quoted = value.strip().replace("\\", "\\\\").replace('"', '\\"')
+        return (
+            f"'{key.strip()}': the value contains ': ', which YAML reads as another key; "
+            f'put the value in quotes: {key.strip()}: "{quoted}"'
+        )
+    return f"front matter is not valid YAML: {problem}"
+
+
 def _construct(node: yaml.Node) -> Any:
     """The Python value of one composed YAML node (safe types only)."""
     return yaml.SafeLoader("").construct_object(node, deep=True)
@@ -369,7 +388,7 @@ def _body(
     if count == 1 or count > 3:
         found.warning(
             start + article_heads[0][1] + 1,
-            f"this issue has {count} articles; the digest usually has two or three",
+            f"this issue has {counted(count, 'article')}; the digest usually has two or three",
         )
     return intro, articles
 
@@ -413,7 +432,7 @@ def _article(
                     lineno(i),
                     f"unknown citation field '{raw_key}'{hint} "
                     "(fields: Authors, Year, Title, Journal, Volume, Pages, DOI, URL, "
-                    "Topics, Research type)",
+                    "Online first, Topics, Research type)",
                 )
                 last_key = None
             else:
@@ -507,10 +526,7 @@ def _citation(
     doi = ""
     if "doi" in fields:
         text, line = fields["doi"]
-        doi = text
-        for prefix in _DOI_PREFIXES:
-            if doi.lower().startswith(prefix):
-                doi = doi[len(prefix) :].strip()
+        doi = bare_doi(text)
         if not DOI.match(doi):
             found.error(
                 line,
@@ -528,6 +544,20 @@ def _citation(
     if "doi" not in fields and "url" not in fields:
         found.error(head_line, f"article '{title}': the citation needs a 'DOI:' or a 'URL:' line")
         ok = False
+    online_first = False
+    if "online_first" in fields:
+        text, line = fields["online_first"]
+        if text.casefold() in _YES:
+            online_first = True
+        elif text.casefold() not in _NO:
+            found.error(line, f"Online first must be 'yes' or 'no', not {text!r}")
+            ok = False
+        if online_first and "volume" in fields:
+            found.warning(
+                line,
+                "the citation has both 'Online first: yes' and a Volume; once an article has a "
+                "volume it is no longer an advance online publication: remove one of them",
+            )
     for name in ("title", "journal"):
         if name in fields and not fields[name][0]:
             found.error(fields[name][1], f"{name.capitalize()} is empty")
@@ -543,6 +573,7 @@ def _citation(
         pages=fields.get("pages", ("", 0))[0],
         doi=doi,
         url=url,
+        online_first=online_first,
     )
 
 
@@ -558,7 +589,27 @@ def _topics(
     topics: list[str] = []
     for name in names:
         canonical = taxonomy.canonical(name)
-        if canonical is None:
+        listed = taxonomy.split_by_commas(name) if canonical is None else None
+        if listed:
+            found.error(
+                line,
+                f"unknown topic '{name}': topics are separated by ';', not ','; "
+                f"write 'Topics: {'; '.join(listed)}'",
+            )
+        elif canonical is None and "," in name:
+            guesses = [
+                taxonomy.canonical(part) or taxonomy.suggest(part) for part in name.split(",")
+            ]
+            hint = (
+                f"; did you mean 'Topics: {'; '.join(g for g in guesses if g)}'?"
+                if all(guesses)
+                else ""
+            )
+            found.error(
+                line,
+                f"unknown topic '{name}': topics are separated by ';', not ','{hint}",
+            )
+        elif canonical is None:
             suggestion = taxonomy.suggest(name)
             hint = f"; did you mean '{suggestion}'?" if suggestion else ""
             found.error(
@@ -567,6 +618,15 @@ def _topics(
         elif canonical not in topics:
             topics.append(canonical)
     return tuple(topics)
+
+
+def bare_doi(text: str) -> str:
+    """A DOI as an author may paste it (bare, ``doi:…``, a doi.org address), made bare."""
+    doi = text.strip()
+    for prefix in _DOI_PREFIXES:
+        if doi.lower().startswith(prefix):
+            doi = doi[len(prefix) :].strip()
+    return doi
 
 
 def _did_you_mean(word: str, choices: set[str] | dict[str, str]) -> str:

@@ -6,16 +6,21 @@ text stays readable at the line width while every address remains usable.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Sequence
 
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
+from newsletter.issue import NBSP
+
 WIDTH = 72
-_markdown = MarkdownIt("commonmark", {"html": False, "typographer": True}).enable(
-    ["replacements", "smartquotes"]
-)
+# textwrap breaks lines at ASCII whitespace only; so do we, keeping no-break spaces.
+_ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
+# Smart quotes only: the "replacements" rule would turn the (a), (b), (c) of research prose
+# into "©" (and (r), (tm), "--", "..." likewise); the author's own dashes and quotes stay.
+_markdown = MarkdownIt("commonmark", {"html": False, "typographer": True}).enable("smartquotes")
 
 
 class TextRenderer:
@@ -31,15 +36,17 @@ class TextRenderer:
         return self.links.index(url) + 1
 
     def wrap(self, text: str, indent: str = "", first: str | None = None) -> str:
-        """Fill ``text`` to the width; long words (URLs) are never broken."""
-        return textwrap.fill(
-            " ".join(text.split()),
+        """Fill ``text`` to the width; long words (URLs) are never broken, nor are words
+        joined by no-break spaces (an author's name), which come out as plain spaces."""
+        filled = textwrap.fill(
+            " ".join(_ASCII_SPACE.split(text.strip())),
             width=self.width,
             initial_indent=indent if first is None else first,
             subsequent_indent=indent,
             break_long_words=False,
             break_on_hyphens=False,
         )
+        return filled.replace(NBSP, " ")
 
     def heading(self, text: str) -> str:
         wrapped = self.wrap(text.upper())

@@ -6,9 +6,11 @@ import http.server
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 
 from newsletter import browser
+from newsletter.devtools import DevTools
 from newsletter.errors import IssueFileError, NewsletterError
 from newsletter.parse import parse_issue
 from newsletter.render import RenderedIssue, render_issue, write_preview
@@ -33,14 +35,34 @@ def build_preview(issue_path: Path, settings: Settings) -> Preview:
     return Preview(rendered, html_path, text_path)
 
 
-def take_screenshots(preview: Preview) -> list[Path]:
-    """PNGs of the preview at phone and desktop widths, beside email.html."""
+@dataclass(frozen=True)
+class Screenshot:
+    path: Path
+    width: int
+    height: int  # the whole document's height: footer and postal address included
+    scheme: str  # "light" or "dark"
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.width}×{self.height} px, {self.scheme})"
+
+
+def take_screenshots(preview: Preview) -> list[Screenshot]:
+    """Full-height PNGs of the preview at phone and desktop widths, light and dark, beside
+    email.html: email-375px.png, email-700px.png, email-375px-dark.png, email-700px-dark.png."""
+    browser.require_chromium()
     folder = preview.html_path.parent
     url = preview.html_path.resolve().as_uri()
-    return [
-        browser.screenshot(url, folder / f"email-{width}px.png", width=width)
-        for width in (PHONE_WIDTH, DESKTOP_WIDTH)
-    ]
+    shots: list[Screenshot] = []
+    for scheme, suffix in (("light", ""), ("dark", "-dark")):
+        for width in (PHONE_WIDTH, DESKTOP_WIDTH):
+            # A fresh page per shot: a viewport once stretched to one height would set the next.
+            with DevTools(width=width, height=800, timeout=60) as page:
+                page.color_scheme(scheme)
+                page.open(url)
+                path = folder / f"email-{width}px{suffix}.png"
+                size = page.full_page_png(path, width)
+            shots.append(Screenshot(path, *size, scheme))
+    return shots
 
 
 # --- live preview -------------------------------------------------------------------------
@@ -155,8 +177,6 @@ class LivePreview:
 
     def _document(self) -> str:
         if self.last_error is not None:
-            from html import escape
-
             body = (
                 '<!doctype html><html><head><meta charset="utf-8"><title>Preview: errors</title>'
                 '<meta name="viewport" content="width=device-width, initial-scale=1"></head>'

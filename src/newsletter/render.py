@@ -1,15 +1,16 @@
 """Rendering an Issue: Jinja2 -> MJML -> HTML (mjml-python) -> inlined HTML, and the text part.
 
 Rendering happens once per issue. Per-recipient fields stay as placeholders that survive MJML
-and the CSS inliner unchanged, and are filled in per message by plain substitution.
+and the CSS inliner unchanged, and are filled in per message by plain substitution (see
+``newsletter.recipient_fields``).
 """
 
 from __future__ import annotations
 
 import functools
-import html as html_lib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,21 +23,13 @@ from newsletter.errors import TemplateError
 from newsletter.inline import inline_css
 from newsletter.issue import Issue
 from newsletter.plaintext import TextRenderer
+from newsletter.recipient_fields import PLACEHOLDERS, fill, recipient_values
 from newsletter.settings import Settings
 from newsletter.taxonomy import slugify
 
-# The per-recipient fields, as they appear in rendered output.
-PLACEHOLDERS = {
-    "name": "[[name]]",
-    "email": "[[email]]",
-    "unsubscribe_url": "[[unsubscribe_url]]",
-}
-PLACEHOLDER_PATTERN = re.compile(r"\[\[(name|email|unsubscribe_url)\]\]")
-NAME_FALLBACK = "reader"
-
-_markdown = MarkdownIt("commonmark", {"html": False, "typographer": True}).enable(
-    ["replacements", "smartquotes"]
-)
+# Smart quotes only: the "replacements" rule would turn the (a), (b), (c) of research prose
+# into "©" (and (r), (tm), "--", "..." likewise); the author's own dashes and quotes stay.
+_markdown = MarkdownIt("commonmark", {"html": False, "typographer": True}).enable("smartquotes")
 _HEAD_META = (
     '<meta name="color-scheme" content="light dark">'
     '<meta name="supported-color-schemes" content="light dark">'
@@ -100,17 +93,24 @@ def _context(issue: Issue, settings: Settings, relative: bool = False) -> dict[s
     }
 
 
-def _render_template(env: jinja2.Environment, name: str, context: Mapping[str, object]) -> str:
+@contextmanager
+def template_errors(name: str) -> Iterator[None]:
+    """Turn Jinja's exceptions while rendering template ``name`` into a TemplateError."""
     try:
-        return env.get_template(name).render(context)
+        yield
     except jinja2.TemplateNotFound as exc:
         raise TemplateError(
             f"template {exc.name!r} not found in templates/ or the defaults"
         ) from None
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{exc.filename or exc.name}:{exc.lineno}: {exc.message}") from None
-    except jinja2.UndefinedError as exc:
+    except jinja2.TemplateError as exc:
         raise TemplateError(f"template {name}: {exc.message}") from None
+
+
+def _render_template(env: jinja2.Environment, name: str, context: Mapping[str, object]) -> str:
+    with template_errors(name):
+        return env.get_template(name).render(context)
 
 
 def render_template(settings: Settings, name: str, context: Mapping[str, object]) -> str:
@@ -155,22 +155,11 @@ def render_issue(issue: Issue, settings: Settings) -> RenderedIssue:
     return RenderedIssue(issue=issue, subject=issue.subject, html=html, text=text)
 
 
-def fill_placeholders(template: str, values: Mapping[str, str], *, html: bool) -> str:
-    """Substitute per-recipient values; in HTML they are escaped for text and attributes."""
-    escape: Callable[[str], str] = (
-        (lambda v: html_lib.escape(v, quote=True)) if html else (lambda v: v)
-    )
-    filled = {key: escape(value) for key, value in values.items()}
-    return PLACEHOLDER_PATTERN.sub(lambda m: filled.get(m.group(1), m.group(0)), template)
-
-
 def sample_fields(settings: Settings) -> dict[str, str]:
     """A made-up recipient for previews."""
-    return {
-        "name": "Alex Sample",
-        "email": "alex.sample@example.com",
-        "unsubscribe_url": f"{settings.base_url}/unsubscribe/preview-token",
-    }
+    return recipient_values(
+        "Alex Sample", "alex.sample@example.com", f"{settings.base_url}/unsubscribe/preview-token"
+    )
 
 
 def write_preview(
@@ -182,6 +171,6 @@ def write_preview(
     fields = sample_fields(settings)
     html_path = folder / "email.html"
     text_path = folder / "email.txt"
-    html_path.write_text(fill_placeholders(rendered.html, fields, html=True), "utf-8")
-    text_path.write_text(fill_placeholders(rendered.text, fields, html=False), "utf-8")
+    html_path.write_text(fill(rendered.html, fields, html=True), "utf-8")
+    text_path.write_text(fill(rendered.text, fields, html=False), "utf-8")
     return html_path, text_path

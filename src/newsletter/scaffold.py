@@ -7,6 +7,7 @@ import secrets
 from importlib import resources
 from pathlib import Path
 
+from newsletter import store
 from newsletter.errors import NewsletterError
 from newsletter.private_files import write_private
 from newsletter.settings import SETTINGS_FILE
@@ -73,6 +74,11 @@ def init_newsletter(folder: Path, *, today: _dt.date | None = None) -> list[Path
         else:
             path.write_text(text, "utf-8")
         created.append(path)
+    # An empty list, so that `newsletter serve` can start before the first import.
+    database = folder / "newsletter.db"
+    if not database.exists():
+        store.open_store(database).close()
+        created.append(database)
     return created
 
 

@@ -19,38 +19,25 @@ Memory does not grow with the list: recipients are read from the store one batch
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 import random
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from email.parser import BytesParser
-from email.policy import HTTP as HTTP_POLICY
 from pathlib import Path
 
 from newsletter.check import check_issue
-from newsletter.errors import (
-    IssueFileError,
-    MessageError,
-    NewsletterError,
-    ProviderError,
-    SendError,
-)
-from newsletter.journal import JournalEntry, JournalState, Outcome, SendJournal, audience
+from newsletter.errors import IssueFileError, MessageError, ProviderError, SendError, StoreError
+from newsletter.journal import JournalEntry, JournalState, Outcome, Resend, SendJournal
 from newsletter.messages import OutgoingMessage, PreparedIssue, Recipient, prepare_issue
-from newsletter.parse import parse_issue
-from newsletter.private_files import make_private_folder, write_private
-from newsletter.providers import Provider, create_provider
+from newsletter.providers import Provider, create_provider, rehearsal_providers
 from newsletter.providers.base import DeliveryResult
-from newsletter.providers.http import ApiRequest
-from newsletter.render import RenderedIssue, render_issue
+from newsletter.providers.outbox import DryRunWriter
+from newsletter.rate import TokenBucket, parse_rate
+from newsletter.render import RenderedIssue
+from newsletter.send_lock import send_lock
 from newsletter.settings import Settings
-from newsletter.store import get_subscriber, open_store
+from newsletter.store import StoreConnection, get_subscriber, normalize_email, open_store
 from newsletter.tokens import Signer, unsubscribe_url, web_url
 
 # After this many provider calls in a row that delivered nothing, the provider is taken to be
@@ -62,6 +49,8 @@ MAX_CONSECUTIVE_REFUSED_MESSAGES = 50
 DEFAULT_RETRY_BUDGET = 300.0  # seconds of waiting for temporary failures, per run
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 60.0
+# The report names at most this many uncertain (and failed) recipients; `status` lists all.
+UNCERTAIN_LISTED = 1000
 
 
 @dataclass
@@ -111,43 +100,6 @@ class Progress:
     elapsed: float
 
 
-class TokenBucket:
-    """At most ``rate`` messages a second on average, with bursts of up to one second's worth."""
-
-    def __init__(self, rate: float, sleep: Callable[[float], None] = time.sleep):
-        if rate <= 0:
-            raise SendError(f"the rate must be above 0 messages a second, not {rate:g}")
-        self.rate = rate
-        self.capacity = max(1.0, rate)
-        self.tokens = self.capacity
-        self.updated = time.monotonic()
-        self.sleep = sleep
-
-    def take(self, count: int) -> None:
-        # A batch larger than the bucket waits for the tokens it lacks, then goes at once.
-        while True:
-            now = time.monotonic()
-            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-            self.updated = now
-            if self.tokens >= min(count, self.capacity):
-                self.tokens -= count
-                return
-            self.sleep((min(count, self.capacity) - self.tokens) / self.rate)
-
-
-def parse_rate(text: str) -> float:
-    """``"50/s"``, ``"50"`` or ``"3000/min"`` as messages per second."""
-    value, _, unit = text.strip().partition("/")
-    per = {"": 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}.get(unit.strip())
-    try:
-        number = float(value)
-    except ValueError:
-        number = -1
-    if per is None or number <= 0:
-        raise SendError(f"rate {text!r} is not a rate such as 50/s or 3000/min")
-    return number / per
-
-
 @dataclass
 class PreparedSend:
     """Everything decided before the first message: the issue, its render, the provider."""
@@ -175,10 +127,9 @@ def prepare_send(settings: Settings, issue_path: Path, options: SendOptions) -> 
     Everything that can stop a send stops it here, before any journal row is written.
     """
     report = check_issue(issue_path, settings, offline=True)
-    if report.errors:
+    if report.errors or report.rendered is None:
         raise IssueFileError(report.errors)
-    issue = parse_issue(issue_path, settings.taxonomy)
-    rendered = render_issue(issue, settings)
+    rendered = report.rendered
     prepared = prepare_issue(rendered, settings)
     signer = Signer.for_settings(settings)
     where = settings.source or "the embedded settings"
@@ -200,80 +151,27 @@ def prepare_send(settings: Settings, issue_path: Path, options: SendOptions) -> 
     return PreparedSend(settings, issue_path, rendered, prepared, provider, signer, options)
 
 
-def rehearsal_providers(names: Sequence[str]) -> list[str]:
-    """Those of ``names`` that deliver nothing (outbox, null); unknown names count as real."""
-    from newsletter.providers import load_provider
-
-    found = []
-    for name in names:
-        try:
-            if not load_provider(name).delivers:
-                found.append(name)
-        except ProviderError:
-            pass  # no longer installed: assume it delivered, so nobody gets a second copy
-    return found
-
-
 def pending_count(job: PreparedSend) -> tuple[int, int]:
-    """(to send, already sent) for the job's issue, as its run would count them."""
-    options = job.options
-    condition, params = audience(job.topics, "s")
-    conn = open_store(job.settings.paths.database, create=False)
+    """(to send, already sent) for the job's issue, as its run would count them; no writes."""
+    conn = open_store(job.settings.paths.database, readonly=True)
     try:
         journal = SendJournal(conn, job.month)
-        ignored = rehearsal_providers(journal.providers_used()) if job.provider.delivers else []
-        skip = f"AND j.provider NOT IN ({','.join('?' * len(ignored))})" if ignored else ""
-        final = ["sent"]
-        if not options.retry_failed:
-            final.append("failed")
-        if not options.resend_uncertain:
-            final.append("sending")
-        states = ",".join("?" * len(final))
-        audience_size = conn.execute(
-            f"SELECT count(*) FROM subscribers AS s WHERE {condition}", params
-        ).fetchone()[0]
-        done = conn.execute(
-            "SELECT count(*) FROM journal AS j JOIN subscribers AS s "
-            f"ON s.id = j.subscriber_id AND {condition} WHERE j.issue = ? "
-            f"AND j.state IN ({states}) {skip}",
-            (*params, job.month, *final, *ignored),
-        ).fetchone()[0]
-        already = conn.execute(
-            f"SELECT count(*) FROM journal AS j WHERE j.issue = ? AND j.state = 'sent' {skip}",
-            (job.month, *ignored),
-        ).fetchone()[0]
+        resend = resend_policy(journal, job)
+        to_send = journal.count_to_send(job.topics, resend)
+        already = journal.count_sent(excluding_providers=resend.rehearsals)
     finally:
         conn.close()
-    return int(audience_size) - int(done), int(already)
+    return to_send, already
 
 
-@contextmanager
-def send_lock(database: Path, month: str) -> Iterator[None]:
-    """Only one send of an issue at a time.
-
-    Two runs could not mark the same row, but a second one would report the first one's
-    in-flight messages as uncertain, and with --resend-uncertain send them again. The lock
-    is the operating system's: a killed send releases it.
-    """
-    path = database.with_name(f"{database.name}.send-{month}.lock")
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise SendError(
-                f"another send of {month} is running ({holder}); wait for it to finish, "
-                "or stop it, then run this command again"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def resend_policy(journal: SendJournal, job: PreparedSend) -> Resend:
+    """Which recorded outcomes this run sends again: its options, and earlier rehearsals."""
+    rehearsals = rehearsal_providers(journal.providers_used()) if job.provider.delivers else []
+    return Resend(
+        failed=job.options.retry_failed,
+        uncertain=job.options.resend_uncertain,
+        rehearsals=tuple(rehearsals),
+    )
 
 
 class Sender:
@@ -291,13 +189,18 @@ class Sender:
         self.retry_deadline = time.monotonic() + self.options.retry_budget
         self.consecutive_failed_calls = 0
         self.consecutive_refused_messages = 0
+        # Messages handed to the provider whose outcome is not recorded yet, and the count of
+        # sent messages the journal holds before them: what a store failure leaves uncertain.
+        self.in_flight = 0
+        self.sent_recorded = 0
         self.started = time.monotonic()
         self.interrupted = threading.Event()
 
     # --- the run ----------------------------------------------------------------------------
 
     def run(self) -> SendReport:
-        conn = open_store(self.job.settings.paths.database, create=False)
+        database = self.job.settings.paths.database
+        conn = open_store(database, readonly=self.options.dry_run, create=False)
         try:
             if self.options.dry_run:
                 self._dry_run(conn)
@@ -308,18 +211,14 @@ class Sender:
             conn.close()
         return self.report
 
-    def _send(self, conn: sqlite3.Connection) -> None:
+    def _send(self, conn: StoreConnection) -> None:
         journal = SendJournal(conn, self.job.month)
-        if self.provider.delivers:
-            journal.requeue_rehearsals(rehearsal_providers(journal.providers_used()))
-        if self.options.retry_failed:
-            journal.requeue(JournalState.FAILED)
-        if self.options.resend_uncertain:
-            # Even with an idempotency key this takes a person's word: the key of a batch
-            # depends on its exact messages, and a later run may group them differently.
-            journal.requeue(JournalState.SENDING)
-        journal.queue_active(self.job.topics)
-        self.report.left_the_list = journal.drop_inactive_queued()
+        journal.record_issue(self.job.topics, self.job.rendered.subject)
+        # --resend-uncertain takes a person's word even with an idempotency key: the key of a
+        # batch depends on its exact messages, and a later run may group them differently.
+        self.report.left_the_list = journal.start_run(
+            self.job.topics, resend_policy(journal, self.job)
+        )
         counts = journal.counts()
         self.report.to_send = counts[JournalState.QUEUED] + counts[JournalState.DEFERRED]
         self.report.skipped_already_sent = counts[JournalState.SENT]
@@ -343,18 +242,39 @@ class Sender:
                 handed_over += len(rows)
                 self._deliver(journal, rows)
                 self._progress(total)
+        except StoreError as exc:
+            raise self._store_failed(exc) from None
         finally:
             self.provider.close()
         # Those who left while the send ran were passed over by the batch reads; forget them.
         if self.options.limit is None:
             self.report.left_the_list += journal.drop_inactive_queued()
-        self.report.uncertain = journal.entries(
-            JournalState.SENDING, limit=1000
-        )  # UNCERTAIN_LISTED
+        self.report.uncertain = journal.entries(JournalState.SENDING, limit=UNCERTAIN_LISTED)
         self.report.failures = [
             (e.subscriber_id, e.email, e.reason)
-            for e in journal.entries(JournalState.FAILED, limit=1000)
+            for e in journal.entries(JournalState.FAILED, limit=UNCERTAIN_LISTED)
         ]
+
+    def _store_failed(self, exc: StoreError) -> SendError:
+        """What a store failure in the middle of a run means for the journal, in words."""
+        # The failed statement changed nothing, so the journal is true up to it: rows that
+        # were marked "sending" and handed over stay so, and are reported as uncertain.
+        flight = self.in_flight
+        recorded = self.sent_recorded if flight else self.report.sent
+        lost = (
+            f" The last {flight:,} message(s) were handed to {self.provider.name} but their "
+            "outcome could not be recorded: they stay 'sending' and are reported as "
+            "uncertain (`newsletter status`); check with the provider before resending them "
+            "with --resend-uncertain."
+            if flight
+            else ""
+        )
+        return SendError(
+            f"the store could not be written in the middle of the send ({exc.cause}). "
+            f"This run handed over and recorded {recorded:,} message(s).{lost} "
+            "Everything else is still queued. Fix the cause (e.g. free disk space) and run the "
+            "same command again to resume."
+        )
 
     def _messages(
         self, rows: Sequence[tuple[int, str, str]]
@@ -387,6 +307,8 @@ class Sender:
         while messages:
             if self.bucket is not None:
                 self.bucket.take(len(messages))
+            self.in_flight = len(messages)
+            self.sent_recorded = self.report.sent
             try:
                 results = self.provider.send_batch(messages)
             except ProviderError as exc:
@@ -396,18 +318,21 @@ class Sender:
                 if partial is not None:
                     outcomes, _ = self._classify(messages, partial)
                     journal.record(outcomes)
+                    self.in_flight = 0
                 else:
                     journal.record(
                         Outcome(m.recipient_id, JournalState.DEFERRED, reason=str(exc)[:500])
                         for m in messages
                     )
                     self.report.deferred += len(messages)
+                    self.in_flight = 0
                 raise SendError(
                     f"the {self.provider.name} provider stopped the send: {exc}\n"
                     "Nothing more was sent. Fix the cause and run the same command again to resume."
                 ) from exc
             outcomes, retry = self._classify(messages, results)
             journal.record(outcomes)
+            self.in_flight = 0
             self._check_provider_health(results)
             if not retry:
                 return
@@ -503,39 +428,22 @@ class Sender:
 
     # --- the dry run ------------------------------------------------------------------------
 
-    def _dry_run(self, conn: sqlite3.Connection) -> None:
+    def _dry_run(self, conn: StoreConnection) -> None:
         """Everything but the sending: selection, personalisation, the provider's payloads."""
         outbox = self.job.settings.paths.build / "outbox" / self.job.month
         self.report.outbox = outbox
         writer = DryRunWriter(self.provider, outbox)
-        already = {
-            int(r[0])
-            for r in conn.execute(
-                "SELECT subscriber_id FROM journal WHERE issue = ? AND state IN ('sent', 'failed', 'sending')",
-                (self.job.month,),
-            )
-        }
-        self.report.skipped_already_sent = len(already)
-        after = 0
-        total_limit = self.options.limit
-        condition, params = audience(self.job.topics)
-        while True:
-            rows = conn.execute(
-                f"SELECT id, email, name FROM subscribers WHERE {condition} AND id > ? ORDER BY id LIMIT ?",
-                (*params, after, self.provider.batch_size),
-            ).fetchall()
-            if not rows:
-                break
-            after = int(rows[-1][0])
-            batch = [(int(r[0]), str(r[1]), str(r[2])) for r in rows if int(r[0]) not in already]
-            if total_limit is not None:
-                batch = batch[: max(0, total_limit - self.report.to_send)]
-            if not batch:
-                if total_limit is not None and self.report.to_send >= total_limit:
+        journal = SendJournal(conn, self.job.month)
+        resend = resend_policy(journal, self.job)
+        self.report.skipped_already_sent = journal.count_sent(excluding_providers=resend.rehearsals)
+        limit = self.options.limit
+        for rows in journal.batches_to_send(self.job.topics, resend, self.provider.batch_size):
+            if limit is not None:
+                rows = rows[: max(0, limit - self.report.to_send)]
+                if not rows:
                     break
-                continue
-            self.report.to_send += len(batch)
-            messages, refused = self._messages(batch)
+            self.report.to_send += len(rows)
+            messages, refused = self._messages(rows)
             self.report.failed += len(refused)
             self.report.failures.extend((o.subscriber_id, "", o.reason) for o in refused)
             writer.write(messages)
@@ -545,98 +453,10 @@ class Sender:
         self.report.missing_credentials = list(self.provider.missing_credentials)
 
 
-class DryRunWriter:
-    """Writes what a provider would send into the outbox, with credentials left out.
-
-    HTTP providers' real request bodies (built by their own ``build_request``) go to
-    ``<provider>-batch-NNNN.json``; for the others each message goes there as an .eml file,
-    which is what SMTP would carry.
-    """
-
-    def __init__(self, provider: Provider, outbox: Path):
-        from newsletter.providers.outbox import write_index
-
-        self.provider = provider
-        self.outbox = outbox
-        self.batches = 0
-        self._write_index = write_index
-        self._index: dict[str, tuple[str, str]] = {}
-        make_private_folder(outbox)
-        for stale in (*outbox.glob("*.eml"), *outbox.glob("*-batch-*.json")):
-            stale.unlink()
-
-    def write(self, messages: Sequence[OutgoingMessage]) -> None:
-        from newsletter.providers.http import HttpProvider
-
-        if not messages:
-            return
-        if isinstance(self.provider, HttpProvider):
-            request = self.provider.build_request(messages)
-            self.batches += 1
-            payload = self._decoded(request)
-            document = {
-                "provider": self.provider.name,
-                "method": "POST",
-                "url": self.provider.base_url + request.path,
-                # Only non-secret headers: the credential is set on the session, never here.
-                "headers": {
-                    k: v for k, v in request.headers.items() if k.lower() != "authorization"
-                },
-                "credential": f"[redacted: ${self.provider.credential_variable}]",
-                "payload": payload,
-            }
-            path = self.outbox / f"{self.provider.name}-batch-{self.batches:04d}.json"
-            write_private(path, json.dumps(document, ensure_ascii=False, indent=1).encode())
-            return
-        for message in messages:
-            write_private(self.outbox / f"{message.recipient_id}.eml", message.as_bytes())
-            self._index[f"{message.recipient_id}.eml"] = (message.to_header, message.subject)
-
-    def _decoded(self, request: ApiRequest) -> object:
-        """The request body as data a person can read: JSON, or the fields of a form."""
-        if request.body is None:
-            return [{"name": n, "value": v} for n, v in request.form or []]
-        if request.content_type.startswith("multipart/form-data"):
-            # Parsed back with the standard library, which also checks that it is well formed.
-            head = f"Content-Type: {request.content_type}\r\n\r\n".encode("ascii")
-            form = BytesParser(policy=HTTP_POLICY).parsebytes(head + request.body)
-            if not form.is_multipart():
-                raise SendError(f"{self.provider.name}: the multipart body built does not parse")
-            return [
-                {
-                    "name": part.get_param("name", header="content-disposition"),
-                    "value": part.get_content(),
-                }
-                for part in form.iter_parts()
-            ]
-        try:
-            return json.loads(request.body)
-        except ValueError as exc:
-            raise SendError(
-                f"{self.provider.name}: the payload built is not valid JSON: {exc}"
-            ) from None
-
-    def close(self) -> None:
-        if self._index:
-            self._write_index(self.outbox, self._index)
-
-
-def send_issue(
-    settings: Settings,
-    issue_path: Path,
-    options: SendOptions,
-    on_progress: Callable[[Progress], None] | None = None,
-) -> SendReport:
-    """Check, render and send one issue; see the module docstring."""
-    return Sender(prepare_send(settings, issue_path, options), on_progress).run()
-
-
 def send_test(
     settings: Settings, issue_path: Path, address: str, *, provider: str | None = None
 ) -> DeliveryResult:
     """Send the personalised issue to one address, outside the journal (``--to``)."""
-    from newsletter.store import normalize_email
-
     job = prepare_send(settings, issue_path, SendOptions(provider=provider))
     email = normalize_email(address)
     conn = open_store(settings.paths.database, create=False)
@@ -654,81 +474,3 @@ def send_test(
     with job.provider as opened:
         (result,) = opened.send_batch([message])
     return result
-
-
-@dataclass(frozen=True)
-class IssueStatus:
-    issue: str
-    counts: dict[JournalState, int]
-    failed: list[JournalEntry]
-    uncertain: list[JournalEntry]
-    deferred: list[JournalEntry]
-    not_yet_queued: int
-
-    def as_json(self) -> dict[str, object]:
-        def rows(entries: list[JournalEntry]) -> list[dict[str, object]]:
-            return [
-                {
-                    "id": e.subscriber_id,
-                    "email": e.email,
-                    "attempts": e.attempts,
-                    "reason": e.reason,
-                    "updated_at": e.updated_at,
-                }
-                for e in entries
-            ]
-
-        return {
-            "issue": self.issue,
-            "counts": {state.value: n for state, n in self.counts.items()},
-            "not_yet_queued": self.not_yet_queued,
-            "failed": rows(self.failed),
-            "uncertain": rows(self.uncertain),
-            "deferred": rows(self.deferred),
-        }
-
-
-def issue_status(settings: Settings, month: str, *, limit: int | None = 1000) -> IssueStatus:
-    condition, params = audience(issue_topics(settings, month), "s")
-    conn = open_store(settings.paths.database, create=False)
-    try:
-        journal = SendJournal(conn, month)
-        counts = journal.counts()
-        unqueued = conn.execute(
-            f"SELECT count(*) FROM subscribers AS s WHERE {condition} AND NOT EXISTS "
-            "(SELECT 1 FROM journal AS j WHERE j.issue = ? AND j.subscriber_id = s.id)",
-            (*params, month),
-        ).fetchone()[0]
-        return IssueStatus(
-            month,
-            counts,
-            journal.entries(JournalState.FAILED, limit=limit),
-            journal.entries(JournalState.SENDING, limit=limit),
-            journal.entries(JournalState.DEFERRED, limit=limit),
-            int(unqueued),
-        )
-    finally:
-        conn.close()
-
-
-def issue_topics(settings: Settings, month: str) -> tuple[str, ...] | None:
-    """The topics of the issue file for ``month`` in the issues folder; None if it cannot be read."""
-    try:
-        return parse_issue(settings.paths.issues / f"{month}.md", settings.taxonomy).topics
-    except NewsletterError:
-        return None
-
-
-def month_of(settings: Settings, issue: str) -> str:
-    """An issue given as a file path or as YYYY-MM, as the month."""
-    from newsletter.parse import MONTH
-
-    if MONTH.match(issue):
-        return issue
-    path = Path(issue)
-    if path.suffix == ".md" and MONTH.match(path.stem):
-        return path.stem
-    try:
-        return parse_issue(path, settings.taxonomy).month
-    except NewsletterError:
-        raise SendError(f"{issue!r} is neither an issue file nor a month such as 2026-10") from None

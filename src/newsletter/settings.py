@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from email_validator import EmailNotValidError, validate_email
 
 from newsletter.errors import SettingsError
-from newsletter.taxonomy import Taxonomy
+from newsletter.taxonomy import Taxonomy, slugify
 
 SETTINGS_FILE = "newsletter.toml"
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -31,6 +31,17 @@ class Style:
     text_color: str = "#1d1d1b"
     logo_url: str = ""
     logo_alt: str = ""
+
+
+@dataclass(frozen=True)
+class Crossref:
+    """Where DOI records come from (``[crossref]``): Crossref's REST API, and doi.org's
+    content negotiation for DOIs registered elsewhere (DataCite)."""
+
+    base_url: str = "https://api.crossref.org"
+    doi_base_url: str = "https://doi.org"
+    mailto: str = ""  # the polite pool's contact; empty: the newsletter's from_email
+    timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,7 @@ class Settings:
     provider: str = "outbox"
     provider_options: dict[str, Any] = field(default_factory=dict)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    crossref: Crossref = field(default_factory=Crossref)
 
     @property
     def sender_domain(self) -> str:
@@ -69,8 +81,6 @@ class Settings:
     @property
     def list_id(self) -> str:
         """The List-Id header's identifier, e.g. ``practice-digest.example.org``."""
-        from newsletter.taxonomy import slugify
-
         return f"{slugify(self.name) or 'newsletter'}.{self.sender_domain}"
 
     def issue_url(self, month: str) -> str:
@@ -100,6 +110,7 @@ _KNOWN: dict[str, set[str] | None] = {
     "web": {"url"},
     "sending": {"unsubscribe_mailto"},
     "provider": None,  # provider modules check their own keys
+    "crossref": {"base_url", "doi_base_url", "mailto", "timeout"},
 }
 # Tables other modules read through Settings.section(); the provider and dkim modules check
 # those tables' keys themselves, when they use them.
@@ -256,6 +267,7 @@ def _build(raw: dict[str, Any], *, source: Path | None, root: Path) -> Settings:
     sections = {t: dict(v) for t, v in raw.items() if t in _OPEN_TABLES - {"provider"}}
     _check_web(sections.get("web", {}), where)
     _check_sending(sections.get("sending", {}), where)
+    crossref = _crossref(raw.get("crossref", {}), where, from_email)
 
     return Settings(
         root=root,
@@ -274,7 +286,30 @@ def _build(raw: dict[str, Any], *, source: Path | None, root: Path) -> Settings:
         provider=provider,
         provider_options=provider_raw,
         sections=sections,
+        crossref=crossref,
     )
+
+
+def _crossref(raw: dict[str, Any], where: Path, from_email: str) -> Crossref:
+    defaults = Crossref()
+    urls: dict[str, str] = {}
+    for key in ("base_url", "doi_base_url"):
+        value = raw.get(key, getattr(defaults, key))
+        value = value.strip().rstrip("/") if isinstance(value, str) else value
+        urls[key] = check_url(value, where, f"crossref.{key}", site=True)
+    mailto = raw.get("mailto", from_email)
+    if not isinstance(mailto, str):
+        raise SettingsError("must be a string", path=where, key="crossref.mailto")
+    if mailto:
+        mailto = _address(mailto, where, "crossref.mailto")
+    timeout = raw.get("timeout", defaults.timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise SettingsError(
+            f"must be a number of seconds above 0, not {timeout!r}",
+            path=where,
+            key="crossref.timeout",
+        )
+    return Crossref(mailto=mailto, timeout=float(timeout), **urls)
 
 
 def _address(value: str, where: Path, key: str) -> str:

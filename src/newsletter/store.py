@@ -28,7 +28,7 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
-from newsletter.errors import StoreError, excerpt
+from newsletter.errors import InvalidInput, StoreError, StoreReadOnly, excerpt
 from newsletter.private_files import create_private
 from newsletter.taxonomy import Taxonomy
 
@@ -71,9 +71,6 @@ class Subscriber:
     status_changed_at: str
     status_reason: str
     status_source: str
-
-    def wants(self, topic: str) -> bool:
-        return not self.topics or topic in self.topics
 
 
 @dataclass(frozen=True)
@@ -159,6 +156,53 @@ MIGRATIONS: list[tuple[str, ...]] = [
         """,
         "CREATE INDEX topic_changes_by_subscriber ON topic_changes (subscriber_id, id)",
     ),
+    # 3 -> 4: what each issue's send was about, so that `newsletter status` reports the
+    # audience the send used instead of re-reading an issue file that may have changed.
+    (
+        """
+        CREATE TABLE journal_issues (
+            issue TEXT PRIMARY KEY,
+            topics TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            first_run_at TEXT NOT NULL,
+            last_run_at TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
+    # 4 -> 5: subscriber ids are never used twice. Signed links and journal rows name a
+    # subscriber by id, so a removed person's id given to a newcomer would let the old links
+    # act on the newcomer and count them as already sent. AUTOINCREMENT never hands out an id
+    # again; the sequence starts above every id any table has seen.
+    (
+        """
+        CREATE TABLE subscribers_v5 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            email TEXT NOT NULL,
+            email_key TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL DEFAULT '',
+            topics TEXT NOT NULL DEFAULT '[]',
+            status TEXT NOT NULL CHECK (status IN ({_STATUS_CHECK})),
+            source TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            confirmed_at TEXT,
+            status_changed_at TEXT NOT NULL,
+            status_reason TEXT NOT NULL DEFAULT '',
+            status_source TEXT NOT NULL
+        )
+        """.replace("{_STATUS_CHECK}", _STATUS_CHECK),
+        "INSERT INTO subscribers_v5 SELECT * FROM subscribers",
+        "DROP TABLE subscribers",
+        "ALTER TABLE subscribers_v5 RENAME TO subscribers",
+        "CREATE INDEX subscribers_by_status ON subscribers (status, id)",
+        # (The copy above made a sequence row already; there must be only one.)
+        "DELETE FROM sqlite_sequence WHERE name = 'subscribers'",
+        """
+        INSERT INTO sqlite_sequence (name, seq) SELECT 'subscribers', max(
+            (SELECT coalesce(max(id), 0) FROM subscribers),
+            (SELECT coalesce(max(subscriber_id), 0) FROM journal),
+            (SELECT coalesce(max(subscriber_id), 0) FROM topic_changes))
+        """,
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -172,20 +216,32 @@ _COLUMNS = (
 
 
 def open_store(
-    path: Path, *, timeout: float = BUSY_TIMEOUT_SECONDS, create: bool = True
+    path: Path,
+    *,
+    timeout: float = BUSY_TIMEOUT_SECONDS,
+    create: bool = True,
+    readonly: bool = False,
 ) -> StoreConnection:
     """Open (creating on first use, unless ``create`` is False) and migrate the store at ``path``.
 
     ``timeout`` is how long a write waits for another writer (a send, the web endpoints)
     before giving up with a StoreError. Commands that only read or send pass
-    ``create=False``: a mistyped path must not look like an empty list.
+    ``create=False``: a mistyped path must not look like an empty list. Commands that only
+    read pass ``readonly=True`` (implies ``create=False``): they work on a store this user
+    cannot write, which they read without its write-ahead log's shared memory.
     """
     path = Path(path)
-    if not create and not path.exists():
-        raise StoreError(
-            f"{path}: there is no subscriber store here. Check [paths] database in "
-            "newsletter.toml, or add subscribers first (`newsletter subscribers import FILE.csv`)."
-        )
+    if not create or readonly:
+        _require_existing(path)
+    if readonly:
+        try:
+            return _open_writable(path, timeout)
+        except StoreReadOnly:
+            return _open_readonly(path)
+    return _open_writable(path, timeout)
+
+
+def _open_writable(path: Path, timeout: float) -> StoreConnection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -209,6 +265,58 @@ def open_store(
         conn.close()
         raise
     return conn
+
+
+def _open_readonly(path: Path) -> StoreConnection:
+    """The store of another user (or on a read-only disk), for reading only."""
+    # WAL readers need to write its shared-memory index; "immutable" reads the main file
+    # alone, which is only the whole truth when no log holds changes not yet copied back.
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise StoreReadOnly(
+            f"{path}: this user cannot write the store, and it has recent changes in "
+            f"{wal.name} that only a user who can write it will fold in. Run the command as "
+            "the store's owner (or any command that writes, as the owner, first)."
+        )
+    uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, factory=StoreConnection)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open the subscriber store ({exc})") from None
+    conn.path = path
+    try:
+        with translate_errors(conn):
+            version = _user_version(conn)
+    except BaseException:
+        conn.close()
+        raise
+    if version != SCHEMA_VERSION:
+        conn.close()
+        raise StoreReadOnly(
+            f"{path}: the store has schema version {version} and this version of newsletter "
+            f"uses {SCHEMA_VERSION}; this user cannot write it to upgrade it. Run any "
+            "`newsletter subscribers` command as the store's owner once."
+        )
+    return conn
+
+
+def _require_existing(path: Path) -> None:
+    """Refuse a missing or empty file: SQLite would quietly make it a new, empty store."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise StoreError(
+            f"{path}: there is no subscriber store here. Check [paths] database in "
+            "newsletter.toml, or add subscribers first (`newsletter subscribers import FILE.csv`)."
+        ) from None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open the subscriber store ({exc.strerror})") from None
+    if size == 0:
+        raise StoreError(
+            f"{path} is an empty file, not a subscriber store. Check [paths] database in "
+            "newsletter.toml; if the store was lost, restore it from a backup (or remove the "
+            "empty file and import the list again)."
+        )
 
 
 def _migrate(conn: StoreConnection) -> None:
@@ -248,26 +356,41 @@ def translate_errors(conn: sqlite3.Connection) -> Iterator[None]:
         raise _store_error(conn, exc) from exc
 
 
+def _damaged(where: str, detail: str) -> StoreError:
+    return StoreError(
+        f"{where} is damaged ({detail}); nothing was changed. Keep the file: copy it aside, "
+        "then restore the store from a backup, or rebuild one with `sqlite3 FILE .recover`. "
+        "A send's journal is in it: do not start over with an empty store."
+    )
+
+
 def _store_error(conn: sqlite3.Connection, exc: sqlite3.Error) -> StoreError:
     where = _where(conn)
     code = getattr(exc, "sqlite_errorname", "")
     if code.startswith("SQLITE_BUSY") or code.startswith("SQLITE_LOCKED"):
         return StoreError(
             f"{where} is locked by another process (a running send or the web endpoints?); "
-            "nothing was changed. Try again when it has finished."
+            "nothing was changed. Try again when it has finished.",
+            cause=f"{where} was locked by another process for too long",
         )
     if code.startswith("SQLITE_FULL"):
         return StoreError(
             f"{where}: the disk (or the store's size limit) is full; nothing was changed. "
-            "Free some space and run the command again."
+            "Free some space and run the command again.",
+            cause=f"{where}: the disk (or the store's size limit) is full",
         )
-    if code.startswith("SQLITE_NOTADB") or code.startswith("SQLITE_CORRUPT"):
+    if code.startswith("SQLITE_NOTADB"):
         return StoreError(
             f"{where} is not a newsletter database ({exc}). Check [paths] database in "
-            "newsletter.toml, or move the file away to start a new store."
+            "newsletter.toml."
         )
+    if code.startswith("SQLITE_CORRUPT"):
+        return _damaged(where, str(exc))
     if code.startswith("SQLITE_READONLY") or code.startswith("SQLITE_CANTOPEN"):
-        return StoreError(f"{where}: cannot write the store ({exc}); check the file's permissions.")
+        return StoreReadOnly(
+            f"{where}: cannot write the store ({exc}); nothing was changed. Check the "
+            "permissions of the file and of its folder (SQLite writes files beside it)."
+        )
     return StoreError(f"{where}: {exc}")
 
 
@@ -296,7 +419,7 @@ _PLAIN_ADDRESS = re.compile(rf"({_ATOM}(?:\.{_ATOM})*)@([A-Za-z0-9.-]+)")
 
 def normalize_email(address: str) -> str:
     """The canonical spelling of ``address`` (email-validator's, with an international domain
-    in its ASCII form), or a StoreError saying why not. Addresses no provider can deliver to
+    in its ASCII form), or InvalidInput saying why not. Addresses no provider can deliver to
     are refused: non-ASCII before the @, or more than 64 characters there.
 
     Validating a domain is two thirds of email-validator's cost and a list has few distinct
@@ -315,13 +438,13 @@ def normalize_email(address: str) -> str:
     try:
         valid = validate_email(address, check_deliverability=False)
     except EmailNotValidError as exc:
-        raise StoreError(f"invalid address {excerpt(address)}: {exc}") from None
+        raise InvalidInput(f"invalid address {excerpt(address)}: {exc}") from None
     # An international domain in its ASCII (IDNA) form, which every mail server takes.
     return valid.ascii_email or valid.normalized
 
 
 def _refuse_undeliverable(address: str) -> None:
-    """A StoreError for a well-formed address no provider can deliver to.
+    """InvalidInput for a well-formed address no provider can deliver to.
 
     Outside ASCII, the part before the @ needs SMTPUTF8, which the providers' APIs do not
     take; and Unicode normalisation would make two mailboxes one (KELVIN SIGN and K).
@@ -329,13 +452,13 @@ def _refuse_undeliverable(address: str) -> None:
     local = address.rpartition("@")[0]
     strange = next((c for c in local if not c.isascii()), None)
     if strange is not None:
-        raise StoreError(
+        raise InvalidInput(
             f"invalid address {excerpt(address)}: the part before the @ has a character outside "
             f"ASCII ({_describe(strange)}), which the mail providers cannot deliver to; "
             "use an address with only ASCII letters, digits and punctuation before the @"
         )
     if len(local) > _MAX_LOCAL_PART:
-        raise StoreError(
+        raise InvalidInput(
             f"invalid address {excerpt(address)}: the part before the @ is {len(local)} characters "
             f"long; mail servers take at most {_MAX_LOCAL_PART} (RFC 5321)"
         )
@@ -375,7 +498,7 @@ def canonical_topics(names: Iterable[str], taxonomy: Taxonomy) -> tuple[str, ...
         if topic is None:
             suggestion = taxonomy.suggest(name.strip())
             hint = f"; did you mean '{suggestion}'?" if suggestion else ""
-            raise StoreError(f"unknown topic '{name.strip()}'{hint}")
+            raise InvalidInput(f"unknown topic '{name.strip()}'{hint}")
         found.add(topic)
     return tuple(t for t in taxonomy.topics if t in found)
 
@@ -384,9 +507,9 @@ def clean_name(name: str) -> str:
     """A display name fit for a To: header: one line, no control characters."""
     name = " ".join(name.split())
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise StoreError(f"name {name!r} contains control characters")
+        raise InvalidInput(f"name {name!r} contains control characters")
     if len(name) > 200:
-        raise StoreError(f"name is {len(name)} characters long; at most 200 are allowed")
+        raise InvalidInput(f"name is {len(name)} characters long; at most 200 are allowed")
     return name
 
 
@@ -398,6 +521,14 @@ def now_utc() -> str:
 
 
 def _row_to_subscriber(row: tuple[Any, ...]) -> Subscriber:
+    try:
+        return _subscriber_from(row)
+    except (ValueError, TypeError) as exc:
+        # Only a damaged file (or a hand edit) gets past the schema's checks.
+        raise _damaged("the subscriber store", f"subscriber {row[0]!r}: {exc}") from None
+
+
+def _subscriber_from(row: tuple[Any, ...]) -> Subscriber:
     topics = json.loads(str(row[3]))
     return Subscriber(
         id=int(row[0]),
@@ -432,11 +563,32 @@ def get_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subscrib
 def require_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subscriber:
     found = get_subscriber(conn, email_or_id)
     if found is None:
-        raise StoreError(
+        raise InvalidInput(
             f"no subscriber {email_or_id!r} in {_where(conn)}; "
             "`newsletter subscribers list` shows who is there"
         )
     return found
+
+
+def _chose_any_of(table: str, topics: Sequence[str]) -> str:
+    """SQL: the subscriber chose no topics (so every topic) or one of ``topics`` (as params)."""
+    marks = ",".join("?" * len(topics)) or "NULL"
+    return (
+        f"({table}.topics = '[]' OR EXISTS "
+        f"(SELECT 1 FROM json_each({table}.topics) WHERE value IN ({marks})))"
+    )
+
+
+def audience(topics: Sequence[str] | None, table: str = "subscribers") -> tuple[str, list[object]]:
+    """Who gets an issue about ``topics``: an SQL condition on ``table`` and its parameters.
+
+    Active subscribers who chose none of the topics (they want everything) or one of the
+    issue's, as the preferences page promises. ``None`` means every active subscriber.
+    """
+    active = f"{table}.status = 'active'"
+    if topics is None:
+        return active, []
+    return f"{active} AND {_chose_any_of(table, topics)}", list(topics)
 
 
 def iter_subscriber_batches(
@@ -460,9 +612,7 @@ def iter_subscriber_batches(
         conditions.append("status = ?")
         params.append(status.value)
     if topic is not None:
-        conditions.append(
-            "(topics = '[]' OR EXISTS (SELECT 1 FROM json_each(topics) WHERE value = ?))"
-        )
+        conditions.append(_chose_any_of("subscribers", [topic]))
         params.append(topic)
     sql = f"SELECT {_COLUMNS} FROM subscribers WHERE {' AND '.join(conditions)} ORDER BY id LIMIT ?"
     last = after_id
@@ -476,15 +626,6 @@ def iter_subscriber_batches(
         last = batch[-1].id
         if len(rows) < batch_size:
             return
-
-
-def iter_active_batches(
-    conn: sqlite3.Connection, *, after_id: int = 0, batch_size: int = 1000
-) -> Iterator[list[Subscriber]]:
-    """The send path's recipients: active subscribers in id order, in batches."""
-    return iter_subscriber_batches(
-        conn, status=Status.ACTIVE, after_id=after_id, batch_size=batch_size
-    )
 
 
 def iter_subscribers(
@@ -548,7 +689,7 @@ def add_subscriber(
     source: str = SOURCE_COMMAND,
     taxonomy: Taxonomy | None = None,
 ) -> Subscriber:
-    """Add a new subscriber; a StoreError if the address is already in the store.
+    """Add a new subscriber; InvalidInput if the address is already in the store.
 
     ``topics`` are checked against ``taxonomy`` when given; otherwise they must already be
     canonical names.
@@ -562,7 +703,7 @@ def add_subscriber(
             "SELECT status FROM subscribers WHERE email_key = ?", (email_key(normalized),)
         ).fetchone()
         if existing is not None:
-            raise StoreError(
+            raise InvalidInput(
                 f"{normalized} is already in the store (status {existing[0]}); "
                 "`newsletter subscribers show` gives the details"
             )
@@ -597,7 +738,7 @@ def set_status(
 
     Setting the status a subscriber already has changes nothing and keeps the original
     timestamp and reason: the first unsubscribe is the one that counts. Returns the
-    subscriber as stored afterwards; a StoreError if there is no such subscriber.
+    subscriber as stored afterwards; InvalidInput if there is no such subscriber.
     """
     stamp = now_utc()
     with transaction(conn):
@@ -616,11 +757,25 @@ def set_status(
 
 
 def remove_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subscriber:
-    """Delete a subscriber's row and return what it held. Unlike an unsubscribe, this forgets
-    the address: a later import can add it again."""
+    """Forget a subscriber and return what their row held.
+
+    Unlike an unsubscribe, nothing of the address is kept: the row, the history of topic
+    choices and the confirmation record go, and the provider's reasons in the send journal
+    (which may quote the address) are blanked. The journal keeps, by id only, what each send
+    did, so counts stay true; ids are never used again (schema 5), so those rows and the
+    person's old links can never act on anyone else. A later import can add the address anew.
+    """
     with transaction(conn):
         current = require_subscriber(conn, email_or_id)
         conn.execute("DELETE FROM subscribers WHERE id = ?", (current.id,))
+        conn.execute("DELETE FROM topic_changes WHERE subscriber_id = ?", (current.id,))
+        conn.execute(
+            "DELETE FROM confirmation_sends WHERE email_key = ?", (email_key(current.email),)
+        )
+        conn.execute(
+            "UPDATE journal SET reason = '' WHERE subscriber_id = ? AND reason != ''",
+            (current.id,),
+        )
     return current
 
 

@@ -159,7 +159,3 @@ def web_url(settings: Settings) -> str:
 
 def unsubscribe_url(settings: Settings, signer: Signer, subscriber_id: int) -> str:
     return f"{web_url(settings)}/unsubscribe/{signer.unsubscribe_token(subscriber_id)}"
-
-
-def secret_path(root: Path) -> Path:
-    return root / SECRET_FILE

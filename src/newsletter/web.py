@@ -43,7 +43,7 @@ from wsgiref.simple_server import make_server as _make_wsgiref_server
 
 from newsletter import confirmation, store
 from newsletter.confirmation import SendConfirmation, request_subscription, send_confirmation
-from newsletter.errors import NewsletterError, StoreError, TokenError, excerpt
+from newsletter.errors import InvalidInput, NewsletterError, StoreError, TokenError, excerpt
 from newsletter.messages import ONE_CLICK
 from newsletter.render import render_template
 from newsletter.settings import Settings, find_settings, load_settings
@@ -162,6 +162,9 @@ class WebApp:
         self.settings = settings
         # Without a signing secret no link can be checked: fail at start-up, not per request.
         self.signer = signer or Signer.for_settings(settings)
+        # Nor without the store: a mistyped path would answer "you are unsubscribed" while
+        # the real list keeps mailing the reader. This also migrates it once, up front.
+        store.open_store(settings.paths.database, create=False).close()
         self.send = send
         self.clock = clock
 
@@ -210,6 +213,10 @@ class WebApp:
             )
             try:
                 return handler(environ, found.group(1))
+            except InvalidInput:
+                return self._error(
+                    environ, 400, "Not accepted", "That request cannot be accepted as it is."
+                )
             except StoreError as exc:
                 environ["wsgi.errors"].write(f"newsletter serve: {exc}\n")
                 return self._error(
@@ -255,7 +262,7 @@ class WebApp:
         taxonomy = self.settings.taxonomy
         try:
             chosen = store.canonical_topics(form.get_all("topic"), taxonomy)
-        except StoreError:
+        except InvalidInput:
             raise _RequestRejected(400, "That topic is not one of this newsletter's.") from None
         with self._store() as conn:
             subscriber = store.get_subscriber(conn, subscriber_id)
@@ -318,7 +325,7 @@ class WebApp:
             address = store.normalize_email(values["email"])
             name = store.clean_name(values["name"])
             chosen = store.canonical_topics(topics, self.settings.taxonomy)
-        except StoreError as exc:
+        except InvalidInput as exc:
             return self._subscribe_page(environ, 400, values, set(topics), error=str(exc))
         with self._store() as conn:
             try:
@@ -333,7 +340,7 @@ class WebApp:
                     send=self.send,
                 )
             except NewsletterError as exc:
-                if isinstance(exc, StoreError):
+                if isinstance(exc, StoreError | InvalidInput):
                     raise
                 environ["wsgi.errors"].write(f"newsletter serve: confirmation email: {exc}\n")
                 return self._error(
@@ -408,7 +415,7 @@ class WebApp:
     def _store(self) -> Iterator[sqlite3.Connection]:
         # One short-lived connection per request: SQLite connections are cheap, and this keeps
         # threads (or worker processes) from sharing one.
-        with closing(store.open_store(self.settings.paths.database)) as conn:
+        with closing(store.open_store(self.settings.paths.database, create=False)) as conn:
             yield conn
 
     @staticmethod
@@ -458,7 +465,8 @@ class WebApp:
 def create_app(settings: Settings | None = None) -> WebApp:
     """The app for a WSGI server; settings from $NEWSLETTER_CONFIG or the nearest newsletter.toml.
 
-    Raises TokenError at once when there is no signing secret.
+    Raises TokenError at once when there is no signing secret, StoreError when the store
+    named by ``[paths] database`` does not exist.
     """
     if settings is None:
         configured = os.environ.get(CONFIG_ENV, "").strip()

@@ -1,4 +1,4 @@
-"""The author's commands: init, check, preview, templates."""
+"""The author's commands: init, new, cite, check, preview, templates, archive."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import click
 from newsletter import browser, scaffold
 from newsletter.check import check_issue
 from newsletter.cli import AppContext, pass_app
+from newsletter.english import counted
 from newsletter.errors import CheckFailed, NewsletterError
+from newsletter.parse import bare_doi
 from newsletter.preview import LivePreview, build_preview, take_screenshots
 
 issue_argument = click.argument(
@@ -40,24 +42,46 @@ def init(folder: Path) -> None:
 @click.option("--offline", is_flag=True, help="Skip fetching the links.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each link.")
 @click.option("--concurrency", default=8, show_default=True, help="Links fetched at once.")
+@click.option(
+    "--citations",
+    is_flag=True,
+    help="Compare each citation with its DOI's record (Crossref); flag retractions.",
+)
 @pass_app
-def check(app: AppContext, issue: Path, offline: bool, timeout: float, concurrency: int) -> None:
+def check(
+    app: AppContext,
+    issue: Path,
+    offline: bool,
+    timeout: float,
+    concurrency: int,
+    citations: bool,
+) -> None:
     """Validate ISSUE and the email it makes; exit non-zero on errors.
 
     Checks the file (front matter, citations, topics, sections), the rendered email (size
     against Gmail's clipping, image alt text, unreplaced placeholders) and, unless
-    --offline, that every link answers.
+    --offline, that every link answers. --citations also compares each citation with its
+    DOI's record (from the cache only when --offline).
     """
     report = check_issue(
         issue, app.settings, offline=offline, timeout=timeout, concurrency=concurrency
     )
+    compared = None
+    if citations:
+        from newsletter.citation_check import check_citations
+
+        compared = check_citations(issue, app.settings, offline=offline)
+        report.problems = sorted([*report.problems, *compared.problems])
+    # One stream, in file order, so that `check > log` keeps every problem in its place.
     for problem in report.problems:
-        click.echo(str(problem), err=problem.severity == "error")
-    summary = f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)"
+        click.echo(str(problem))
+    summary = f"{counted(len(report.errors), 'error')}, {counted(len(report.warnings), 'warning')}"
     if report.html_bytes:
         summary += f"; HTML {report.html_bytes / 1024:.1f} KB"
     if not offline:
-        summary += f"; {report.links_checked} link(s) checked"
+        summary += f"; {counted(report.links_checked, 'link')} checked"
+    if compared is not None:
+        summary += f"; {counted(compared.checked, 'citation')} compared with DOI records"
     if not report.ok:
         raise CheckFailed(f"{issue}: {summary}")
     click.echo(f"{issue}: OK ({summary})")
@@ -69,7 +93,9 @@ def check(app: AppContext, issue: Path, offline: bool, timeout: float, concurren
 @click.option("--serve", is_flag=True, help="Serve on localhost; rebuild and reload on changes.")
 @click.option("--port", default=8000, show_default=True, help="Port for --serve.")
 @click.option(
-    "--screenshot", is_flag=True, help="Save PNGs at 375 px and 700 px (headless Chromium)."
+    "--screenshot",
+    is_flag=True,
+    help="Save full-height PNGs at 375 px and 700 px, light and dark (headless Chromium).",
 )
 @pass_app
 def preview(
@@ -83,8 +109,8 @@ def preview(
     if screenshot:
         if browser.find_chromium() is None:
             raise NewsletterError(f"--screenshot needs headless Chromium; {browser.INSTALL_HINT}")
-        for path in take_screenshots(built):
-            click.echo(f"Screenshot: {path}")
+        for shot in take_screenshots(built):
+            click.echo(f"Screenshot: {shot}")
     if serve:
         live = LivePreview(issue, settings, port=port)
         click.echo(
@@ -138,8 +164,75 @@ def archive(app: AppContext, out: Path | None, skip_broken: bool) -> None:
     result = build_archive(app.settings, out=out, strict=not skip_broken)
     for problem in result.skipped:
         click.echo(f"skipped: {problem}", err=True)
-    click.echo(f"{len(result.issues)} issue(s), {len(result.pages)} page(s) in {result.folder}")
+    click.echo(
+        f"{counted(len(result.issues), 'issue')}, {counted(len(result.pages), 'page')} "
+        f"in {result.folder}"
+    )
     click.echo(f"Open {result.folder / 'index.html'}")
 
 
-COMMANDS: list[click.Command] = [init, check, preview, templates, archive]
+@click.command()
+@click.argument("dois", nargs=-1, required=True, metavar="DOI...")
+@pass_app
+def cite(app: AppContext, dois: tuple[str, ...]) -> None:
+    """Print the citation lines of each DOI, ready to paste under an article's heading.
+
+    Asks Crossref (and doi.org for DOIs registered elsewhere, e.g. DataCite); records are
+    cached under build/cache/doi/.
+    """
+    from newsletter.doi import DoiClient
+    from newsletter.errors import DoiLookupError, DoiNotFound
+
+    failed: list[str] = []
+    with DoiClient(app.settings) as client:
+        printed = 0
+        for doi in dois:
+            try:
+                record = client.lookup(bare_doi(doi))
+            except DoiNotFound as exc:
+                failed.append(str(exc))
+                continue
+            except DoiLookupError as exc:
+                # Network, rate limit or server trouble: the next DOI would fare no better.
+                failed.append(str(exc))
+                break
+            if printed:
+                click.echo()
+            printed += 1
+            click.echo("\n".join(record.citation_lines()))
+            for retraction in record.retractions:
+                click.echo(f"# RETRACTED ({retraction.describe()})", err=True)
+    if failed:
+        raise NewsletterError("\n".join(failed))
+
+
+@click.command()
+@click.argument("month", required=False, metavar="[YYYY-MM]")
+@click.option(
+    "--doi", "dois", multiple=True, metavar="DOI", help="An article to start from (repeatable)."
+)
+@pass_app
+def new(app: AppContext, month: str | None, dois: tuple[str, ...]) -> None:
+    """Start the issue file of MONTH (default: next month) in the issues folder.
+
+    Writes the front matter, a teaser to write and one article skeleton per --doi with its
+    citation lines filled in from the DOI's record (one empty skeleton without --doi).
+    """
+    from newsletter import draft
+    from newsletter.doi import DoiClient
+
+    month = month or draft.next_month()
+    draft.new_issue_path(app.settings.paths.issues, month)  # a wrong month fails before lookups
+    records = []
+    if dois:
+        with DoiClient(app.settings) as client:
+            records = [client.lookup(bare_doi(doi)) for doi in dois]
+    path = draft.create_issue(app.settings.paths.issues, month, records)
+    click.echo(f"created {path}")
+    click.echo(
+        f"Next: write the headline, topics, summary and Practice Implications; then "
+        f"newsletter check {path}"
+    )
+
+
+COMMANDS: list[click.Command] = [init, new, cite, check, preview, templates, archive]

@@ -10,21 +10,20 @@ from pathlib import Path
 import click
 
 from newsletter.cli import AppContext, pass_app
+from newsletter.english import counted
 from newsletter.errors import SendError
+from newsletter.rate import parse_rate
 from newsletter.send import (
+    UNCERTAIN_LISTED,
     Progress,
     Sender,
     SendOptions,
     SendReport,
-    issue_status,
-    month_of,
-    parse_rate,
     pending_count,
     prepare_send,
     send_test,
 )
-
-UNCERTAIN_LISTED = 1000
+from newsletter.status import issue_status, month_of
 
 
 class ProgressLine:
@@ -177,8 +176,8 @@ def send(
     if limit is not None:
         to_send = min(to_send, limit)
     click.echo(
-        f"{'Dry run: ' if dry_run else ''}{job.rendered.subject!r} ({job.month}) to {to_send:,} "
-        f"subscriber(s) via {job.provider.name}"
+        f"{'Dry run: ' if dry_run else ''}{job.rendered.subject!r} ({job.month}) to "
+        f"{counted(to_send, 'subscriber')} via {job.provider.name}"
         + (f"; {already:,} already have it" if already else "")
     )
     if not dry_run and not yes:
@@ -215,8 +214,16 @@ def status(app: AppContext, issue: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(found.as_json(), ensure_ascii=False, indent=2))
         return
+    if not found.started:
+        click.echo(f"{month}: no send of this issue has started")
+        return
     counts = ", ".join(f"{n:,} {state.value}" for state, n in found.counts.items())
-    click.echo(f"{month}: {counts}; {found.not_yet_queued:,} active subscriber(s) not yet queued")
+    if found.not_yet_queued is None:
+        # Sent by a version that did not record the issue's topics.
+        click.echo(f"{month}: {counts}")
+    else:
+        subscribers = counted(found.not_yet_queued, "active subscriber")
+        click.echo(f"{month}: {counts}; {subscribers} not yet queued")
     for title, entries in (
         ("failed", found.failed),
         ("uncertain", found.uncertain),

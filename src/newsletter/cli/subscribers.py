@@ -13,14 +13,16 @@ import click
 
 from newsletter import csvio, store, suppressions
 from newsletter.cli import AppContext, pass_app
+from newsletter.english import counted
 from newsletter.store import Status, StoreConnection, Subscriber
 
 _STATUS_CHOICE = click.Choice([s.value for s in Status], case_sensitive=False)
 
 
-def _open(app: AppContext, *, create: bool = False) -> StoreConnection:
-    """The store; only the commands that add subscribers create it."""
-    conn = store.open_store(app.settings.paths.database, create=create)
+def _open(app: AppContext, *, create: bool = False, readonly: bool = False) -> StoreConnection:
+    """The store; only the commands that add subscribers create it, and those that only read
+    work on a store this user cannot write."""
+    conn = store.open_store(app.settings.paths.database, create=create, readonly=readonly)
     click.get_current_context().call_on_close(conn.close)
     return conn
 
@@ -138,7 +140,7 @@ def _topic_option(app: AppContext, topic: str | None) -> str | None:
 @pass_app
 def list_(app: AppContext, status: str | None, topic: str | None, as_json: bool) -> None:
     """List subscribers in the order they were added: email, status, name, topics."""
-    conn = _open(app)
+    conn = _open(app, readonly=True)
     rows = store.iter_subscribers(
         conn,
         status=None if status is None else Status(status.casefold()),
@@ -169,7 +171,7 @@ def list_(app: AppContext, status: str | None, topic: str | None, as_json: bool)
 @pass_app
 def show(app: AppContext, email: str) -> None:
     """Everything the store holds about one subscriber."""
-    found = store.require_subscriber(_open(app), email)
+    found = store.require_subscriber(_open(app, readonly=True), email)
     fields = [
         ("email", found.email),
         ("name", found.name or "-"),
@@ -192,7 +194,7 @@ def show(app: AppContext, email: str) -> None:
 @pass_app
 def stats(app: AppContext, as_json: bool) -> None:
     """Counts by status and by topic, and the list's growth month by month."""
-    result = store.stats(_open(app))
+    result = store.stats(_open(app, readonly=True))
     if as_json:
         document = {
             "total": result.total,
@@ -264,7 +266,7 @@ def _print_report(report: csvio.ImportReport) -> None:
                 f"  line {kept.line}: {kept.email} stays {kept.kept} (the file says {kept.asked})"
             )
     if report.rejected_count:
-        click.echo(f"{report.rejected_count} rows skipped:")
+        click.echo(f"{counted(report.rejected_count, 'row')} skipped:")
         for row in report.rejected:
             click.echo(f"  line {row.line}: {row.email or '(no address)'}: {row.reason}")
     listed = len(report.kept) + len(report.rejected)
@@ -291,7 +293,7 @@ def export(app: AppContext, file: Path, statuses: tuple[str, ...]) -> None:
 
     Cells that a spreadsheet would run as a formula are prefixed with an apostrophe.
     """
-    conn = _open(app)
+    conn = _open(app, readonly=True)
     wanted = [Status(s.casefold()) for s in statuses]
     if wanted:
         total = sum(store.count_subscribers(conn, status=s) for s in set(wanted))
@@ -317,7 +319,8 @@ def sync(app: AppContext, dry_run: bool) -> None:
             + (" [dry run]" if dry_run else "")
         )
     click.echo(
-        f"{report.provider}: {report.fetched} suppressed address(es); {len(report.changes)} "
-        f"subscriber(s) {verb}, {report.already_suppressed} already suppressed, "
+        f"{report.provider}: {counted(report.fetched, 'suppressed address')}; "
+        f"{counted(len(report.changes), 'subscriber')} {verb}, "
+        f"{report.already_suppressed} already suppressed, "
         f"{report.not_on_the_list} not on the list."
     )

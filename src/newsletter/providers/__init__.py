@@ -6,9 +6,10 @@ register themselves there in pyproject.toml exactly as a third-party package wou
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-from newsletter.errors import ProviderConfigError
+from newsletter.errors import ProviderConfigError, ProviderError
 from newsletter.providers.base import DeliveryResult, DeliveryStatus, Provider
 from newsletter.settings import Settings
 
@@ -22,6 +23,7 @@ __all__ = [
     "create_provider",
     "installed_providers",
     "load_provider",
+    "rehearsal_providers",
 ]
 
 
@@ -53,3 +55,15 @@ def create_provider(
 ) -> Provider:
     """The provider ``name`` (default: the settings'), configured from ``[provider]``; not opened."""
     return load_provider(name or settings.provider)(settings, dry_run=dry_run)
+
+
+def rehearsal_providers(names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that deliver nothing (outbox, null); unknown names count as real."""
+    found = []
+    for name in names:
+        try:
+            if not load_provider(name).delivers:
+                found.append(name)
+        except ProviderError:
+            pass  # no longer installed: assume it delivered, so nobody gets a second copy
+    return found

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from newsletter import store
-from newsletter.errors import ProviderConfigError, StoreError
+from newsletter.errors import InvalidInput, ProviderConfigError
 from newsletter.providers import create_provider
 from newsletter.providers.http import HttpProvider
 from newsletter.settings import Settings
@@ -96,7 +96,7 @@ def sync(
     for entry in gravest.values():
         try:
             address = store.normalize_email(entry.email)
-        except StoreError:
+        except InvalidInput:
             address = ""  # not an address the store could hold
         subscriber = store.get_subscriber(conn, address) if address else None
         if subscriber is None:
