@@ -77,3 +77,10 @@ def test_a_huge_ignored_column_is_named_short(folder: Path) -> None:
     result = CliRunner().invoke(main, ["subscribers", "import", str(path)])
     assert result.exit_code == 0, result.output
     assert "Ignored columns: " in result.output and len(result.output) < 700
+
+
+def test_nul_characters_are_refused_at_their_line(folder: Path) -> None:
+    path = folder / "list.csv"
+    path.write_bytes(b"email,name\nana@example.org,Ana" + b"\x00" * 25_000 + b"\n")
+    output = import_(path)
+    assert len(output) < 700 and f"{path}:2: contains NUL characters" in output
