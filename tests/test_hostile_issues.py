@@ -68,10 +68,13 @@ def test_deeper_nesting_is_an_error_too(write_issue: WriteIssue, deep: str) -> N
     assert any("nested too deeply" in p for p in problems_of(path))
 
 
+@pytest.mark.parametrize(
+    "deepest", [nested_list(9), "> " * 19 + "level 9"], ids=["list-9", "quotes-19"]
+)
 def test_the_deepest_nesting_allowed_keeps_every_article(
-    write_issue: WriteIssue, settings: Settings
+    write_issue: WriteIssue, settings: Settings, deepest: str
 ) -> None:
-    text = VALID_ISSUE.replace(FIRST_PRACTICE, f"{FIRST_PRACTICE}\n\n{nested_list(9)}")
+    text = VALID_ISSUE.replace(FIRST_PRACTICE, f"{FIRST_PRACTICE}\n\n{deepest}")
     issue = parse_issue(write_issue(text))
     rendered = render_issue(issue, settings)
     assert len(issue.articles) == 2

@@ -342,8 +342,9 @@ def _body(
         found.error(
             start + too_deep.map[0] + 1,
             "lists or quotes are nested too deeply here: Markdown keeps at most "
-            f"{RENDERABLE_NESTING // 2 - 1} levels of nested lists, and would drop this line "
-            "and everything after it from the email; nest fewer levels",
+            f"{RENDERABLE_NESTING // 2 - 1} levels of nested lists ({RENDERABLE_NESTING - 1} "
+            "of quotes), and would drop this line and everything after it from the email; "
+            "nest fewer levels",
         )
     # (level, first line index in body, heading text)
     headings: list[tuple[int, int, str]] = []
