@@ -179,15 +179,32 @@ def test_5000_brackets_as_text_get_the_checks_answer(write_issue: WriteIssue) ->
         (
             "# Repairing ruptures helps",
             "# Repairing \x0b ruptures",
-            ":9: the article heading contains the control character U+000B LINE TABULATION",
+            ":9: the heading contains the control character U+000B LINE TABULATION",
         ),
         (
             "Repair was associated",
             "Repair \x1b[31m was associated",
             ":20: the text contains the control character U+001B ESCAPE",
         ),
+        (
+            "Journal: Psychotherapy\nVolume: 55(4)\nPages: 508",
+            "Journal: Psycho\x0ctherapy\nVolume: 55(4)\nPages: 508",
+            ":13: the citation field 'Journal' contains the control character U+000C FORM FEED",
+        ),
     ],
-    ids=["esc", "nul", "vt-ff", "del", "u2028", "nel", "title", "preheader", "heading", "body"],
+    ids=[
+        "esc",
+        "nul",
+        "vt-ff",
+        "del",
+        "u2028",
+        "nel",
+        "title",
+        "preheader",
+        "heading",
+        "body",
+        "citation",
+    ],
 )
 def test_control_characters_are_named_with_their_line_and_field(
     write_issue: WriteIssue, replace: str, by: str, expected: str

@@ -203,12 +203,24 @@ def _control_characters(lines: list[str], start: int, found: _Collector) -> None
     for index in range(start, len(lines)):
         bad = _CONTROL.search(lines[index])
         if bad:
-            where = "the article heading" if lines[index].startswith("#") else "the text"
+            where = _field_of(lines[index])
             found.error(
                 index + 1,
                 f"{where} contains the control character {describe_character(bad[0])}, "
                 "which no email can show; remove it",
             )
+
+
+def _field_of(line: str) -> str:
+    """What a body line is, for a message: a heading, a citation field, or text."""
+    if line.startswith("#"):
+        return "the heading"
+    field_line = _FIELD_LINE.match(line)
+    if field_line:
+        key = " ".join(field_line[1].replace("_", " ").replace("-", " ").lower().split())
+        if key in CITATION_FIELDS:
+            return f"the citation field '{field_line[1]}'"
+    return "the text"
 
 
 def _front_matter(
