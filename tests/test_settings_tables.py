@@ -24,7 +24,10 @@ from .sending_helpers import make_folder
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ('[web]\nurll = "https://news.example.org"\n', "web.urll: unknown key; [web] takes: url"),
+        (
+            '[web]\nurll = "https://news.example.org"\n',
+            "web.urll: unknown key; [web] takes: confirmations, max_pending",
+        ),
         (
             '[sending]\nunsubscribe_mail = "x@example.org"\n',
             "sending.unsubscribe_mail: unknown key; [sending] takes: unsubscribe_mailto",

@@ -107,7 +107,15 @@ _KNOWN: dict[str, set[str] | None] = {
     },
     "paths": {"issues", "templates", "build", "database"},
     "style": {"accent_color", "background_color", "text_color", "logo_url", "logo_alt"},
-    "web": {"url"},
+    # url is checked here; the subscribe form's keys by subscribe_requests and web.py.
+    "web": {
+        "url",
+        "subscribe_per_client",
+        "subscribe_overall",
+        "max_pending",
+        "trusted_proxies",
+        "confirmations",
+    },
     "sending": {"unsubscribe_mailto"},
     "provider": None,  # provider modules check their own keys
     "crossref": {"base_url", "doi_base_url", "mailto", "timeout"},

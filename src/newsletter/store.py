@@ -203,6 +203,29 @@ MIGRATIONS: list[tuple[str, ...]] = [
             (SELECT coalesce(max(subscriber_id), 0) FROM topic_changes))
         """,
     ),
+    # 5 -> 6: the subscribe form's allowances (per client and overall, in fixed windows) and
+    # the queue of confirmation emails, sent outside the request; see subscribe_requests.
+    (
+        """
+        CREATE TABLE rate_windows (
+            bucket TEXT NOT NULL,
+            window INTEGER NOT NULL,
+            hits INTEGER NOT NULL,
+            expires REAL NOT NULL,
+            PRIMARY KEY (bucket, window)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE confirmation_queue (
+            subscriber_id INTEGER PRIMARY KEY,
+            requested_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            last_error TEXT NOT NULL DEFAULT ''
+        )
+        """,
+        "CREATE INDEX confirmation_queue_due ON confirmation_queue (next_attempt_at)",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -769,6 +792,7 @@ def remove_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subsc
         current = require_subscriber(conn, email_or_id)
         conn.execute("DELETE FROM subscribers WHERE id = ?", (current.id,))
         conn.execute("DELETE FROM topic_changes WHERE subscriber_id = ?", (current.id,))
+        conn.execute("DELETE FROM confirmation_queue WHERE subscriber_id = ?", (current.id,))
         conn.execute(
             "DELETE FROM confirmation_sends WHERE email_key = ?", (email_key(current.email),)
         )
@@ -815,43 +839,6 @@ def topic_history(
             (subscriber_id,),
         ).fetchall()
     return [(str(at), tuple(json.loads(str(topics))), str(source)) for at, topics, source in rows]
-
-
-def claim_confirmation_send(
-    conn: sqlite3.Connection, email: str, *, now: datetime, interval_seconds: int
-) -> str | None:
-    """Reserve the right to send ``email`` a confirmation now, at most once per interval.
-
-    Returns the reservation's timestamp, or None when one was sent less than
-    ``interval_seconds`` ago. The check and the reservation are one transaction, so two
-    simultaneous requests for one address cannot both win.
-    """
-    key = email_key(normalize_email(email))
-    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    cutoff = datetime.fromtimestamp(now.timestamp() - interval_seconds, UTC).strftime(
-        "%Y-%m-%dT%H:%M:%SZ"
-    )
-    with transaction(conn):
-        row = conn.execute(
-            "SELECT sent_at FROM confirmation_sends WHERE email_key = ?", (key,)
-        ).fetchone()
-        if row is not None and str(row[0]) > cutoff:
-            return None
-        conn.execute(
-            "INSERT INTO confirmation_sends (email_key, sent_at) VALUES (?, ?)"
-            " ON CONFLICT (email_key) DO UPDATE SET sent_at = excluded.sent_at",
-            (key, stamp),
-        )
-    return stamp
-
-
-def release_confirmation_send(conn: sqlite3.Connection, email: str, stamp: str) -> None:
-    """Give back a reservation whose email could not be sent, so the person can try again."""
-    key = email_key(normalize_email(email))
-    with transaction(conn):
-        conn.execute(
-            "DELETE FROM confirmation_sends WHERE email_key = ? AND sent_at = ?", (key, stamp)
-        )
 
 
 def confirm_subscriber(
