@@ -26,7 +26,7 @@ from email.utils import format_datetime
 from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Protocol
 
-from newsletter.errors import MessageError
+from newsletter.errors import MessageError, describe_character, excerpt
 from newsletter.recipient_fields import (
     FIELDS,
     PATTERN,
@@ -255,7 +255,8 @@ def _check_header_text(value: str, what: str) -> None:
     found = _NOT_IN_HEADER.search(value)
     if found:
         raise MessageError(
-            f"{what} contains the control character U+{ord(found[0]):04X} ({value!r}); "
+            f"{what} contains the control character {describe_character(found[0])} "
+            f"({excerpt(value)}); "
             "remove it and try again"
         )
 

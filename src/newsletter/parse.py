@@ -34,7 +34,6 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ import yaml
 from markdown_it import MarkdownIt
 
 from newsletter.english import counted
-from newsletter.errors import IssueFileError, Problem
+from newsletter.errors import IssueFileError, Problem, describe_character
 from newsletter.issue import Article, Citation, Issue
 from newsletter.taxonomy import Taxonomy
 
@@ -180,23 +179,6 @@ def parse_text(data: bytes, path: Path, taxonomy: Taxonomy, found: _Collector) -
         intro=intro,
         articles=tuple(articles),
     )
-
-
-def describe_character(character: str) -> str:
-    """``U+001B ESCAPE``: a character the reader cannot see, named."""
-    name = unicodedata.name(character, "") or _CONTROL_NAMES.get(ord(character), "control")
-    return f"U+{ord(character):04X} {name}"
-
-
-_CONTROL_NAMES = {
-    0x00: "NULL",
-    0x09: "TAB",
-    0x0B: "LINE TABULATION",
-    0x0C: "FORM FEED",
-    0x1B: "ESCAPE",
-    0x7F: "DELETE",
-    0x85: "NEXT LINE",
-}
 
 
 def _control_characters(lines: list[str], start: int, found: _Collector) -> None:

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
-from newsletter.errors import SettingsError
+from newsletter.errors import SettingsError, describe_character
 from newsletter.taxonomy import Taxonomy, slugify
 
 SETTINGS_FILE = "newsletter.toml"
@@ -215,7 +215,8 @@ def _build(raw: dict[str, Any], *, source: Path | None, root: Path) -> Settings:
         control = _CONTROL.search(get("newsletter", key, ""))
         if control:
             raise SettingsError(
-                f"must be one line without control characters (found U+{ord(control[0]):04X})",
+                "must be one line without control characters "
+                f"(found {describe_character(control[0])})",
                 path=where,
                 key=f"newsletter.{key}",
             )

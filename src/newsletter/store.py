@@ -17,7 +17,6 @@ import json
 import re
 import sqlite3
 import string
-import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +27,13 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
-from newsletter.errors import InvalidInput, StoreError, StoreReadOnly, excerpt
+from newsletter.errors import (
+    InvalidInput,
+    StoreError,
+    StoreReadOnly,
+    describe_character,
+    excerpt,
+)
 from newsletter.private_files import create_private
 from newsletter.taxonomy import Taxonomy
 
@@ -477,7 +482,7 @@ def _refuse_undeliverable(address: str) -> None:
     if strange is not None:
         raise InvalidInput(
             f"invalid address {excerpt(address)}: the part before the @ has a character outside "
-            f"ASCII ({_describe(strange)}), which the mail providers cannot deliver to; "
+            f"ASCII ({describe_character(strange)}), which the mail providers cannot deliver to; "
             "use an address with only ASCII letters, digits and punctuation before the @"
         )
     if len(local) > _MAX_LOCAL_PART:
@@ -485,10 +490,6 @@ def _refuse_undeliverable(address: str) -> None:
             f"invalid address {excerpt(address)}: the part before the @ is {len(local)} characters "
             f"long; mail servers take at most {_MAX_LOCAL_PART} (RFC 5321)"
         )
-
-
-def _describe(character: str) -> str:
-    return f"U+{ord(character):04X} {unicodedata.name(character, 'unnamed character')}"
 
 
 @functools.lru_cache(maxsize=4096)
