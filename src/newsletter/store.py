@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import sqlite3
 import string
@@ -392,6 +393,14 @@ def _damaged(where: str, detail: str) -> StoreError:
     )
 
 
+def _disk_full(path: str) -> bool:
+    try:
+        disk = os.statvfs(Path(path).parent)
+    except OSError:
+        return False
+    return disk.f_bavail == 0 or (disk.f_files > 0 and disk.f_favail == 0)
+
+
 def _store_error(conn: sqlite3.Connection, exc: sqlite3.Error) -> StoreError:
     where = _where(conn)
     code = getattr(exc, "sqlite_errorname", "")
@@ -414,6 +423,13 @@ def _store_error(conn: sqlite3.Connection, exc: sqlite3.Error) -> StoreError:
         )
     if code.startswith("SQLITE_CORRUPT"):
         return _damaged(where, str(exc))
+    if code.startswith("SQLITE_CANTOPEN") and _disk_full(where):
+        return StoreError(
+            f"{where}: the disk holding the store is full (no free space or no free file "
+            "entries), so SQLite cannot make the files it keeps beside it; nothing was "
+            "changed. Free some space and run the command again.",
+            cause=f"the disk holding {where} is full",
+        )
     if code.startswith("SQLITE_READONLY") or code.startswith("SQLITE_CANTOPEN"):
         return StoreReadOnly(
             f"{where}: cannot write the store ({exc}); nothing was changed. Check the "
