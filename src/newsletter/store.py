@@ -200,6 +200,41 @@ MIGRATIONS: list[tuple[str, ...]] = [
             (SELECT coalesce(max(subscriber_id), 0) FROM topic_changes))
         """,
     ),
+    # 5 -> 6: imports applied in short transactions, so the web endpoints can write while a
+    # large one runs (newsletter.imports). Each import is a row that says how far it got; the
+    # undo log holds what it changed, so that a failed import is undone and an interrupted
+    # one is finished by a re-run or undone. At most one import is unfinished at a time.
+    (
+        """
+        CREATE TABLE imports (
+            id INTEGER PRIMARY KEY,
+            file TEXT NOT NULL,
+            options TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('applying', 'undoing', 'done', 'undone')),
+            finished INTEGER NOT NULL DEFAULT 0,
+            staged INTEGER NOT NULL,
+            applied_line INTEGER NOT NULL DEFAULT 0,
+            added INTEGER NOT NULL DEFAULT 0,
+            updated INTEGER NOT NULL DEFAULT 0,
+            unchanged INTEGER NOT NULL DEFAULT 0,
+            kept_count INTEGER NOT NULL DEFAULT 0,
+            kept TEXT NOT NULL DEFAULT '[]',
+            started_at TEXT NOT NULL,
+            finished_at TEXT
+        )
+        """,
+        "CREATE UNIQUE INDEX imports_one_unfinished ON imports (finished) WHERE finished = 0",
+        """
+        CREATE TABLE import_undo (
+            import_id INTEGER NOT NULL,
+            email_key TEXT NOT NULL,
+            before TEXT,
+            after TEXT NOT NULL,
+            PRIMARY KEY (import_id, email_key)
+        ) WITHOUT ROWID
+        """,
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

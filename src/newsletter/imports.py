@@ -1,0 +1,307 @@
+"""An import's record in the store: applied in short transactions, finished or undone later.
+
+A large import must not hold the store's write lock for long: the web endpoints' one-click
+unsubscribes wait at most the busy timeout, and mail clients never retry them. So csvio
+validates and stages the whole file first, without the lock, and then applies it here in
+slices: each slice is one transaction of a few tens of milliseconds, followed by a pause
+longer than SQLite's busy handler sleeps between its tries, so a waiting writer always gets
+in (``SLICE_SECONDS``, ``PAUSE_SECONDS``).
+
+"All or nothing" still holds as the admin sees it, through a row in ``imports``::
+
+    applying ──(last slice commits)──▶ done
+       │  └─(a slice fails: full disk, locked store)─▶ undoing ──▶ undone
+       └─(process killed)─▶ still applying: the same import run again finishes it;
+                            ``undo_unfinished`` undoes it instead
+
+Each slice records, in the same transaction, the last file line it applied and the counts so
+far, and logs in ``import_undo`` the previous state of every subscriber it added or changed.
+Undoing puts back only what nobody changed since: a subscriber who unsubscribed through the
+web in the meantime stays unsubscribed. The log is purged once the import is done.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from newsletter.errors import ImportUnfinished
+from newsletter.store import now_utc, transaction, translate_errors
+
+# A slice stops taking more rows once its transaction has been open this long.
+SLICE_SECONDS = 0.05
+# SQLite's busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ms… between tries; a pause longer
+# than its sleeps within one slice means a waiting writer's next try falls in the pause.
+PAUSE_SECONDS = 0.03
+# Rows per step inside a slice (and per undo or purge step).
+STEP_ROWS = 250
+
+Before = tuple[str, str, str, str | None, str, str, str]  # name … status_source
+After = tuple[str, str, str, str]  # name, topics, status, status_changed_at
+
+
+@dataclass(frozen=True)
+class ImportRecord:
+    id: int
+    file: str
+    options: str
+    fingerprint: str
+    state: str
+    staged: int
+    applied_line: int
+    added: int
+    updated: int
+    unchanged: int
+    kept_count: int
+    kept: list[list[object]]
+    started_at: str
+
+    @property
+    def applied(self) -> int:
+        return self.added + self.updated + self.unchanged
+
+    def command(self) -> str:
+        return " ".join(["newsletter subscribers import", _quoted(self.file), self.options]).strip()
+
+    def describe(self) -> str:
+        """One sentence: which import, when, and how far it got."""
+        done = "being undone" if self.state == "undoing" else "interrupted"
+        return (
+            f"an import of {self.file} started at {self.started_at} was {done} after "
+            f"{self.applied:,} of its {self.staged:,} rows"
+        )
+
+
+def _quoted(path: str) -> str:
+    return f"'{path}'" if any(c.isspace() for c in path) else path
+
+
+_RECORD_COLUMNS = (
+    "id, file, options, fingerprint, state, staged, applied_line, added, updated,"
+    " unchanged, kept_count, kept, started_at"
+)
+
+
+def _record(row: Sequence[object]) -> ImportRecord:
+    values = list(row)
+    values[11] = json.loads(str(values[11]))
+    return ImportRecord(*values)  # type: ignore[arg-type]
+
+
+def unfinished(conn: sqlite3.Connection) -> ImportRecord | None:
+    """The import that was interrupted (or is running), if any."""
+    with translate_errors(conn):
+        row = conn.execute(f"SELECT {_RECORD_COLUMNS} FROM imports WHERE finished = 0").fetchone()
+    return None if row is None else _record(row)
+
+
+def refuse_because_of(record: ImportRecord) -> ImportUnfinished:
+    if record.state == "undoing":
+        action = "run `newsletter subscribers import --undo-interrupted` to finish undoing it"
+    else:
+        action = (
+            f"run `{record.command()}` again to finish it (the same file, unchanged), or "
+            "`newsletter subscribers import --undo-interrupted` to undo what it applied"
+        )
+    return ImportUnfinished(
+        f"{record.describe()}, so the list holds part of it. Nothing else was imported: "
+        f"{action}; then import again."
+    )
+
+
+# --- One import at a time -------------------------------------------------------------------
+
+
+def database_path(conn: sqlite3.Connection) -> Path:
+    with translate_errors(conn):
+        row = conn.execute("PRAGMA database_list").fetchone()
+    return Path(str(row[2]))
+
+
+@contextmanager
+def import_lock(database: Path) -> Iterator[None]:
+    """Hold the operating system's lock that keeps two imports into ``database`` apart.
+
+    A killed import releases it by dying, and leaves its record to say how far it got.
+    """
+    path = database.with_name(f"{database.name}.import.lock")
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ImportUnfinished(
+            f"{path}: cannot create the lock that keeps two imports apart ({exc.strerror}); "
+            "nothing was changed. Check the folder's permissions and free space."
+        ) from None
+    with os.fdopen(descriptor, "r+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ImportUnfinished(
+                f"another import into {database} is running; nothing was changed. Wait for "
+                "it to finish, then run this command again."
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- Applying ----------------------------------------------------------------------------------
+
+
+def begin(
+    conn: sqlite3.Connection, file: str, options: str, fingerprint: str, staged: int
+) -> ImportRecord:
+    """Record a new import as applying; purge what finished imports left in the undo log."""
+    purge_undo_log(conn)
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO imports (file, options, fingerprint, state, staged, started_at)"
+            " VALUES (?, ?, ?, 'applying', ?, ?)",
+            (file, options, fingerprint, staged, now_utc()),
+        )
+    record = unfinished(conn)
+    assert record is not None
+    return record
+
+
+@contextmanager
+def slice_of(conn: sqlite3.Connection) -> Iterator[float]:
+    """One short write transaction; yields the time by which it should commit."""
+    with transaction(conn):
+        yield time.monotonic() + SLICE_SECONDS
+    # Jitter keeps the pause from falling into step with another process's retries.
+    time.sleep(PAUSE_SECONDS * random.uniform(1.0, 1.5))
+
+
+def log_changes(
+    conn: sqlite3.Connection,
+    import_id: int,
+    changes: Sequence[tuple[str, Before | None, After]],
+) -> None:
+    """Inside a slice: remember (email key, state before or None if added, state after)."""
+    conn.executemany(
+        "INSERT INTO import_undo (import_id, email_key, before, after) VALUES (?, ?, ?, ?)",
+        [
+            (import_id, key, None if before is None else json.dumps(before), json.dumps(after))
+            for key, before, after in changes
+        ],
+    )
+
+
+def record_progress(
+    conn: sqlite3.Connection,
+    import_id: int,
+    *,
+    applied_line: int,
+    counts: tuple[int, int, int, int],
+    kept: list[list[object]],
+    done: bool,
+) -> None:
+    """Inside a slice: how far the import got, so that a re-run goes on from there."""
+    added, updated, unchanged, kept_count = counts
+    conn.execute(
+        "UPDATE imports SET applied_line = ?, added = ?, updated = ?, unchanged = ?,"
+        " kept_count = ?, kept = ?, state = CASE WHEN ? THEN 'done' ELSE state END,"
+        " finished = ?, finished_at = CASE WHEN ? THEN ? END WHERE id = ?",
+        (
+            applied_line,
+            added,
+            updated,
+            unchanged,
+            kept_count,
+            json.dumps(kept, ensure_ascii=False),
+            done,
+            int(done),
+            done,
+            now_utc(),
+            import_id,
+        ),
+    )
+
+
+def purge_undo_log(conn: sqlite3.Connection) -> None:
+    """Delete the undo log of finished imports, a slice at a time."""
+    while True:
+        with slice_of(conn) as deadline:
+            while True:
+                deleted = conn.execute(
+                    "DELETE FROM import_undo WHERE (import_id, email_key) IN"
+                    " (SELECT import_id, email_key FROM import_undo WHERE import_id IN"
+                    " (SELECT id FROM imports WHERE finished) LIMIT ?)",
+                    (STEP_ROWS * 4,),
+                ).rowcount
+                if deleted < STEP_ROWS * 4:
+                    return
+                if time.monotonic() >= deadline:
+                    break
+
+
+# --- Undoing -----------------------------------------------------------------------------------
+
+
+def undo(conn: sqlite3.Connection, import_id: int) -> int:
+    """Put back what the import changed, a slice at a time; return how many rows kept a later
+    change (someone unsubscribed or changed topics meanwhile) instead of being put back."""
+    with transaction(conn):
+        conn.execute("UPDATE imports SET state = 'undoing' WHERE id = ?", (import_id,))
+    kept = 0
+    while True:
+        with slice_of(conn) as deadline:
+            while True:
+                rows = conn.execute(
+                    "SELECT email_key, before, after FROM import_undo WHERE import_id = ? LIMIT ?",
+                    (import_id, STEP_ROWS),
+                ).fetchall()
+                for key, before, after in rows:
+                    kept += not _undo_one(conn, str(key), before, json.loads(str(after)))
+                conn.executemany(
+                    "DELETE FROM import_undo WHERE import_id = ? AND email_key = ?",
+                    [(import_id, row[0]) for row in rows],
+                )
+                if not rows:
+                    conn.execute(
+                        "UPDATE imports SET state = 'undone', finished = 1, finished_at = ?"
+                        " WHERE id = ?",
+                        (now_utc(), import_id),
+                    )
+                    return kept
+                if time.monotonic() >= deadline:
+                    break
+
+
+def _undo_one(conn: sqlite3.Connection, key: str, before: object, after: list[str]) -> bool:
+    """Put one subscriber back; False if a later change was kept instead."""
+    current = conn.execute(
+        "SELECT id, name, topics, status, status_changed_at FROM subscribers WHERE email_key = ?",
+        (key,),
+    ).fetchone()
+    if current is None:
+        return True  # removed since: nothing to put back
+    row_id, name, topics, status, changed_at = current
+    status_untouched = [status, changed_at] == [after[2], after[3]]
+    if before is None:
+        if [name, topics] == after[:2] and status_untouched:
+            conn.execute("DELETE FROM subscribers WHERE id = ?", (row_id,))
+            return True
+        return False
+    old = json.loads(str(before))
+    if name == after[0]:
+        conn.execute("UPDATE subscribers SET name = ? WHERE id = ?", (old[0], row_id))
+    if topics == after[1]:
+        conn.execute("UPDATE subscribers SET topics = ? WHERE id = ?", (old[1], row_id))
+    if status_untouched:
+        conn.execute(
+            "UPDATE subscribers SET status = ?, confirmed_at = ?, status_changed_at = ?,"
+            " status_reason = ?, status_source = ? WHERE id = ?",
+            (*old[2:], row_id),
+        )
+    return name == after[0] and topics == after[1] and status_untouched
