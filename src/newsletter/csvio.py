@@ -199,7 +199,7 @@ def _carry_on_from(record: imports.ImportRecord, report: ImportReport) -> None:
     report.added, report.updated, report.unchanged = record.added, record.updated, record.unchanged
     report.kept_count = record.kept_count
     report.kept = [
-        KeptStatus(int(str(line)), str(email), Status(kept), Status(asked))
+        KeptStatus(int(str(line)), str(email), Status(str(kept)), Status(str(asked)))
         for line, email, kept, asked in record.kept
     ]
 

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from newsletter.errors import ImportUnfinished
+from newsletter.errors import ImportUnfinished, InvalidInput
 from newsletter.store import now_utc, transaction, translate_errors
 
 # A slice stops taking more rows once its transaction has been open this long.
@@ -103,18 +103,20 @@ def unfinished(conn: sqlite3.Connection) -> ImportRecord | None:
     return None if row is None else _record(row)
 
 
-def refuse_because_of(record: ImportRecord) -> ImportUnfinished:
+def advice(record: ImportRecord) -> str:
+    """What happened to the unfinished import and what to do about it."""
     if record.state == "undoing":
-        action = "run `newsletter subscribers import --undo-interrupted` to finish undoing it"
+        action = "Run `newsletter subscribers import --undo-interrupted` to finish undoing it."
     else:
         action = (
-            f"run `{record.command()}` again to finish it (the same file, unchanged), or "
-            "`newsletter subscribers import --undo-interrupted` to undo what it applied"
+            f"Run `{record.command()}` again to finish it (the same file, unchanged), or "
+            "`newsletter subscribers import --undo-interrupted` to undo what it applied."
         )
-    return ImportUnfinished(
-        f"{record.describe()}, so the list holds part of it. Nothing else was imported: "
-        f"{action}; then import again."
-    )
+    return f"{record.describe()}, so the list holds part of it. {action}"
+
+
+def refuse_because_of(record: ImportRecord) -> ImportUnfinished:
+    return ImportUnfinished(f"{advice(record)} Nothing was imported now; import again after that.")
 
 
 # --- One import at a time -------------------------------------------------------------------
@@ -305,3 +307,18 @@ def _undo_one(conn: sqlite3.Connection, key: str, before: object, after: list[st
             (*old[2:], row_id),
         )
     return name == after[0] and topics == after[1] and status_untouched
+
+
+def undo_interrupted(conn: sqlite3.Connection) -> tuple[ImportRecord, int]:
+    """Undo the interrupted import (or finish undoing it); return it and how many subscribers
+    kept a change someone else made meanwhile. InvalidInput if no import is unfinished."""
+    database = database_path(conn)
+    with import_lock(database):
+        record = unfinished(conn)
+        if record is None:
+            raise InvalidInput(
+                f"{database}: no import was interrupted, so there is nothing to undo"
+            )
+        kept = undo(conn, record.id)
+        purge_undo_log(conn)
+    return record, kept
