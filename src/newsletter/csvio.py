@@ -628,7 +628,7 @@ def _apply_batch(
     stamp = now_utc()
     inserts: list[tuple[object, ...]] = []
     updates: list[tuple[object, ...]] = []
-    changes: list[tuple[str, imports.Before | None, imports.After]] = []
+    changes: list[imports.Change] = []
     for row in rows:
         current = existing.get(row.key)
         asked = None if row.status is None else Status(row.status)
@@ -651,7 +651,7 @@ def _apply_batch(
                     SOURCE_IMPORT,
                 )
             )
-            changes.append((row.key, None, (name, topics, status.value, stamp)))
+            changes.append(imports.Change(row.key, None, status.value, stamp))
             report.added += 1
             continue
         (_, row_id, name, topics, old, confirmed_at, changed_at, old_reason, old_source) = current
@@ -691,7 +691,9 @@ def _apply_batch(
                 row_id,
             )
         )
-        changes.append((row.key, before, (new_name, new_topics, status.value, changed_at)))
+        changes.append(
+            imports.Change(row.key, before, status.value, changed_at, new_name, new_topics)
+        )
     if import_id is None:
         return
     conn.executemany(

@@ -37,7 +37,7 @@ from newsletter.errors import ImportUnfinished, InvalidInput
 from newsletter.store import now_utc, transaction, translate_errors
 
 # A slice stops taking more rows once its transaction has been open this long.
-SLICE_SECONDS = 0.05
+SLICE_SECONDS = 0.08
 # SQLite's busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ms… between tries; a pause longer
 # than its sleeps within one slice means a waiting writer's next try falls in the pause.
 PAUSE_SECONDS = 0.03
@@ -45,7 +45,18 @@ PAUSE_SECONDS = 0.03
 STEP_ROWS = 250
 
 Before = tuple[str, str, str, str | None, str, str, str]  # name … status_source
-After = tuple[str, str, str, str]  # name, topics, status, status_changed_at
+
+
+@dataclass(frozen=True)
+class Change:
+    """What an import did to one subscriber, enough to undo it."""
+
+    email_key: str
+    before: Before | None  # None: the import added the subscriber
+    status: str  # what the import left
+    status_changed_at: str
+    name: str | None = None  # what the import left, for a subscriber it updated
+    topics: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,20 +192,25 @@ def slice_of(conn: sqlite3.Connection) -> Iterator[float]:
     with transaction(conn):
         yield time.monotonic() + SLICE_SECONDS
     # Jitter keeps the pause from falling into step with another process's retries.
-    time.sleep(PAUSE_SECONDS * random.uniform(1.0, 1.5))
+    time.sleep(PAUSE_SECONDS * random.uniform(1.0, 1.3))
 
 
-def log_changes(
-    conn: sqlite3.Connection,
-    import_id: int,
-    changes: Sequence[tuple[str, Before | None, After]],
-) -> None:
-    """Inside a slice: remember (email key, state before or None if added, state after)."""
+def log_changes(conn: sqlite3.Connection, import_id: int, changes: Sequence[Change]) -> None:
+    """Inside a slice: remember what the import is changing, for the undo."""
     conn.executemany(
-        "INSERT INTO import_undo (import_id, email_key, before, after) VALUES (?, ?, ?, ?)",
+        "INSERT INTO import_undo (import_id, email_key, before, status, status_changed_at,"
+        " name, topics) VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
-            (import_id, key, None if before is None else json.dumps(before), json.dumps(after))
-            for key, before, after in changes
+            (
+                import_id,
+                c.email_key,
+                None if c.before is None else json.dumps(c.before, ensure_ascii=False),
+                c.status,
+                c.status_changed_at,
+                c.name,
+                c.topics,
+            )
+            for c in changes
         ],
     )
 
@@ -260,11 +276,12 @@ def undo(conn: sqlite3.Connection, import_id: int) -> int:
         with slice_of(conn) as deadline:
             while True:
                 rows = conn.execute(
-                    "SELECT email_key, before, after FROM import_undo WHERE import_id = ? LIMIT ?",
+                    "SELECT email_key, before, status, status_changed_at, name, topics"
+                    " FROM import_undo WHERE import_id = ? LIMIT ?",
                     (import_id, STEP_ROWS),
                 ).fetchall()
-                for key, before, after in rows:
-                    kept += not _undo_one(conn, str(key), before, json.loads(str(after)))
+                for row in rows:
+                    kept += not _undo_one(conn, row)
                 conn.executemany(
                     "DELETE FROM import_undo WHERE import_id = ? AND email_key = ?",
                     [(import_id, row[0]) for row in rows],
@@ -280,25 +297,27 @@ def undo(conn: sqlite3.Connection, import_id: int) -> int:
                     break
 
 
-def _undo_one(conn: sqlite3.Connection, key: str, before: object, after: list[str]) -> bool:
+def _undo_one(conn: sqlite3.Connection, logged: Sequence[object]) -> bool:
     """Put one subscriber back; False if a later change was kept instead."""
+    key, before, *after = logged
     current = conn.execute(
-        "SELECT id, name, topics, status, status_changed_at FROM subscribers WHERE email_key = ?",
+        "SELECT id, status, status_changed_at, name, topics FROM subscribers WHERE email_key = ?",
         (key,),
     ).fetchone()
     if current is None:
         return True  # removed since: nothing to put back
-    row_id, name, topics, status, changed_at = current
-    status_untouched = [status, changed_at] == [after[2], after[3]]
+    row_id, *now = current
+    status_untouched = now[:2] == after[:2]
     if before is None:
-        if [name, topics] == after[:2] and status_untouched:
+        # Added by the import: it goes, unless its status changed since (an unsubscribe
+        # must not be forgotten).
+        if status_untouched:
             conn.execute("DELETE FROM subscribers WHERE id = ?", (row_id,))
-            return True
-        return False
+        return bool(status_untouched)
     old = json.loads(str(before))
-    if name == after[0]:
+    if now[2] == after[2]:
         conn.execute("UPDATE subscribers SET name = ? WHERE id = ?", (old[0], row_id))
-    if topics == after[1]:
+    if now[3] == after[3]:
         conn.execute("UPDATE subscribers SET topics = ? WHERE id = ?", (old[1], row_id))
     if status_untouched:
         conn.execute(
@@ -306,7 +325,7 @@ def _undo_one(conn: sqlite3.Connection, key: str, before: object, after: list[st
             " status_reason = ?, status_source = ? WHERE id = ?",
             (*old[2:], row_id),
         )
-    return name == after[0] and topics == after[1] and status_untouched
+    return bool(now == after)
 
 
 def undo_interrupted(conn: sqlite3.Connection) -> tuple[ImportRecord, int]:

@@ -204,6 +204,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # large one runs (newsletter.imports). Each import is a row that says how far it got; the
     # undo log holds what it changed, so that a failed import is undone and an interrupted
     # one is finished by a re-run or undone. At most one import is unfinished at a time.
+    # import_undo: ``before`` is the row's columns as JSON (NULL: the import added the row);
+    # the others are what the import left, to tell whether someone changed the row since.
     (
         """
         CREATE TABLE imports (
@@ -230,7 +232,10 @@ MIGRATIONS: list[tuple[str, ...]] = [
             import_id INTEGER NOT NULL,
             email_key TEXT NOT NULL,
             before TEXT,
-            after TEXT NOT NULL,
+            status TEXT NOT NULL,
+            status_changed_at TEXT NOT NULL,
+            name TEXT,
+            topics TEXT,
             PRIMARY KEY (import_id, email_key)
         ) WITHOUT ROWID
         """,
