@@ -24,6 +24,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,14 +282,15 @@ class _Staging:
 
     def __init__(self) -> None:
         self.db = sqlite3.connect("", isolation_level=None)  # "": deleted when closed
-        self.db.execute("PRAGMA journal_mode = OFF")
-        self.db.execute("PRAGMA synchronous = OFF")
-        self.db.execute(
-            "CREATE TABLE staged (line INTEGER PRIMARY KEY, email TEXT NOT NULL,"
-            " key TEXT NOT NULL UNIQUE, name TEXT, topics TEXT, status TEXT,"
-            " position INTEGER NOT NULL)"
-        )
         self.count = 0
+        with self.failing():
+            self.db.execute("PRAGMA journal_mode = OFF")
+            self.db.execute("PRAGMA synchronous = OFF")
+            self.db.execute(
+                "CREATE TABLE staged (line INTEGER PRIMARY KEY, email TEXT NOT NULL,"
+                " key TEXT NOT NULL UNIQUE, name TEXT, topics TEXT, status TEXT,"
+                " position INTEGER NOT NULL)"
+            )
 
     def __enter__(self) -> _Staging:
         return self
@@ -296,8 +298,24 @@ class _Staging:
     def __exit__(self, *exc: object) -> None:
         self.db.close()
 
+    @contextmanager
+    def failing(self) -> Iterator[None]:
+        """The staging file's errors (a full temporary folder) as StoreErrors."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"cannot stage the import in the temporary folder {tempfile.gettempdir()} "
+                f"({exc}); the list was not changed. Free some space there, or point TMPDIR "
+                "at a folder with room, and run the command again."
+            ) from None
+
     def add(self, rows: Sequence[_Row], position: int, report: ImportReport) -> None:
         """Stage ``rows`` (read up to byte ``position``), rejecting repeats of earlier lines."""
+        with self.failing():
+            self._add(rows, position, report)
+
+    def _add(self, rows: Sequence[_Row], position: int, report: ImportReport) -> None:
         marks = ",".join("?" * len(rows))
         seen: dict[str, int] = dict(
             self.db.execute(
@@ -336,6 +354,10 @@ class _Staging:
 
     def after(self, line: int, limit: int) -> list[_Staged]:
         """Up to ``limit`` staged rows after file line ``line``, in line order."""
+        with self.failing():
+            return self._after(line, limit)
+
+    def _after(self, line: int, limit: int) -> list[_Staged]:
         return [
             _Staged(*row)
             for row in self.db.execute(
