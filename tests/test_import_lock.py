@@ -157,8 +157,16 @@ def applied_fraction(database: Path) -> float | None:
     return None if row is None else row[0] / row[1]
 
 
-def kill_when_applied(folder: Path, path: Path, fraction: float) -> None:
-    process = subprocess.Popen(cli(folder, "import", str(path)), stdout=subprocess.DEVNULL)
+def kill_when_applied(
+    folder: Path, path: Path, fraction: float, sig: signal.Signals = signal.SIGKILL
+) -> str:
+    """Start the import, send ``sig`` once ``fraction`` of it is applied; return its stderr."""
+    process = subprocess.Popen(
+        cli(folder, "import", str(path)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
@@ -167,9 +175,10 @@ def kill_when_applied(folder: Path, path: Path, fraction: float) -> None:
                 break
             time.sleep(0.002)
         assert process.poll() is None, "the import finished before it could be killed"
-        os.kill(process.pid, signal.SIGKILL)
+        os.kill(process.pid, sig)
     finally:
-        process.wait()
+        _, stderr = process.communicate()
+    return stderr
 
 
 def suppressed_made_active(database: Path) -> list[str]:
@@ -259,6 +268,17 @@ def test_a_killed_import_can_be_undone_keeping_later_unsubscribes(tmp_path: Path
     nothing = run_cli(tmp_path, "import", "--undo-interrupted")
     assert nothing.returncode == 1
     assert "no import was interrupted" in nothing.stderr
+
+
+def test_ctrl_c_says_what_was_left_and_what_to_do(tmp_path: Path) -> None:
+    path = seed(tmp_path)
+    stderr = kill_when_applied(tmp_path, path, 0.3, signal.SIGINT)
+    assert stderr.startswith("Error: interrupted: an import of ")
+    assert "so the list holds part of it" in stderr
+    assert "again to finish it" in stderr
+    assert "Traceback" not in stderr
+    assert run_cli(tmp_path, "import", str(path)).returncode == 0
+    assert suppressed_made_active(tmp_path / "newsletter.db") == []
 
 
 def test_one_rejected_row_in_a_large_file_changes_nothing(tmp_path: Path) -> None:

@@ -274,16 +274,22 @@ def import_(
     if file is None:
         raise click.UsageError("name the CSV FILE to import (or pass --undo-interrupted)")
     conn = _open(app, create=True)
-    with _progress(file.stat().st_size, f"Importing {file.name}") as advance:
-        report = csvio.import_csv(
-            conn,
-            file,
-            app.settings.taxonomy,
-            encoding=encoding,
-            dry_run=dry_run,
-            skip_invalid=skip_invalid,
-            on_progress=advance,
-        )
+    try:
+        with _progress(file.stat().st_size, f"Importing {file.name}") as advance:
+            report = csvio.import_csv(
+                conn,
+                file,
+                app.settings.taxonomy,
+                encoding=encoding,
+                dry_run=dry_run,
+                skip_invalid=skip_invalid,
+                on_progress=advance,
+            )
+    except KeyboardInterrupt:
+        left = None if dry_run else imports.unfinished(conn)
+        if left is None:
+            raise click.ClickException("interrupted; the list was not changed") from None
+        raise click.ClickException(f"interrupted: {imports.advice(left)}") from None
     _print_report(report)
 
 
