@@ -102,9 +102,23 @@ _RECORD_COLUMNS = (
 
 
 def _record(row: Sequence[object]) -> ImportRecord:
-    values = list(row)
-    values[11] = json.loads(str(values[11]))
-    return ImportRecord(*values)  # type: ignore[arg-type]
+    t = [str(value) for value in row]
+    n = [int(value) for value in t[5:11]]
+    return ImportRecord(
+        id=int(t[0]),
+        file=t[1],
+        options=t[2],
+        fingerprint=t[3],
+        state=t[4],
+        staged=n[0],
+        applied_line=n[1],
+        added=n[2],
+        updated=n[3],
+        unchanged=n[4],
+        kept_count=n[5],
+        kept=json.loads(t[11]),
+        started_at=t[12],
+    )
 
 
 def unfinished(conn: sqlite3.Connection) -> ImportRecord | None:
