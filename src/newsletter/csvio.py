@@ -673,7 +673,6 @@ def _apply_batch(
                     SOURCE_IMPORT,
                 )
             )
-            changes.append(imports.Change(row.key, None, status.value, stamp))
             report.added += 1
             continue
         (_, row_id, name, topics, old, confirmed_at, changed_at, old_reason, old_source) = current
@@ -714,7 +713,9 @@ def _apply_batch(
             )
         )
         changes.append(
-            imports.Change(row.key, before, status.value, changed_at, new_name, new_topics)
+            imports.Change(
+                row.line, row.key, before, status.value, changed_at, new_name, new_topics
+            )
         )
     if import_id is None:
         return
@@ -724,6 +725,7 @@ def _apply_batch(
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         inserts,
     )
+    imports.log_added(conn, import_id, len(inserts))
     conn.executemany(
         "UPDATE subscribers SET name = ?, topics = ?, status = ?, confirmed_at = ?,"
         " status_changed_at = ?, status_reason = ?, status_source = ? WHERE id = ?",

@@ -15,9 +15,10 @@ in (``SLICE_SECONDS``, ``PAUSE_SECONDS``).
                             ``undo_unfinished`` undoes it instead
 
 Each slice records, in the same transaction, the last file line it applied and the counts so
-far, and logs in ``import_undo`` the previous state of every subscriber it added or changed.
-Undoing puts back only what nobody changed since: a subscriber who unsubscribed through the
-web in the meantime stays unsubscribed. The log is purged once the import is done.
+far, the ids of the subscribers it added (``import_added``, one range per batch) and the
+previous state of each subscriber it updated (``import_undo``). Undoing puts back only what
+nobody changed since: a subscriber who unsubscribed through the web in the meantime stays
+unsubscribed. The log is purged once the import is done.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from newsletter.errors import ImportUnfinished, InvalidInput
-from newsletter.store import now_utc, transaction, translate_errors
+from newsletter.store import SOURCE_IMPORT, now_utc, transaction, translate_errors
 
 # A slice stops taking more rows once its transaction has been open this long.
 SLICE_SECONDS = 0.08
@@ -49,14 +50,15 @@ Before = tuple[str, str, str, str | None, str, str, str]  # name … status_sour
 
 @dataclass(frozen=True)
 class Change:
-    """What an import did to one subscriber, enough to undo it."""
+    """What an import did to a subscriber it updated, enough to undo it."""
 
+    line: int
     email_key: str
-    before: Before | None  # None: the import added the subscriber
+    before: Before
     status: str  # what the import left
     status_changed_at: str
-    name: str | None = None  # what the import left, for a subscriber it updated
-    topics: str | None = None
+    name: str
+    topics: str
 
 
 @dataclass(frozen=True)
@@ -210,15 +212,16 @@ def slice_of(conn: sqlite3.Connection) -> Iterator[float]:
 
 
 def log_changes(conn: sqlite3.Connection, import_id: int, changes: Sequence[Change]) -> None:
-    """Inside a slice: remember what the import is changing, for the undo."""
+    """Inside a slice: remember the subscribers the import is updating, for the undo."""
     conn.executemany(
-        "INSERT INTO import_undo (import_id, email_key, before, status, status_changed_at,"
-        " name, topics) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO import_undo (import_id, line, email_key, before, status,"
+        " status_changed_at, name, topics) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 import_id,
+                c.line,
                 c.email_key,
-                None if c.before is None else json.dumps(c.before, ensure_ascii=False),
+                json.dumps(c.before, ensure_ascii=False),
                 c.status,
                 c.status_changed_at,
                 c.name,
@@ -227,6 +230,20 @@ def log_changes(conn: sqlite3.Connection, import_id: int, changes: Sequence[Chan
             for c in changes
         ],
     )
+
+
+def log_added(conn: sqlite3.Connection, import_id: int, count: int) -> None:
+    """Inside a slice, right after inserting ``count`` subscribers: remember their ids.
+
+    Under the write lock AUTOINCREMENT gives one insert after another consecutive ids, and
+    never gives them again, so a range names exactly the subscribers this import added.
+    """
+    if count:
+        last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+        conn.execute(
+            "INSERT INTO import_added (import_id, first_id, last_id) VALUES (?, ?, ?)",
+            (import_id, last - count + 1, last),
+        )
 
 
 def record_progress(
@@ -262,13 +279,15 @@ def record_progress(
 
 def purge_undo_log(conn: sqlite3.Connection) -> None:
     """Delete the undo log of finished imports, a slice at a time."""
+    finished = "import_id IN (SELECT id FROM imports WHERE finished)"
+    with slice_of(conn):
+        conn.execute(f"DELETE FROM import_added WHERE {finished}")  # one row per batch
     while True:
         with slice_of(conn) as deadline:
             while True:
                 deleted = conn.execute(
-                    "DELETE FROM import_undo WHERE (import_id, email_key) IN"
-                    " (SELECT import_id, email_key FROM import_undo WHERE import_id IN"
-                    " (SELECT id FROM imports WHERE finished) LIMIT ?)",
+                    "DELETE FROM import_undo WHERE (import_id, line) IN"
+                    f" (SELECT import_id, line FROM import_undo WHERE {finished} LIMIT ?)",
                     (STEP_ROWS * 4,),
                 ).rowcount
                 if deleted < STEP_ROWS * 4:
@@ -281,38 +300,80 @@ def purge_undo_log(conn: sqlite3.Connection) -> None:
 
 
 def undo(conn: sqlite3.Connection, import_id: int) -> int:
-    """Put back what the import changed, a slice at a time; return how many rows kept a later
-    change (someone unsubscribed or changed topics meanwhile) instead of being put back."""
+    """Put back what the import changed, a slice at a time; return how many subscribers kept
+    a later change (someone unsubscribed or chose topics meanwhile) instead."""
     with transaction(conn):
         conn.execute("UPDATE imports SET state = 'undoing' WHERE id = ?", (import_id,))
     kept = 0
     while True:
         with slice_of(conn) as deadline:
             while True:
-                rows = conn.execute(
-                    "SELECT email_key, before, status, status_changed_at, name, topics"
-                    " FROM import_undo WHERE import_id = ? LIMIT ?",
-                    (import_id, STEP_ROWS),
-                ).fetchall()
-                for row in rows:
-                    kept += not _undo_one(conn, row)
-                conn.executemany(
-                    "DELETE FROM import_undo WHERE import_id = ? AND email_key = ?",
-                    [(import_id, row[0]) for row in rows],
-                )
-                if not rows:
+                step = _undo_added(conn, import_id)
+                if step is None:
+                    step = _undo_updated(conn, import_id)
+                if step is None:
                     conn.execute(
                         "UPDATE imports SET state = 'undone', finished = 1, finished_at = ?"
                         " WHERE id = ?",
                         (now_utc(), import_id),
                     )
                     return kept
+                kept += step
                 if time.monotonic() >= deadline:
                     break
 
 
+def _undo_added(conn: sqlite3.Connection, import_id: int) -> int | None:
+    """Delete up to STEP_ROWS subscribers the import added; None when none are left.
+
+    A subscriber whose status or topics changed since (an unsubscribe through the web, a
+    choice of topics) stays: forgetting them would forget that choice. Returns how many did.
+    """
+    found = conn.execute(
+        "SELECT first_id, last_id FROM import_added WHERE import_id = ? LIMIT 1", (import_id,)
+    ).fetchone()
+    if found is None:
+        return None
+    first, last = int(found[0]), min(int(found[1]), int(found[0]) + STEP_ROWS - 1)
+    present = conn.execute(
+        "SELECT count(*) FROM subscribers WHERE id BETWEEN ? AND ?", (first, last)
+    ).fetchone()[0]
+    deleted = conn.execute(
+        "DELETE FROM subscribers WHERE id BETWEEN ? AND ? AND status_source = ?"
+        " AND status_changed_at = created_at AND NOT EXISTS"
+        " (SELECT 1 FROM topic_changes WHERE subscriber_id = subscribers.id)",
+        (first, last, SOURCE_IMPORT),
+    ).rowcount
+    if last == int(found[1]):
+        conn.execute(
+            "DELETE FROM import_added WHERE import_id = ? AND first_id = ?", (import_id, first)
+        )
+    else:
+        conn.execute(
+            "UPDATE import_added SET first_id = ? WHERE import_id = ? AND first_id = ?",
+            (last + 1, import_id, first),
+        )
+    return int(present) - deleted
+
+
+def _undo_updated(conn: sqlite3.Connection, import_id: int) -> int | None:
+    """Put back up to STEP_ROWS subscribers the import updated; None when none are left."""
+    rows = conn.execute(
+        "SELECT line, email_key, before, status, status_changed_at, name, topics"
+        " FROM import_undo WHERE import_id = ? ORDER BY line LIMIT ?",
+        (import_id, STEP_ROWS),
+    ).fetchall()
+    if not rows:
+        return None
+    kept = sum(not _undo_one(conn, row[1:]) for row in rows)
+    conn.execute(
+        "DELETE FROM import_undo WHERE import_id = ? AND line <= ?", (import_id, rows[-1][0])
+    )
+    return kept
+
+
 def _undo_one(conn: sqlite3.Connection, logged: Sequence[object]) -> bool:
-    """Put one subscriber back; False if a later change was kept instead."""
+    """Put one updated subscriber back; False if a later change was kept instead."""
     key, before, *after = logged
     current = conn.execute(
         "SELECT id, status, status_changed_at, name, topics FROM subscribers WHERE email_key = ?",
@@ -321,19 +382,12 @@ def _undo_one(conn: sqlite3.Connection, logged: Sequence[object]) -> bool:
     if current is None:
         return True  # removed since: nothing to put back
     row_id, *now = current
-    status_untouched = now[:2] == after[:2]
-    if before is None:
-        # Added by the import: it goes, unless its status changed since (an unsubscribe
-        # must not be forgotten).
-        if status_untouched:
-            conn.execute("DELETE FROM subscribers WHERE id = ?", (row_id,))
-        return bool(status_untouched)
     old = json.loads(str(before))
     if now[2] == after[2]:
         conn.execute("UPDATE subscribers SET name = ? WHERE id = ?", (old[0], row_id))
     if now[3] == after[3]:
         conn.execute("UPDATE subscribers SET topics = ? WHERE id = ?", (old[1], row_id))
-    if status_untouched:
+    if now[:2] == after[:2]:
         conn.execute(
             "UPDATE subscribers SET status = ?, confirmed_at = ?, status_changed_at = ?,"
             " status_reason = ?, status_source = ? WHERE id = ?",

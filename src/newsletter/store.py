@@ -204,8 +204,10 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # large one runs (newsletter.imports). Each import is a row that says how far it got; the
     # undo log holds what it changed, so that a failed import is undone and an interrupted
     # one is finished by a re-run or undone. At most one import is unfinished at a time.
-    # import_undo: ``before`` is the row's columns as JSON (NULL: the import added the row);
-    # the others are what the import left, to tell whether someone changed the row since.
+    # import_added: the ids each slice added (AUTOINCREMENT makes them one range per batch).
+    # import_undo: each subscriber the import updated, by file line; ``before`` is the row's
+    # columns as JSON, the others are what the import left, to tell whether anyone changed
+    # the row since.
     (
         """
         CREATE TABLE imports (
@@ -228,15 +230,24 @@ MIGRATIONS: list[tuple[str, ...]] = [
         """,
         "CREATE UNIQUE INDEX imports_one_unfinished ON imports (finished) WHERE finished = 0",
         """
+        CREATE TABLE import_added (
+            import_id INTEGER NOT NULL,
+            first_id INTEGER NOT NULL,
+            last_id INTEGER NOT NULL,
+            PRIMARY KEY (import_id, first_id)
+        ) WITHOUT ROWID
+        """,
+        """
         CREATE TABLE import_undo (
             import_id INTEGER NOT NULL,
+            line INTEGER NOT NULL,
             email_key TEXT NOT NULL,
-            before TEXT,
+            before TEXT NOT NULL,
             status TEXT NOT NULL,
             status_changed_at TEXT NOT NULL,
-            name TEXT,
-            topics TEXT,
-            PRIMARY KEY (import_id, email_key)
+            name TEXT NOT NULL,
+            topics TEXT NOT NULL,
+            PRIMARY KEY (import_id, line)
         ) WITHOUT ROWID
         """,
     ),
