@@ -159,7 +159,9 @@ def web_writes_during_import(path: Path, database: Path, old: bool) -> dict[str,
     if child.returncode:
         raise SystemExit(f"the import in the child process failed ({child.returncode})")
     waits.sort()
-    p99 = statistics.quantiles(waits, n=100)[98] if len(waits) > 1 else waits[-1]
+    p99 = (
+        statistics.quantiles(waits, n=100, method="inclusive")[98] if len(waits) > 1 else waits[-1]
+    )
     result: dict[str, float] = json.loads(output)
     result |= {"writes": len(waits), "max": waits[-1], "p99": p99, "lost": lost}
     return result
