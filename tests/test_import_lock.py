@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from newsletter import csvio, store
+from newsletter import csvio, imports, store
 from newsletter.errors import ImportRejected, StoreError
 from newsletter.store import SUPPRESSED, Status
 from newsletter.taxonomy import Taxonomy
@@ -325,4 +325,33 @@ def test_unsubscribes_during_an_import_are_never_undone_by_it(tmp_path: Path) ->
     assert report.kept_count < len(leavers)  # and some after
     for address in leavers:
         assert store.require_subscriber(conn, address).status is Status.UNSUBSCRIBED, address
+    conn.close()
+
+
+def test_a_store_that_fails_part_way_is_put_back_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slices already committed are undone: the updated rows get back every column."""
+    monkeypatch.setattr(imports, "SLICE_SECONDS", 0.0)  # one step of rows per transaction
+    monkeypatch.setattr(imports, "PAUSE_SECONDS", 0.0)
+    conn = store.open_store(tmp_path / "newsletter.db")
+    old = [f"old{n}@example.org" for n in range(300)]
+    for n, address in enumerate(old):
+        store.add_subscriber(conn, address, name="Old", status=[*Status][n % 5])
+    before = list(conn.execute("SELECT * FROM subscribers ORDER BY id"))
+    lines = ["email,name,status"]
+    lines += [f"{a},New,{['active', 'unsubscribed'][n % 2]}" for n, a in enumerate(old)]
+    lines += [f"person{n}@example.org,{'N' * 150}," for n in range(5000)]
+    path = tmp_path / "list.csv"
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages + 60}")
+    with pytest.raises(StoreError, match="full; nothing was changed"):
+        csvio.import_csv(conn, path, TAXONOMY)
+    assert list(conn.execute("SELECT * FROM subscribers ORDER BY id")) == before
+    assert conn.execute("SELECT state, applied_line > 400 FROM imports").fetchall() == [
+        ("undone", 1)
+    ]
+    assert conn.execute("SELECT count(*) FROM import_undo").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM import_added").fetchone() == (0,)
     conn.close()

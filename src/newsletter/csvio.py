@@ -187,7 +187,8 @@ def import_csv(
             _stage(path, encoding, taxonomy, staging, report, progress, skip_invalid)
             if record is None:
                 options = _options(encoding, skip_invalid)
-                record = imports.begin(conn, str(path), options, fingerprint, staging.count)
+                file = str(path.resolve())
+                record = imports.begin(conn, file, options, fingerprint, staging.count)
             else:
                 _carry_on_from(record, report)
             _apply_or_undo(conn, staging, report, progress, record)
