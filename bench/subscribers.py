@@ -261,14 +261,14 @@ def web_wait_table(rows: int, taxonomy: Taxonomy) -> None:
         f"import of {rows:,} rows into a store of 20:"
     )
     print(
-        f"\n| {'import':<34} | {'seconds':>8} | {'× baseline':>10} | {'writes':>6} |"
+        f"\n| {'import':<36} | {'seconds':>8} | {'× baseline':>10} | {'writes':>6} |"
         f" {'max wait':>9} | {'p99 wait':>9} | {'lost':>4} |"
     )
-    print(f"|{'-' * 36}|{'-' * 9}:|{'-' * 11}:|{'-' * 7}:|{'-' * 10}:|{'-' * 10}:|{'-' * 5}:|")
+    print(f"|{'-' * 38}|{'-' * 9}:|{'-' * 11}:|{'-' * 7}:|{'-' * 10}:|{'-' * 10}:|{'-' * 5}:|")
     baseline = results[0][1]["seconds"]
     for label, r in results:
         print(
-            f"| {label:<34} | {r['seconds']:8.1f} | {r['seconds'] / baseline:10.2f} |"
+            f"| {label:<36} | {r['seconds']:8.1f} | {r['seconds'] / baseline:10.2f} |"
             f" {r['writes']:6.0f} | {r['max'] * 1000:6.0f} ms | {r['p99'] * 1000:6.0f} ms |"
             f" {r['lost']:4.0f} |"
         )
