@@ -3,16 +3,16 @@
 A large import must not hold the store's write lock for long: the web endpoints' one-click
 unsubscribes wait at most the busy timeout, and mail clients never retry them. So csvio
 validates and stages the whole file first, without the lock, and then applies it here in
-slices: each slice is one transaction of a few tens of milliseconds, followed by a pause
-longer than SQLite's busy handler sleeps between its tries, so a waiting writer always gets
-in (``SLICE_SECONDS``, ``PAUSE_SECONDS``).
+slices: each slice is one transaction of about 80 ms, followed by a pause longer than SQLite's
+busy handler sleeps between its tries while a slice lasts, so a waiting writer gets in
+during the pause: it waits about one slice at most (``SLICE_SECONDS``, ``PAUSE_SECONDS``).
 
 "All or nothing" still holds as the admin sees it, through a row in ``imports``::
 
-    applying ──(last slice commits)──▶ done
-       │  └─(a slice fails: full disk, locked store)─▶ undoing ──▶ undone
-       └─(process killed)─▶ still applying: the same import run again finishes it;
-                            ``undo_unfinished`` undoes it instead
+    applying ──(last slice commits)──────────────────────────▶ done
+       ├─(a slice fails: full disk, store locked too long)──▶ undoing ──▶ undone
+       └─(process killed: still applying)─┬─ the same import run again ─▶ done
+                                          └─ undo_interrupted ─▶ undoing ──▶ undone
 
 Each slice records, in the same transaction, the last file line it applied and the counts so
 far, the ids of the subscribers it added (``import_added``, one range per batch) and the
@@ -39,8 +39,9 @@ from newsletter.store import SOURCE_IMPORT, now_utc, transaction, translate_erro
 
 # A slice stops taking more rows once its transaction has been open this long.
 SLICE_SECONDS = 0.08
-# SQLite's busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ms… between tries; a pause longer
-# than its sleeps within one slice means a waiting writer's next try falls in the pause.
+# SQLite's busy handler sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25 ms between tries (50 ms only
+# after 128 ms of waiting); a pause longer than its sleeps during one slice means a waiting
+# writer's next try falls in the pause.
 PAUSE_SECONDS = 0.03
 # Rows per step inside a slice (and per undo or purge step).
 STEP_ROWS = 250
