@@ -39,9 +39,9 @@ from newsletter.store import SOURCE_IMPORT, now_utc, transaction, translate_erro
 
 # A slice stops taking more rows once its transaction has been open this long.
 SLICE_SECONDS = 0.08
-# SQLite's busy handler sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25 ms between tries (50 ms only
-# after 128 ms of waiting); a pause longer than its sleeps during one slice means a waiting
-# writer's next try falls in the pause.
+# The pause after a full slice. SQLite's busy handler sleeps 1, 2, 5, 10, 15, 20, 25, 25,
+# 25 ms between tries (50 ms only after 128 ms of waiting); a pause longer than its sleeps
+# during one slice means a waiting writer's next try falls in the pause.
 PAUSE_SECONDS = 0.03
 # Rows per step inside a slice (and per undo or purge step).
 STEP_ROWS = 250
@@ -192,7 +192,7 @@ def begin(
 ) -> ImportRecord:
     """Record a new import as applying; purge what finished imports left in the undo log."""
     purge_undo_log(conn)
-    with transaction(conn):
+    with slice_of(conn):
         conn.execute(
             "INSERT INTO imports (file, options, fingerprint, state, staged, started_at)"
             " VALUES (?, ?, ?, 'applying', ?, ?)",
@@ -203,13 +203,28 @@ def begin(
     return record
 
 
+class _Pacing:
+    """When this process may begin its next slice: one import runs at a time per store."""
+
+    next_at = 0.0
+
+
 @contextmanager
 def slice_of(conn: sqlite3.Connection) -> Iterator[float]:
-    """One short write transaction; yields the time by which it should commit."""
+    """One short write transaction, after a pause since the last; yields its deadline.
+
+    A writer that began waiting during a slice of ``held`` seconds sleeps at most about
+    ``2 * held`` before its next try (and never more than PAUSE_SECONDS while a slice lasts),
+    so a pause that long lets it in; tiny slices need only tiny pauses.
+    """
+    time.sleep(max(0.0, _Pacing.next_at - time.monotonic()))
     with transaction(conn):
-        yield time.monotonic() + SLICE_SECONDS
-    # Jitter keeps the pause from falling into step with another process's retries.
-    time.sleep(PAUSE_SECONDS * random.uniform(1.0, 1.3))
+        start = time.monotonic()
+        yield start + SLICE_SECONDS
+    held = time.monotonic() - start
+    # Jitter keeps the pauses from falling into step with another process's retries.
+    pause = min(PAUSE_SECONDS, 2 * held + 0.002) * random.uniform(1.0, 1.3)
+    _Pacing.next_at = time.monotonic() + pause
 
 
 def log_changes(conn: sqlite3.Connection, import_id: int, changes: Sequence[Change]) -> None:
@@ -281,6 +296,13 @@ def record_progress(
 def purge_undo_log(conn: sqlite3.Connection) -> None:
     """Delete the undo log of finished imports, a slice at a time."""
     finished = "import_id IN (SELECT id FROM imports WHERE finished)"
+    with translate_errors(conn):
+        left = conn.execute(
+            f"SELECT EXISTS (SELECT 1 FROM import_added WHERE {finished})"
+            f" OR EXISTS (SELECT 1 FROM import_undo WHERE {finished})"
+        ).fetchone()[0]
+    if not left:
+        return
     with slice_of(conn):
         conn.execute(f"DELETE FROM import_added WHERE {finished}")  # one row per batch
     while True:
