@@ -251,6 +251,10 @@ def test_a_killed_import_can_be_undone_keeping_later_unsubscribes(tmp_path: Path
     database = tmp_path / "newsletter.db"
     before = comparable(database)
     kill_when_applied(tmp_path, path, 0.5)
+    with imports.import_lock(database):  # as if the import were still running
+        running = run_cli(tmp_path, "stats").stderr
+    assert "Warning: an import of " in running and "is in progress (" in running
+    assert "was interrupted" in run_cli(tmp_path, "stats").stderr
     # Someone the import added unsubscribes before the undo: that must not be lost.
     conn = store.open_store(database)
     store.set_status(conn, "person.1@mail1.example.org", Status.UNSUBSCRIBED, "one-click", "web")

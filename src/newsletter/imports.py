@@ -87,11 +87,10 @@ class ImportRecord:
 
     def describe(self) -> str:
         """One sentence: which import, when, and how far it got."""
-        done = "being undone" if self.state == "undoing" else "interrupted"
-        return (
-            f"an import of {self.file} started at {self.started_at} was {done} after "
-            f"{self.applied:,} of its {self.staged:,} rows"
-        )
+        which = f"an import of {self.file} started at {self.started_at}"
+        if self.state == "undoing":
+            return f"undoing {which} was interrupted"
+        return f"{which} was interrupted after {self.applied:,} of its {self.staged:,} rows"
 
 
 def _quoted(path: str) -> str:
@@ -143,6 +142,19 @@ def advice(record: ImportRecord) -> str:
     return f"{record.describe()}, so the list holds part of it. {action}"
 
 
+def note_for_readers(conn: sqlite3.Connection) -> str | None:
+    """What a command that shows the list should say first, if an import is unfinished."""
+    record = unfinished(conn)
+    if record is None:
+        return None
+    if is_running(database_path(conn)):
+        return (
+            f"an import of {record.file} is in progress ({record.applied:,} of its "
+            f"{record.staged:,} rows so far), so the list holds part of it."
+        )
+    return advice(record)
+
+
 def refuse_because_of(record: ImportRecord) -> ImportUnfinished:
     return ImportUnfinished(f"{advice(record)} Nothing was imported now; import again after that.")
 
@@ -156,13 +168,32 @@ def database_path(conn: sqlite3.Connection) -> Path:
     return Path(str(row[2]))
 
 
+def _lock_path(database: Path) -> Path:
+    return database.with_name(f"{database.name}.import.lock")
+
+
+def is_running(database: Path) -> bool:
+    """Whether a process holds the import lock of ``database`` (an import or undo is running)."""
+    try:
+        descriptor = os.open(_lock_path(database), os.O_RDONLY)
+    except OSError:
+        return False  # never created (or unreadable): no import ran from here
+    with os.fdopen(descriptor) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 @contextmanager
 def import_lock(database: Path) -> Iterator[None]:
     """Hold the operating system's lock that keeps two imports into ``database`` apart.
 
     A killed import releases it by dying, and leaves its record to say how far it got.
     """
-    path = database.with_name(f"{database.name}.import.lock")
+    path = _lock_path(database)
     try:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:

@@ -26,10 +26,10 @@ def _open(app: AppContext, *, create: bool = False) -> StoreConnection:
 
 
 def _warn_if_an_import_is_unfinished(conn: StoreConnection) -> None:
-    """The list holds part of an interrupted import: say so before showing it."""
-    record = imports.unfinished(conn)
-    if record is not None:
-        click.echo(f"Warning: {imports.advice(record)}", err=True)
+    """The list holds part of an import (running or interrupted): say so before showing it."""
+    note = imports.note_for_readers(conn)
+    if note is not None:
+        click.echo(f"Warning: {note}", err=True)
 
 
 def _stderr_is_terminal() -> bool:
