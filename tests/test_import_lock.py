@@ -359,3 +359,19 @@ def test_a_store_that_fails_part_way_is_put_back_exactly(
     assert conn.execute("SELECT count(*) FROM import_undo").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM import_added").fetchone() == (0,)
     conn.close()
+
+
+def test_a_dry_run_records_nothing_and_mentions_an_unfinished_import(tmp_path: Path) -> None:
+    path = seed(tmp_path)
+    database = tmp_path / "newsletter.db"
+    before = comparable(database)
+    dry = run_cli(tmp_path, "import", str(path), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "Dry run: nothing was changed." in dry.stdout
+    assert comparable(database) == before
+    conn = sqlite3.connect(database)
+    assert conn.execute("SELECT count(*) FROM imports").fetchone() == (0,)
+    conn.close()
+    kill_when_applied(tmp_path, path, 0.3)
+    noted = run_cli(tmp_path, "import", str(path), "--dry-run")
+    assert "Note: an import of " in noted.stdout and "was interrupted after" in noted.stdout
