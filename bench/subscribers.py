@@ -1,10 +1,16 @@
 """Time subscriber import, export and stats on a generated list, pinned to one CPU core.
 
-    python bench/subscribers.py [--rows 100000] [--skip-naive]
+    python bench/subscribers.py [--rows 100000] [--skip-naive] [--lock-rows 1000000 | --skip-lock]
 
 Baselines come from the same run: the csv module merely reading the file, and a naive import
 (email-validator on every row, one INSERT and one COMMIT per row). Peak memory of the import
 is measured in child processes at two file sizes, to show that it does not grow with the file.
+
+The second table is what the web endpoints go through during a large import: another process
+writes a one-click-style status change every ~50 ms while a child process imports
+``--lock-rows`` rows, and each write's wait is timed. Its baseline is the import as it was
+before schema 6 (every row checked and applied in one write transaction), loaded from git at
+BASELINE_COMMIT and run in the same way.
 """
 
 from __future__ import annotations
@@ -16,19 +22,27 @@ import os
 import random
 import resource
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
 from email_validator import validate_email
 
 from newsletter import csvio, store
+from newsletter.errors import StoreError
 from newsletter.taxonomy import Taxonomy
 
 IMPORT_LIMIT_SECONDS = 10.0
+WEB_WAIT_LIMIT_SECONDS = 1.0
+WEB_WRITE_INTERVAL = 0.05
+# The last commit whose import held one write transaction for the whole file.
+BASELINE_COMMIT = "f44d968"
+REPO = Path(__file__).resolve().parents[1]
 _GIVEN = ["Ana", "Jide", "Zoë", "Søren", "Mai", "Łukasz", "Na", "Aoife", "Ólafur", "Kenji"]
 _FAMILY = ["Lima", "Okafor", "Müller", "Kierkegård", "Nguyễn", "Wąsik", "李", "Ní Bhriain"]
 _HANDLES = ["ana", "jide", "zoe", "soren", "mai", "lukasz", "na", "aoife", "olafur", "kenji"]
@@ -95,6 +109,64 @@ def child_import(path: Path, database: Path) -> None:
     print(json.dumps({"seconds": seconds, "peak_mib": peak_kib / 1024}))
 
 
+def one_transaction_csvio() -> types.ModuleType:
+    """csvio as it was at BASELINE_COMMIT: the import that held the write lock throughout."""
+    source = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{BASELINE_COMMIT}:src/newsletter/csvio.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    module = types.ModuleType("csvio_one_transaction")
+    sys.modules[module.__name__] = module
+    exec(compile(source, f"csvio.py@{BASELINE_COMMIT}", "exec"), module.__dict__)
+    return module
+
+
+def child_locking_import(path: Path, database: Path, old: bool) -> None:
+    """Run in a child process: import (the old way, or today's); print the time as JSON."""
+    importer = one_transaction_csvio() if old else csvio
+    conn = store.open_store(database)
+    seconds = timed(lambda: importer.import_csv(conn, path, Taxonomy.default()))
+    print(json.dumps({"seconds": seconds}))
+
+
+def web_writes_during_import(path: Path, database: Path, old: bool) -> dict[str, float]:
+    """Import ``path`` in a child process while this one writes like the web endpoints."""
+    conn = store.open_store(database)
+    addresses = [f"web{n}@example.org" for n in range(20)]
+    for address in addresses:
+        store.add_subscriber(conn, address)
+    waits: list[float] = []
+    lost = 0
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--child-locking-import", str(path), str(database)]
+        + (["--old"] if old else []),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    while child.poll() is None:
+        status = store.Status.UNSUBSCRIBED if len(waits) % 2 == 0 else store.Status.ACTIVE
+        start = time.perf_counter()
+        try:
+            store.set_status(conn, addresses[len(waits) % 20], status, "one-click", "web")
+        except StoreError:
+            lost += 1  # the busy timeout passed: a real one-click unsubscribe would be lost
+        waits.append(time.perf_counter() - start)
+        time.sleep(WEB_WRITE_INTERVAL)
+    output, _ = child.communicate()
+    conn.close()
+    if child.returncode:
+        raise SystemExit(f"the import in the child process failed ({child.returncode})")
+    waits.sort()
+    p99 = (
+        statistics.quantiles(waits, n=100, method="inclusive")[98] if len(waits) > 1 else waits[-1]
+    )
+    result: dict[str, float] = json.loads(output)
+    result |= {"writes": len(waits), "max": waits[-1], "p99": p99, "lost": lost}
+    return result
+
+
 def measure_in_child(path: Path, database: Path) -> dict[str, float]:
     output = subprocess.run(
         [sys.executable, __file__, "--child-import", str(path), str(database)],
@@ -110,10 +182,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--skip-naive", action="store_true", help="skip the slow baseline")
+    parser.add_argument(
+        "--lock-rows", type=int, default=1_000_000, help="rows of the import the web waits for"
+    )
+    parser.add_argument("--skip-lock", action="store_true", help="skip the web-wait table")
     parser.add_argument("--child-import", nargs=2, metavar=("CSV", "DB"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-locking-import", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--old", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_import:
         child_import(Path(args.child_import[0]), Path(args.child_import[1]))
+        return
+    if args.child_locking_import:
+        csv_path, database = args.child_locking_import
+        child_locking_import(Path(csv_path), Path(database), args.old)
         return
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # children inherit it
@@ -157,6 +239,42 @@ def main() -> None:
     )
     verdict = "PASS" if big_run["seconds"] <= IMPORT_LIMIT_SECONDS else "FAIL"
     print(f"Import within {IMPORT_LIMIT_SECONDS:.0f} s: {verdict}")
+    if not args.skip_lock:
+        web_wait_table(args.lock_rows, taxonomy)
+
+
+def web_wait_table(rows: int, taxonomy: Taxonomy) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        path = folder / "lock.csv"
+        generate(path, rows, taxonomy)
+        runs = [
+            (f"one transaction ({BASELINE_COMMIT}; baseline)", True),
+            ("short slices (schema 6)", False),
+        ]
+        results = [
+            (label, web_writes_during_import(path, folder / f"lock{n}.db", old))
+            for n, (label, old) in enumerate(runs)
+        ]
+    print(
+        f"\nWeb writes every {WEB_WRITE_INTERVAL * 1000:.0f} ms from another process during an "
+        f"import of {rows:,} rows into a store of 20:"
+    )
+    print(
+        f"\n| {'import':<36} | {'seconds':>8} | {'× baseline':>10} | {'writes':>6} |"
+        f" {'max wait':>9} | {'p99 wait':>9} | {'lost':>4} |"
+    )
+    print(f"|{'-' * 38}|{'-' * 9}:|{'-' * 11}:|{'-' * 7}:|{'-' * 10}:|{'-' * 10}:|{'-' * 5}:|")
+    baseline = results[0][1]["seconds"]
+    for label, r in results:
+        print(
+            f"| {label:<36} | {r['seconds']:8.1f} | {r['seconds'] / baseline:10.2f} |"
+            f" {r['writes']:6.0f} | {r['max'] * 1000:6.0f} ms | {r['p99'] * 1000:6.0f} ms |"
+            f" {r['lost']:4.0f} |"
+        )
+    worst = results[-1][1]["max"]
+    verdict = "PASS" if worst < WEB_WAIT_LIMIT_SECONDS else "FAIL"
+    print(f"No web write waits {WEB_WAIT_LIMIT_SECONDS:.0f} s or more during the import: {verdict}")
 
 
 if __name__ == "__main__":

@@ -4,27 +4,40 @@ The CSV shape is ``subscribers.example.csv``'s: ``email,name,topics,status``, to
 by ``;`` (topic names contain commas). On import, header names are matched regardless of case
 and only ``email`` is required; a column that is absent leaves the stored value alone.
 
-An import streams the file and writes in batches inside one transaction, so memory stays flat
-and the store changes completely or not at all. Duplicates within the file are found through a
-temporary SQLite table of the addresses seen so far (SQLite keeps it on disk when it grows),
-not a Python set, for the same reason.
+An import streams the file, checks every row and stages the valid ones in a private temporary
+SQLite file (duplicates within the file are found there, on disk, not in a Python set), so
+memory stays flat and the store's write lock is not taken while checking. Only then does it
+apply the rows, in short transactions that let the web endpoints write between them; the
+store-side record that makes this all-or-nothing (finish after a crash, undo after a
+failure) is newsletter.imports.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import io
 import json
 import os
 import sqlite3
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from newsletter.errors import ImportRejected, InvalidInput, NewsletterError, Problem, excerpt
+from newsletter import imports
+from newsletter.errors import (
+    ImportRejected,
+    InvalidInput,
+    NewsletterError,
+    Problem,
+    StoreError,
+    excerpt,
+)
 from newsletter.store import (
     SOURCE_IMPORT,
     SUPPRESSED,
@@ -36,7 +49,6 @@ from newsletter.store import (
     iter_subscriber_batches,
     normalize_email,
     now_utc,
-    transaction,
     translate_errors,
 )
 from newsletter.taxonomy import Taxonomy
@@ -87,6 +99,10 @@ class ImportReport:
     kept_count: int = 0
     kept: list[KeptStatus] = field(default_factory=list)
     ignored_columns: list[str] = field(default_factory=list)
+    # This run finished that interrupted import (its counts include what was applied before).
+    resumed: imports.ImportRecord | None = None
+    # A dry run found this import interrupted: the store holds part of it.
+    unfinished: imports.ImportRecord | None = None
 
     def reject(self, line: int, email: str, reason: str) -> None:
         self.rejected_count += 1
@@ -107,10 +123,6 @@ class _Row:
     name: str | None  # None: the file has no such column
     topics: tuple[str, ...] | None
     status: Status | None
-
-
-class _DryRun(Exception):
-    """Raised inside the import's transaction to roll it back after a dry run."""
 
 
 # --- Formula injection ---------------------------------------------------------------------
@@ -154,36 +166,93 @@ def import_csv(
     and ImportRejected lists every rejected row. A file that cannot be read as CSV at all
     raises ImportRejected whatever ``skip_invalid`` says. An address that unsubscribed,
     bounced or complained keeps that status even if the file says active or pending; the
-    report lists each such row. ``on_progress`` receives the number of bytes read so far.
+    report lists each such row. ``on_progress`` receives how far the import got, in bytes of
+    the file: checking the rows is the first half, applying them the second.
+
+    The rows are checked and staged without the store's write lock, then applied in short
+    transactions (newsletter.imports), so the web endpoints can write meanwhile. If applying
+    fails, what was applied is undone. If the process dies instead, ImportUnfinished stops
+    every later import until this same import (same file, same options) is run again, which
+    finishes it, or ``imports.undo_interrupted`` undoes it.
     """
     path = Path(path)
     report = ImportReport(path=path, dry_run=dry_run)
     try:
-        binary = path.open("rb")
+        codecs.lookup(encoding)
+    except LookupError:
+        raise InvalidInput(f"unknown encoding {encoding!r}; try utf-8, cp1252 or latin-1") from None
+    fingerprint = _fingerprint(path, encoding, skip_invalid, taxonomy)
+    progress = _Halves(path, on_progress)
+    if dry_run:
+        report.unfinished = imports.unfinished(conn)
+        with _Staging() as staging:
+            _stage(path, encoding, taxonomy, staging, report, progress, skip_invalid)
+            _apply_staged(conn, staging, report, progress, None)
+        return report
+    with imports.import_lock(imports.database_path(conn)):
+        record = imports.unfinished(conn)
+        if record is not None and (record.fingerprint != fingerprint or record.state != "applying"):
+            raise imports.refuse_because_of(record)
+        with _Staging() as staging:
+            _stage(path, encoding, taxonomy, staging, report, progress, skip_invalid)
+            if record is None:
+                options = _options(encoding, skip_invalid)
+                file = str(path.resolve())
+                record = imports.begin(conn, file, options, fingerprint, staging.count)
+            else:
+                _carry_on_from(record, report)
+            _apply_or_undo(conn, staging, report, progress, record)
+    return report
+
+
+def _carry_on_from(record: imports.ImportRecord, report: ImportReport) -> None:
+    """Start the report where the interrupted run of this import stopped."""
+    report.resumed = record
+    report.added, report.updated, report.unchanged = record.added, record.updated, record.unchanged
+    report.kept_count = record.kept_count
+    report.kept = [
+        KeptStatus(int(str(line)), str(email), Status(str(kept)), Status(str(asked)))
+        for line, email, kept, asked in record.kept
+    ]
+
+
+def _fingerprint(path: Path, encoding: str, skip_invalid: bool, taxonomy: Taxonomy) -> str:
+    """What makes a re-run the same import: the file's bytes, the options and the topics."""
+    digest = hashlib.sha256(repr((encoding, skip_invalid, taxonomy.topics)).encode())
+    try:
+        with path.open("rb") as binary:
+            while chunk := binary.read(1 << 20):
+                digest.update(chunk)
     except OSError as exc:
         raise InvalidInput(f"{path}: cannot read the file ({exc.strerror})") from None
-    try:
-        try:
-            text = io.TextIOWrapper(binary, encoding=encoding, newline="")
-        except LookupError:
-            raise InvalidInput(
-                f"unknown encoding {encoding!r}; try utf-8, cp1252 or latin-1"
-            ) from None
-        try:
-            with transaction(conn):
-                _import_rows(conn, path, text, taxonomy, report, binary, on_progress)
-                if report.rejected_count and not skip_invalid:
-                    raise ImportRejected(_refusal(report), _problems(report))
-                if dry_run:
-                    raise _DryRun
-        except _DryRun:
-            pass
-        finally:
-            with translate_errors(conn):
-                conn.execute("DROP TABLE IF EXISTS temp.import_seen")
-    finally:
-        binary.close()
-    return report
+    return digest.hexdigest()
+
+
+def _options(encoding: str, skip_invalid: bool) -> str:
+    options = ["--skip-invalid"] if skip_invalid else []
+    if encoding != DEFAULT_ENCODING:
+        options += ["--encoding", encoding]
+    return " ".join(options)
+
+
+class _Halves:
+    """Progress as bytes of the file: checking the rows is the first half, applying the second."""
+
+    def __init__(self, path: Path, on_progress: Progress | None):
+        self.size = path.stat().st_size
+        self.on_progress = on_progress
+
+    def checked(self, position: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(position // 2)
+
+    def applied(self, position: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress((self.size + position) // 2)
+
+    def finished(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.size)
 
 
 def _refusal(report: ImportReport) -> str:
@@ -220,31 +289,141 @@ def _file_problem(path: Path, line: int, message: str) -> ImportRejected:
     )
 
 
-def _import_rows(
-    conn: sqlite3.Connection,
+class _Staging:
+    """The file's valid rows in a private temporary SQLite file, in line order.
+
+    Written without the store's write lock; its unique key finds duplicates within the file
+    (on disk, not in a Python set, so memory stays flat).
+    """
+
+    def __init__(self) -> None:
+        self.db = sqlite3.connect("", isolation_level=None)  # "": deleted when closed
+        self.count = 0
+        with self.failing():
+            self.db.execute("PRAGMA journal_mode = OFF")
+            self.db.execute("PRAGMA synchronous = OFF")
+            self.db.execute(
+                "CREATE TABLE staged (line INTEGER PRIMARY KEY, email TEXT NOT NULL,"
+                " key TEXT NOT NULL UNIQUE, name TEXT, topics TEXT, status TEXT,"
+                " position INTEGER NOT NULL)"
+            )
+
+    def __enter__(self) -> _Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.db.close()
+
+    @contextmanager
+    def failing(self) -> Iterator[None]:
+        """The staging file's errors (a full temporary folder) as StoreErrors."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"cannot stage the import in the temporary folder {tempfile.gettempdir()} "
+                f"({exc}); the list was not changed. Free some space there, or point TMPDIR "
+                "at a folder with room, and run the command again."
+            ) from None
+
+    def add(self, rows: Sequence[_Row], position: int, report: ImportReport) -> None:
+        """Stage ``rows`` (read up to byte ``position``), rejecting repeats of earlier lines."""
+        with self.failing():
+            self._add(rows, position, report)
+
+    def _add(self, rows: Sequence[_Row], position: int, report: ImportReport) -> None:
+        marks = ",".join("?" * len(rows))
+        seen: dict[str, int] = dict(
+            self.db.execute(
+                f"SELECT key, line FROM staged WHERE key IN ({marks})", [r.key for r in rows]
+            ).fetchall()
+        )
+        unique: list[_Row] = []
+        for row in rows:
+            if row.key in seen:
+                report.reject(
+                    row.line, row.email, f"duplicate of line {seen[row.key]} in this file"
+                )
+            else:
+                seen[row.key] = row.line
+                unique.append(row)
+        self.db.execute("BEGIN")
+        self.db.executemany(
+            "INSERT INTO staged VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    row.line,
+                    row.email,
+                    row.key,
+                    row.name,
+                    None
+                    if row.topics is None
+                    else json.dumps(list(row.topics), ensure_ascii=False),
+                    None if row.status is None else row.status.value,
+                    position,
+                )
+                for row in unique
+            ],
+        )
+        self.db.execute("COMMIT")
+        self.count += len(unique)
+
+    def after(self, line: int, limit: int) -> list[_Staged]:
+        """Up to ``limit`` staged rows after file line ``line``, in line order."""
+        with self.failing():
+            return self._after(line, limit)
+
+    def _after(self, line: int, limit: int) -> list[_Staged]:
+        return [
+            _Staged(*row)
+            for row in self.db.execute(
+                "SELECT line, email, key, name, topics, status, position FROM staged"
+                " WHERE line > ? ORDER BY line LIMIT ?",
+                (line, limit),
+            )
+        ]
+
+
+@dataclass(frozen=True)
+class _Staged:
+    line: int
+    email: str
+    key: str
+    name: str | None
+    topics: str | None  # as stored: JSON
+    status: str | None
+    position: int  # bytes of the file read when the row was staged
+
+
+def _stage(
     path: Path,
-    text: io.TextIOWrapper,
+    encoding: str,
     taxonomy: Taxonomy,
+    staging: _Staging,
     report: ImportReport,
-    binary: io.BufferedReader,
-    on_progress: Progress | None,
+    progress: _Halves,
+    skip_invalid: bool,
 ) -> None:
-    conn.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS import_seen"
-        " (email_key TEXT PRIMARY KEY, line INTEGER NOT NULL) WITHOUT ROWID"
-    )
-    conn.execute("DELETE FROM temp.import_seen")
-    pending: list[_Row] = []
-    for row in _parse_rows(path, text, taxonomy, report):
-        pending.append(row)
-        if len(pending) >= BATCH_SIZE:
-            _apply_batch(conn, pending, report)
-            pending.clear()
-            if on_progress is not None:
-                on_progress(binary.tell())
-    _apply_batch(conn, pending, report)
-    if on_progress is not None:
-        on_progress(binary.tell())
+    """Check every row and stage the valid ones; ImportRejected as the file or rows require."""
+    try:
+        binary = path.open("rb")
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot read the file ({exc.strerror})") from None
+    with binary:
+        text = io.TextIOWrapper(binary, encoding=encoding, newline="")
+        pending: list[_Row] = []
+        for row in _parse_rows(path, text, taxonomy, report):
+            pending.append(row)
+            if len(pending) >= BATCH_SIZE:
+                staging.add(pending, binary.tell(), report)
+                pending.clear()
+                progress.checked(binary.tell())
+        if pending:
+            staging.add(pending, binary.tell(), report)
+        progress.checked(binary.tell())
+    if report.rejected_count and not skip_invalid:
+        progress.finished()
+        raise ImportRejected(_refusal(report), _problems(report))
 
 
 def _parse_rows(
@@ -392,28 +571,91 @@ def _status(value: str | None) -> Status | None:
         raise InvalidInput(f"unknown status '{value}'; use one of {allowed}") from None
 
 
-def _apply_batch(conn: sqlite3.Connection, rows: Sequence[_Row], report: ImportReport) -> None:
-    if not rows:
+def _apply_or_undo(
+    conn: sqlite3.Connection,
+    staging: _Staging,
+    report: ImportReport,
+    progress: _Halves,
+    record: imports.ImportRecord,
+) -> None:
+    """Apply the staged rows; if the store fails half-way, undo what this import applied."""
+    try:
+        _apply_staged(conn, staging, report, progress, record)
+    except StoreError as failure:
+        try:
+            kept = imports.undo(conn, record.id)
+        except StoreError as also:
+            raise StoreError(
+                f"{report.path}: the import stopped part-way ({failure}), and undoing it "
+                f"failed too ({also}). The list holds part of the file: run "
+                f"`{record.command()}` again to finish it, or "
+                "`newsletter subscribers import --undo-interrupted` to undo it."
+            ) from failure
+        if kept:
+            raise StoreError(
+                f"{failure} (The import was undone, except for {kept} subscribers whom "
+                "someone else changed meanwhile: their change was kept.)"
+            ) from failure
+        raise
+
+
+def _apply_staged(
+    conn: sqlite3.Connection,
+    staging: _Staging,
+    report: ImportReport,
+    progress: _Halves,
+    record: imports.ImportRecord | None,
+) -> None:
+    """Apply the staged rows after the record's last line in short slices, recording each.
+
+    Without a record (a dry run) only count what would change, writing nothing.
+    """
+    line = 0 if record is None else record.applied_line
+    if record is None:
+        while rows := staging.after(line, BATCH_SIZE):
+            with translate_errors(conn):
+                _apply_batch(conn, rows, report, None)
+            line = rows[-1].line
+            progress.applied(rows[-1].position)
+        progress.finished()
         return
-    source = import_source(report.path)
+    done = False
+    while not done:
+        with imports.slice_of(conn) as deadline:
+            position = 0
+            while True:
+                rows = staging.after(line, imports.STEP_ROWS)
+                if rows:
+                    _apply_batch(conn, rows, report, record.id)
+                    line, position = rows[-1].line, rows[-1].position
+                done = len(rows) < imports.STEP_ROWS
+                if done or time.monotonic() >= deadline:
+                    break
+            imports.record_progress(
+                conn,
+                record.id,
+                applied_line=line,
+                counts=(report.added, report.updated, report.unchanged, report.kept_count),
+                kept=[[k.line, k.email, k.kept.value, k.asked.value] for k in report.kept],
+                done=done,
+            )
+        if position:
+            progress.applied(position)
+    imports.purge_undo_log(conn)
+    progress.finished()
+
+
+def _apply_batch(
+    conn: sqlite3.Connection,
+    rows: Sequence[_Staged],
+    report: ImportReport,
+    import_id: int | None,
+) -> None:
+    """Add or update ``rows`` from the store's current state (read again in the caller's
+    transaction, so an unsubscribe that arrived meanwhile is seen), and log each change for
+    the undo. With no ``import_id``, count only."""
     marks = ",".join("?" * len(rows))
     keys = [row.key for row in rows]
-    seen: dict[str, int] = dict(
-        conn.execute(
-            f"SELECT email_key, line FROM temp.import_seen WHERE email_key IN ({marks})", keys
-        ).fetchall()
-    )
-    unique: list[_Row] = []
-    for row in rows:
-        if row.key in seen:
-            report.reject(row.line, row.email, f"duplicate of line {seen[row.key]} in this file")
-        else:
-            seen[row.key] = row.line
-            unique.append(row)
-    conn.executemany(
-        "INSERT INTO temp.import_seen (email_key, line) VALUES (?, ?)",
-        [(row.key, row.line) for row in unique],
-    )
     existing: dict[str, tuple[Any, ...]] = {
         found[0]: found
         for found in conn.execute(
@@ -422,20 +664,24 @@ def _apply_batch(conn: sqlite3.Connection, rows: Sequence[_Row], report: ImportR
             keys,
         )
     }
+    source = import_source(report.path)
     stamp = now_utc()
     inserts: list[tuple[object, ...]] = []
     updates: list[tuple[object, ...]] = []
-    for row in unique:
+    changes: list[imports.Change] = []
+    for row in rows:
         current = existing.get(row.key)
+        asked = None if row.status is None else Status(row.status)
         reason = f"import of {report.path.name}, line {row.line}"
         if current is None:
-            status = row.status or Status.ACTIVE
+            status = asked or Status.ACTIVE
+            name, topics = row.name or "", row.topics or "[]"
             inserts.append(
                 (
                     row.email,
                     row.key,
-                    row.name or "",
-                    json.dumps(list(row.topics or ()), ensure_ascii=False),
+                    name,
+                    topics,
                     status.value,
                     source,
                     stamp,
@@ -448,15 +694,22 @@ def _apply_batch(conn: sqlite3.Connection, rows: Sequence[_Row], report: ImportR
             report.added += 1
             continue
         (_, row_id, name, topics, old, confirmed_at, changed_at, old_reason, old_source) = current
+        before: imports.Before = (
+            name,
+            topics,
+            old,
+            confirmed_at,
+            changed_at,
+            old_reason,
+            old_source,
+        )
         old_status = Status(old)
-        status = row.status or old_status
+        status = asked or old_status
         if old_status in SUPPRESSED and status not in SUPPRESSED:
             report.keep(row.line, row.email, old_status, status)
             status = old_status
         new_name = name if row.name is None else row.name
-        new_topics = (
-            topics if row.topics is None else json.dumps(list(row.topics), ensure_ascii=False)
-        )
+        new_topics = topics if row.topics is None else row.topics
         if (new_name, new_topics, status) == (name, topics, old_status):
             report.unchanged += 1
             continue
@@ -477,17 +730,26 @@ def _apply_batch(conn: sqlite3.Connection, rows: Sequence[_Row], report: ImportR
                 row_id,
             )
         )
+        changes.append(
+            imports.Change(
+                row.line, row.key, before, status.value, changed_at, new_name, new_topics
+            )
+        )
+    if import_id is None:
+        return
     conn.executemany(
         "INSERT INTO subscribers (email, email_key, name, topics, status, source, created_at,"
         " confirmed_at, status_changed_at, status_reason, status_source)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         inserts,
     )
+    imports.log_added(conn, import_id, len(inserts))
     conn.executemany(
         "UPDATE subscribers SET name = ?, topics = ?, status = ?, confirmed_at = ?,"
         " status_changed_at = ?, status_reason = ?, status_source = ? WHERE id = ?",
         updates,
     )
+    imports.log_changes(conn, import_id, changes)
 
 
 # --- Export --------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ NewsletterError                 base: the CLI prints "Error: <message>" and exit
 ├── InvalidInput                a value is not acceptable (an address, a name, a topic, a status,
 │   │                           a subscriber that is not there); also a ValueError
 │   └── ImportRejected          a CSV import was refused; carries each rejected row
+├── ImportUnfinished            an earlier import was interrupted (or another is running): it
+│                               must be finished or undone before another one starts
 ├── StoreError                  the subscriber store cannot be opened, read or written (storage
 │   │                           only: the web endpoints answer it with 503, InvalidInput with 400)
 │   └── StoreReadOnly           the store's file (or folder) cannot be written by this user
@@ -143,6 +145,10 @@ class ImportRejected(InvalidInput):
         if len(problems) > len(shown):
             lines.append(f"… and {len(problems) - len(shown)} more")
         super().__init__("\n".join(lines))
+
+
+class ImportUnfinished(NewsletterError):
+    """An import cannot start: another one is running, or one was interrupted half-way."""
 
 
 class MessageError(NewsletterError):

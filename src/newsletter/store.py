@@ -232,6 +232,57 @@ MIGRATIONS: list[tuple[str, ...]] = [
         """,
         "CREATE INDEX confirmation_queue_due ON confirmation_queue (next_attempt_at)",
     ),
+    # 6 -> 7: imports applied in short transactions, so the web endpoints can write while a
+    # large one runs (newsletter.imports). Each import is a row that says how far it got; the
+    # undo log holds what it changed, so that a failed import is undone and an interrupted
+    # one is finished by a re-run or undone. At most one import is unfinished at a time.
+    # import_added: the ids each slice added (AUTOINCREMENT makes them one range per batch).
+    # import_undo: each subscriber the import updated, by file line; ``before`` is the row's
+    # columns as JSON, the others are what the import left, to tell whether anyone changed
+    # the row since.
+    (
+        """
+        CREATE TABLE imports (
+            id INTEGER PRIMARY KEY,
+            file TEXT NOT NULL,
+            options TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('applying', 'undoing', 'done', 'undone')),
+            finished INTEGER NOT NULL DEFAULT 0,
+            staged INTEGER NOT NULL,
+            applied_line INTEGER NOT NULL DEFAULT 0,
+            added INTEGER NOT NULL DEFAULT 0,
+            updated INTEGER NOT NULL DEFAULT 0,
+            unchanged INTEGER NOT NULL DEFAULT 0,
+            kept_count INTEGER NOT NULL DEFAULT 0,
+            kept TEXT NOT NULL DEFAULT '[]',
+            started_at TEXT NOT NULL,
+            finished_at TEXT
+        )
+        """,
+        "CREATE UNIQUE INDEX imports_one_unfinished ON imports (finished) WHERE finished = 0",
+        """
+        CREATE TABLE import_added (
+            import_id INTEGER NOT NULL,
+            first_id INTEGER NOT NULL,
+            last_id INTEGER NOT NULL,
+            PRIMARY KEY (import_id, first_id)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE import_undo (
+            import_id INTEGER NOT NULL,
+            line INTEGER NOT NULL,
+            email_key TEXT NOT NULL,
+            before TEXT NOT NULL,
+            status TEXT NOT NULL,
+            status_changed_at TEXT NOT NULL,
+            name TEXT NOT NULL,
+            topics TEXT NOT NULL,
+            PRIMARY KEY (import_id, line)
+        ) WITHOUT ROWID
+        """,
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -810,6 +861,8 @@ def remove_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subsc
         conn.execute("DELETE FROM subscribers WHERE id = ?", (current.id,))
         conn.execute("DELETE FROM topic_changes WHERE subscriber_id = ?", (current.id,))
         conn.execute("DELETE FROM confirmation_queue WHERE subscriber_id = ?", (current.id,))
+        # An unfinished import's undo log holds the row as it was: forget that copy too.
+        conn.execute("DELETE FROM import_undo WHERE email_key = ?", (email_key(current.email),))
         conn.execute(
             "DELETE FROM confirmation_sends WHERE email_key = ?", (email_key(current.email),)
         )

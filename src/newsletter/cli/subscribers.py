@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from newsletter import csvio, store, suppressions
+from newsletter import csvio, imports, store, suppressions
 from newsletter.cli import AppContext, pass_app
 from newsletter.english import counted
 from newsletter.errors import NewsletterError
@@ -26,6 +26,13 @@ def _open(app: AppContext, *, create: bool = False, readonly: bool = False) -> S
     conn = store.open_store(app.settings.paths.database, create=create, readonly=readonly)
     click.get_current_context().call_on_close(conn.close)
     return conn
+
+
+def _warn_if_an_import_is_unfinished(conn: StoreConnection) -> None:
+    """The list holds part of an import (running or interrupted): say so before showing it."""
+    note = imports.note_for_readers(conn)
+    if note is not None:
+        click.echo(f"Warning: {note}", err=True)
 
 
 def _stderr_is_terminal() -> bool:
@@ -142,6 +149,7 @@ def _topic_option(app: AppContext, topic: str | None) -> str | None:
 def list_(app: AppContext, status: str | None, topic: str | None, as_json: bool) -> None:
     """List subscribers in the order they were added: email, status, name, topics."""
     conn = _open(app, readonly=True)
+    _warn_if_an_import_is_unfinished(conn)
     rows = store.iter_subscribers(
         conn,
         status=None if status is None else Status(status.casefold()),
@@ -195,7 +203,9 @@ def show(app: AppContext, email: str) -> None:
 @pass_app
 def stats(app: AppContext, as_json: bool) -> None:
     """Counts by status and by topic, and the list's growth month by month."""
-    result = store.stats(_open(app, readonly=True))
+    conn = _open(app, readonly=True)
+    _warn_if_an_import_is_unfinished(conn)
+    result = store.stats(conn)
     if as_json:
         document = {
             "total": result.total,
@@ -221,7 +231,9 @@ def stats(app: AppContext, as_json: bool) -> None:
 
 
 @subscribers.command(name="import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option(
     "--encoding",
     default=csvio.DEFAULT_ENCODING,
@@ -230,28 +242,70 @@ def stats(app: AppContext, as_json: bool) -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
 @click.option("--skip-invalid", is_flag=True, help="Import the valid rows even if some are not.")
+@click.option(
+    "--undo-interrupted",
+    is_flag=True,
+    help="Undo what an interrupted import applied, instead of importing FILE.",
+)
 @pass_app
-def import_(app: AppContext, file: Path, encoding: str, dry_run: bool, skip_invalid: bool) -> None:
+def import_(
+    app: AppContext,
+    file: Path | None,
+    encoding: str,
+    dry_run: bool,
+    skip_invalid: bool,
+    undo_interrupted: bool,
+) -> None:
     """Add and update subscribers from a CSV file (columns: email,name,topics,status).
 
     Every row is checked first; by default one bad row means nothing is imported. An address
-    that unsubscribed, bounced or complained is never made active again by an import.
+    that unsubscribed, bounced or complained is never made active again by an import. An
+    import that was interrupted is finished by running the same command again, or undone
+    with --undo-interrupted.
     """
+    if undo_interrupted:
+        if file is not None or dry_run or skip_invalid:
+            raise click.UsageError("--undo-interrupted takes no FILE and no other option")
+        record, kept = imports.undo_interrupted(_open(app))
+        click.echo(f"Undid the interrupted import of {record.file} ({record.applied:,} rows).")
+        if kept:
+            click.echo(
+                f"{kept} subscribers were changed by someone else meanwhile (an unsubscribe, "
+                "new topics); those changes were kept."
+            )
+        return
+    if file is None:
+        raise click.UsageError("name the CSV FILE to import (or pass --undo-interrupted)")
     conn = _open(app, create=True)
-    with _progress(file.stat().st_size, f"Importing {file.name}") as advance:
-        report = csvio.import_csv(
-            conn,
-            file,
-            app.settings.taxonomy,
-            encoding=encoding,
-            dry_run=dry_run,
-            skip_invalid=skip_invalid,
-            on_progress=advance,
-        )
+    try:
+        with _progress(file.stat().st_size, f"Importing {file.name}") as advance:
+            report = csvio.import_csv(
+                conn,
+                file,
+                app.settings.taxonomy,
+                encoding=encoding,
+                dry_run=dry_run,
+                skip_invalid=skip_invalid,
+                on_progress=advance,
+            )
+    except KeyboardInterrupt:
+        left = None if dry_run else imports.unfinished(conn)
+        if left is None:
+            raise click.ClickException("interrupted; the list was not changed") from None
+        raise click.ClickException(f"interrupted: {imports.advice(left)}") from None
     _print_report(report)
 
 
 def _print_report(report: csvio.ImportReport) -> None:
+    if report.resumed is not None:
+        click.echo(
+            f"Finished the interrupted import of {report.resumed.file}: "
+            f"{report.resumed.applied:,} of its {report.resumed.staged:,} rows had been applied "
+            "before it stopped. The counts below are the whole import's."
+        )
+    if report.unfinished is not None:
+        click.echo(f"Note: {report.unfinished.describe()}; these counts are against the list")
+        click.echo("as it is now, with part of that import in it.")
     verb = "Would import" if report.dry_run else "Imported"
     click.echo(
         f"{verb} {report.path.name}: {report.added} added, {report.updated} updated, "
@@ -295,6 +349,7 @@ def export(app: AppContext, file: Path, statuses: tuple[str, ...]) -> None:
     Cells that a spreadsheet would run as a formula are prefixed with an apostrophe.
     """
     conn = _open(app, readonly=True)
+    _warn_if_an_import_is_unfinished(conn)
     wanted = [Status(s.casefold()) for s in statuses]
     if wanted:
         total = sum(store.count_subscribers(conn, status=s) for s in set(wanted))
