@@ -108,7 +108,7 @@ _KNOWN: dict[str, set[str] | None] = {
     "crossref": {"base_url", "doi_base_url", "mailto", "timeout"},
 }
 # Tables owned by other modules, which validate their own keys when they use them.
-_OPEN_TABLES = {"provider", "dkim", "sending", "web"}
+_OPEN_TABLES = {"provider", "dkim", "sending", "web", "schedule", "doctor"}
 
 DEFAULTS: dict[str, Any] = {
     "newsletter": {

@@ -57,12 +57,14 @@ def main(ctx: click.Context, config: Path | None) -> None:
 
 def _register() -> None:
     # Imported here so that each command module can import ``main``'s helpers from this one.
-    from newsletter.cli import author, sending, subscribers, web
+    from newsletter.cli import author, sending, subscribers, unattended, web
 
     for command in author.COMMANDS:
         main.add_command(command)
     main.add_command(subscribers.subscribers)
     for command in sending.COMMANDS:
+        main.add_command(command)
+    for command in unattended.COMMANDS:
         main.add_command(command)
     web.register(main, subscribers.subscribers)
 
