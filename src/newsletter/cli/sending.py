@@ -23,7 +23,9 @@ from newsletter.send import (
     prepare_send,
     send_test,
 )
+from newsletter.settings import Settings
 from newsletter.status import issue_status, month_of
+from newsletter.tokens import SECRET_ENV, secret_sources
 
 
 class ProgressLine:
@@ -95,6 +97,21 @@ def print_summary(report: SendReport) -> None:
         click.echo(f"Note: {variable} is not set; a real send would stop before sending anything.")
 
 
+def announce_secret(settings: Settings) -> None:
+    """Say once, at start, which secret signs (or checks) links: two sources that differ
+    make every link from one process invalid in the other."""
+    sources = secret_sources(settings)
+    if sources.in_use:
+        click.echo(f"Signing secret: {sources.in_use}", err=True)
+    if sources.conflict:
+        click.echo(
+            f"Warning: ${SECRET_ENV} and {sources.file} hold different secrets; "
+            f"${SECRET_ENV} wins here. A process without it (e.g. the web app) would "
+            "refuse these links: keep one of them (`newsletter doctor` checks).",
+            err=True,
+        )
+
+
 @click.command()
 @click.argument("issue", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--yes", is_flag=True, help="Send without asking for confirmation.")
@@ -152,6 +169,7 @@ def send(
     whose fate is unknown are listed instead of being resent.
     """
     settings = app.settings
+    announce_secret(settings)
     if to_address:
         result = send_test(settings, issue, to_address, provider=provider_name)
         if result.status != "accepted":

@@ -6,6 +6,7 @@ import click
 
 from newsletter import store, suppressions
 from newsletter.cli import AppContext, pass_app
+from newsletter.cli.sending import announce_secret
 from newsletter.english import counted
 from newsletter.tokens import web_url
 from newsletter.web import WebApp, make_server
@@ -19,6 +20,7 @@ from newsletter.web import WebApp, make_server
 @pass_app
 def serve(app: AppContext, host: str, port: int) -> None:
     """Serve the unsubscribe, preferences, subscribe and confirmation pages (WSGI)."""
+    announce_secret(app.settings)
     web_app = WebApp(app.settings)
     server = make_server(web_app, host, port)
     click.echo(
