@@ -1,4 +1,4 @@
-"""Running by itself: ``schedule``, ``unschedule``, ``run-due``, ``backup``."""
+"""Running by itself: ``schedule``, ``unschedule``, ``run-due``, ``backup``, ``doctor``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from newsletter import due, schedule
 from newsletter.backup import backup_store
 from newsletter.cli import AppContext, pass_app
 from newsletter.cli.sending import ProgressLine, print_summary
+from newsletter.doctor import DoctorOptions, diagnose
 from newsletter.errors import InvalidInput, NewsletterError
+from newsletter.settings import find_settings
 
 
 @click.command("schedule")
@@ -125,4 +127,33 @@ def backup(app: AppContext, file: Path) -> None:
     )
 
 
-COMMANDS: list[click.Command] = [schedule_command, unschedule, run_due, backup]
+@click.command()
+@click.option(
+    "--online", is_flag=True, help="Also ask the provider, DNS and the web app (reads only)."
+)
+@click.option(
+    "--nameserver",
+    metavar="HOST[:PORT]",
+    help="DNS server to ask (default: [doctor] nameserver, else the system's).",
+)
+@pass_app
+def doctor(app: AppContext, online: bool, nameserver: str | None) -> None:
+    """Check what a first real send depends on; exit 1 on errors.
+
+    Settings, the signing secret, the provider's credentials, the store; with --online also
+    a harmless authenticated call to the provider, SPF/DKIM/DMARC of the From domain, and a
+    one-click unsubscribe POST to the web app.
+    """
+    config = app.config or find_settings()
+    report = diagnose(config, DoctorOptions(online=online, nameserver=nameserver or ""))
+    for finding in report.findings:
+        click.echo(str(finding))
+    if report.errors:
+        raise NewsletterError(
+            f"{len(report.errors)} error(s) above; a scheduled send would fail or land in spam"
+        )
+    if not online:
+        click.echo("(run `newsletter doctor --online` to check the provider, DNS and the web app)")
+
+
+COMMANDS: list[click.Command] = [schedule_command, unschedule, run_due, backup, doctor]
