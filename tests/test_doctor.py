@@ -25,6 +25,7 @@ from newsletter.doctor import DoctorOptions, DoctorReport, diagnose
 from newsletter.web import WebApp
 
 from .loopback import running
+from .smtp_servers import SinkHandler, password_checker, smtp_server
 from .test_provider_smtp import make_dkim_key
 from .web_server import serving
 
@@ -331,3 +332,33 @@ def test_offline_doctor_through_the_cli_checks_settings_store_and_exits_1_on_err
     result = CliRunner().invoke(main, ["--config", str(broken), "doctor"])
     assert result.exit_code == 1
     assert "error    settings:" in result.output and "schedule.window" in result.output
+
+
+@pytest.mark.parametrize("password", ["relay-password", "wrong"], ids=["good-login", "bad-login"])
+def test_smtp_login_is_proved_without_sending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, password: str
+) -> None:
+    monkeypatch.delenv("NEWSLETTER_SECRET", raising=False)
+    monkeypatch.setenv("NEWSLETTER_SMTP_PASSWORD", password)
+    handler = SinkHandler()
+    with smtp_server(
+        handler,
+        auth_require_tls=False,
+        authenticator=password_checker("newsletter", "relay-password"),
+    ) as port:
+        config = _folder(
+            tmp_path,
+            f'[provider]\nname = "smtp"\nhost = "127.0.0.1"\nport = {port}\n'
+            'security = "none"\nusername = "newsletter"\n',
+        )
+        with dns_server(_records()) as (nameserver, _):
+            report = diagnose(config, DoctorOptions(online=True, nameserver=nameserver, timeout=2))
+    verdict = [f for f in report.findings if f.area == "provider"][-1]
+    assert handler.received == []  # nothing was sent
+    if password == "relay-password":
+        assert (verdict.level, verdict.message) == (
+            "ok",
+            f"127.0.0.1:{port} answered (none); logged in as 'newsletter'",
+        )
+    else:
+        assert verdict.level == "error" and "refused the login for 'newsletter'" in verdict.message
