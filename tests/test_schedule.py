@@ -37,7 +37,7 @@ from newsletter.settings import Settings, load_settings
 from newsletter.status import issue_status
 
 from .sending_helpers import make_folder
-from .smtp_servers import SinkHandler, smtp_server
+from .smtp_servers import SinkHandler, free_port, smtp_server
 
 NOVEMBER = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -349,3 +349,21 @@ def test_unschedule_and_the_list_through_the_cli(tmp_path: Path) -> None:
     assert runner.invoke(main, [*config, "schedule", "--list"]).output == "nothing is scheduled\n"
     again = runner.invoke(main, [*config, "unschedule", "2026-10"])
     assert again.exit_code == 1 and "is not scheduled" in again.output
+
+
+def test_a_relay_that_is_down_stops_the_run_and_the_next_run_due_resumes(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there yet
+    settings, issue = _folder(tmp_path, port, 8)
+    schedule_issue(settings, issue, "2026-12-01 07:00", "UTC", clock=FakeClock(NOVEMBER))
+    clock = FakeClock(datetime(2026, 12, 1, 7, 0, tzinfo=UTC))
+    (stopped,) = send_due(settings, DueOptions(clock=clock))
+    assert stopped.outcome == "blocked"
+    assert (
+        stopped.reason.startswith("stopped: ") and "the next run-due resumes it" in stopped.reason
+    )
+    assert list_schedules(settings)[0].reason == stopped.reason
+    handler = SinkHandler(keep_content=False)
+    with smtp_server(handler, port=port):
+        (sent,) = send_due(settings, DueOptions(clock=clock))
+    assert sent.outcome == "sent"
+    assert _received(handler) == Counter(dict.fromkeys(_everyone(8), 1))

@@ -334,14 +334,22 @@ def _send_one(
             raise InvalidInput(
                 f"{item.path} is now the issue of {job.month}, not {item.issue}; schedule it again"
             )
-        report = Sender(job, options.on_progress).run()
+    except NewsletterError as exc:
+        # The check before sending: nothing was handed to the provider.
+        reason = f"not sent: {exc}"
+        _set_outcome(settings, item.issue, "scheduled", reason)
+        return DueSend(item.issue, "blocked", reason)
+    sender = Sender(job, options.on_progress)
+    try:
+        report = sender.run()
     except SendBusy as exc:
         # Another run-due (or a person's `send`) has it: the journal keeps them apart.
         return DueSend(item.issue, "busy", str(exc))
     except NewsletterError as exc:
-        reason = f"not sent: {exc}"
+        # Stopped part-way (the provider down, the disk full): the journal says who has it.
+        reason = f"stopped: {exc}; the next run-due resumes it"
         _set_outcome(settings, item.issue, "scheduled", reason)
-        return DueSend(item.issue, "blocked", reason)
+        return DueSend(item.issue, "blocked", reason, sender.report)
     left = _left_to_send(settings, item.issue)
     if report.stopped:
         reason = f"paused with {left:,} still to send: {report.stopped}"
