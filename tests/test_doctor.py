@@ -362,3 +362,24 @@ def test_smtp_login_is_proved_without_sending(
         )
     else:
         assert verdict.level == "error" and "refused the login for 'newsletter'" in verdict.message
+
+
+def test_send_says_which_secret_it_signs_with_and_warns_when_two_differ(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .sending_helpers import SECRET as FILE_SECRET
+    from .sending_helpers import make_folder
+
+    monkeypatch.delenv("NEWSLETTER_SECRET", raising=False)
+    _, issue = make_folder(tmp_path, '[provider]\nname = "null"\n', 2)
+    command = ["--config", str(tmp_path / "newsletter.toml"), "send", "--dry-run", str(issue)]
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 0, result.output
+    assert f"Signing secret: {tmp_path / '.newsletter-secret'}" in result.output
+    assert "Warning" not in result.output
+
+    monkeypatch.setenv("NEWSLETTER_SECRET", FILE_SECRET + "-but-another")
+    result = CliRunner().invoke(main, command)
+    assert "Signing secret: $NEWSLETTER_SECRET" in result.output
+    assert "hold different secrets" in result.output
+    assert result.output.count("Signing secret:") == 1  # once, at start
