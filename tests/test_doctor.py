@@ -383,3 +383,20 @@ def test_send_says_which_secret_it_signs_with_and_warns_when_two_differ(
     assert "Signing secret: $NEWSLETTER_SECRET" in result.output
     assert "hold different secrets" in result.output
     assert result.output.count("Signing secret:") == 1  # once, at start
+
+
+def test_an_smtp_envelope_sender_in_another_domain_is_not_aligned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NEWSLETTER_SECRET", raising=False)
+    config = _folder(
+        tmp_path,
+        '[provider]\nname = "smtp"\nhost = "127.0.0.1"\nport = 9\nsecurity = "none"\n'
+        'envelope_from = "bounces@mailer.elsewhere.test"\n',
+    )
+    with dns_server(_records()) as (nameserver, _):
+        report = diagnose(config, DoctorOptions(online=True, nameserver=nameserver, timeout=2))
+    assert any(
+        line.startswith("warning [provider] envelope_from is at mailer.elsewhere.test, not aligned")
+        for line in _lines(report, "dns")
+    )

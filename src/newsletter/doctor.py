@@ -451,6 +451,16 @@ def _check_alignment(
             f"DKIM signs for {dkim_domain}, which is not aligned with the From domain {domain}: "
             "DMARC fails; sign for the From domain",
         )
+    envelope = str(settings.provider_options.get("envelope_from", ""))
+    if settings.provider == "smtp" and "@" in envelope:
+        bounce_domain = envelope.rpartition("@")[2]
+        if not _aligned(bounce_domain, domain):
+            report.add(
+                "warning",
+                "dns",
+                f"[provider] envelope_from is at {bounce_domain}, not aligned with the From "
+                f"domain {domain}: SPF cannot pass DMARC, which then rests on DKIM alone",
+            )
     if account is not None and account.sending_domains:
         if any(_aligned(d, domain) for d in account.sending_domains):
             report.add("ok", "dns", f"the provider sends for {domain} (aligned with From)")
