@@ -263,8 +263,20 @@ def _check_dns(
     settings: Settings, report: DoctorReport, options: DoctorOptions, account: AccountCheck | None
 ) -> None:
     nameserver = options.nameserver or str(settings.section("doctor").get("nameserver", ""))
-    resolver = _Dns(nameserver, options.timeout)
     domain = settings.sender_domain
+    try:
+        resolver = _Dns(nameserver, options.timeout)
+    except ValueError:
+        report.add(
+            "error",
+            "dns",
+            f'nameserver {nameserver!r} is not HOST or HOST:PORT (e.g. "127.0.0.1:53"); '
+            "fix --nameserver or [doctor] nameserver",
+        )
+        return
+    except dns.exception.DNSException as exc:
+        report.add("warning", "dns", f"no DNS resolver configured here ({exc}); use --nameserver")
+        return
     try:
         _check_spf(resolver, domain, report)
         dkim_domain = _check_dkim(resolver, settings, report)
