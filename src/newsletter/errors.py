@@ -17,6 +17,7 @@ NewsletterError                 base: the CLI prints "Error: <message>" and exit
 ├── ProviderError               a provider refused or failed; carries the provider's name and reply
 │   └── ProviderConfigError     a provider is unknown or its settings/credentials are missing
 ├── SendError                   a send cannot start or was stopped
+│   └── SendBusy                another process is sending the same issue (its lock is taken)
 ├── TokenError                  a signed link is forged, truncated or for another newsletter
 └── DoiLookupError              a DOI's record cannot be fetched (network, rate limit, server)
     └── DoiNotFound             neither Crossref nor doi.org knows the DOI
@@ -183,6 +184,10 @@ class ProviderConfigError(ProviderError):
 
 class SendError(NewsletterError):
     pass
+
+
+class SendBusy(SendError):
+    """The issue's send lock is held: another process is sending it right now."""
 
 
 class TokenError(NewsletterError):

@@ -64,6 +64,9 @@ class SendOptions:
     retry_budget: float = DEFAULT_RETRY_BUDGET
     # Injected by tests and the benchmark; real sends sleep for real.
     sleep: Callable[[float], None] = time.sleep
+    # Asked before each batch: a reason to stop here (e.g. the send window closed), or "".
+    # What is not sent stays queued for the next run.
+    pause: Callable[[], str] | None = None
 
 
 @dataclass
@@ -235,6 +238,10 @@ class Sender:
             # Rows deferred in this run are picked up again by the next run, not this one:
             # the keyset (after_id) only moves forward.
             for rows in journal.pending_batches(chunk):
+                if self.options.pause is not None:
+                    self.report.stopped = self.options.pause()
+                    if self.report.stopped:
+                        break
                 if self.options.limit is not None:
                     rows = rows[: max(0, self.options.limit - handed_over)]
                     if not rows:

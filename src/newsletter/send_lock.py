@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from newsletter.errors import SendError
+from newsletter.errors import SendBusy, SendError
 
 
 def lock_path(database: Path, month: str) -> Path:
@@ -38,7 +38,7 @@ def send_lock(database: Path, month: str) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise SendError(
+            raise SendBusy(
                 f"another send of {month} is running ({holder}); wait for it to finish, "
                 "or stop it, then run this command again"
             ) from None

@@ -122,7 +122,7 @@ _KNOWN: dict[str, set[str] | None] = {
 }
 # Tables other modules read through Settings.section(); the provider and dkim modules check
 # those tables' keys themselves, when they use them.
-_OPEN_TABLES = {"provider", "dkim", "sending", "web"}
+_OPEN_TABLES = {"provider", "dkim", "sending", "web", "schedule", "doctor"}
 # What RFC 3986 allows in a URI, less the apostrophe; anything else (a space, a quote, <, >)
 # breaks the links and headers the URL is put in.
 _URI_CLASS = r"A-Za-z0-9\-._~:/?#\[\]@!$&()*+,;=%"

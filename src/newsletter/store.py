@@ -283,6 +283,21 @@ MIGRATIONS: list[tuple[str, ...]] = [
         ) WITHOUT ROWID
         """,
     ),
+    # 7 -> 8: scheduled sends, one row per issue; see newsletter.schedule
+    (
+        """
+        CREATE TABLE schedules (
+            issue TEXT PRIMARY KEY,
+            path TEXT NOT NULL,
+            due_at TEXT NOT NULL,
+            timezone TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('scheduled', 'sent')),
+            reason TEXT NOT NULL DEFAULT '',
+            scheduled_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -45,6 +45,35 @@ logger = logging.getLogger("newsletter")
 _MIN_SECRET_BYTES = 16
 
 
+@dataclass(frozen=True)
+class SecretSources:
+    """Both places a secret can come from, as found: for ``doctor`` and the start-up line."""
+
+    environment: str  # the variable's value, "" when unset
+    file: Path
+    file_value: str | None  # None when the file does not exist or cannot be read
+
+    @property
+    def in_use(self) -> str:
+        """Which one signs links: ``$NEWSLETTER_SECRET``, the file's path, or ""."""
+        if self.environment:
+            return f"${SECRET_ENV}"
+        return str(self.file) if self.file_value else ""
+
+    @property
+    def conflict(self) -> bool:
+        return bool(self.environment and self.file_value and self.environment != self.file_value)
+
+
+def secret_sources(settings: Settings) -> SecretSources:
+    path = settings.root / SECRET_FILE
+    try:
+        file_value: str | None = path.read_text("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        file_value = None
+    return SecretSources(os.environ.get(SECRET_ENV, "").strip(), path, file_value)
+
+
 def load_secret(settings: Settings) -> bytes:
     """The signing secret; a clear error when there is none, before anything is sent."""
     value = os.environ.get(SECRET_ENV, "").strip()

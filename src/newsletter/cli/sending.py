@@ -9,10 +9,9 @@ from pathlib import Path
 
 import click
 
-from newsletter import due
 from newsletter.cli import AppContext, pass_app
 from newsletter.english import counted
-from newsletter.errors import NewsletterError, SendError
+from newsletter.errors import SendError
 from newsletter.rate import parse_rate
 from newsletter.send import (
     UNCERTAIN_LISTED,
@@ -24,7 +23,9 @@ from newsletter.send import (
     prepare_send,
     send_test,
 )
+from newsletter.settings import Settings
 from newsletter.status import issue_status, month_of
+from newsletter.tokens import SECRET_ENV, secret_sources
 
 
 class ProgressLine:
@@ -59,7 +60,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _summary(report: SendReport) -> None:
+def print_summary(report: SendReport) -> None:
     verb = "would be sent" if report.dry_run else "sent"
     click.echo(
         f"{report.issue} via {report.provider}: {report.sent:,} {verb}, {report.failed:,} failed "
@@ -94,6 +95,21 @@ def _summary(report: SendReport) -> None:
         )
     for variable in report.missing_credentials:
         click.echo(f"Note: {variable} is not set; a real send would stop before sending anything.")
+
+
+def announce_secret(settings: Settings) -> None:
+    """Say once, at start, which secret signs (or checks) links: two sources that differ
+    make every link from one process invalid in the other."""
+    sources = secret_sources(settings)
+    if sources.in_use:
+        click.echo(f"Signing secret: {sources.in_use}", err=True)
+    if sources.conflict:
+        click.echo(
+            f"Warning: ${SECRET_ENV} and {sources.file} hold different secrets; "
+            f"${SECRET_ENV} wins here. A process without it (e.g. the web app) would "
+            "refuse these links: keep one of them (`newsletter doctor` checks).",
+            err=True,
+        )
 
 
 @click.command()
@@ -153,6 +169,7 @@ def send(
     whose fate is unknown are listed instead of being resent.
     """
     settings = app.settings
+    announce_secret(settings)
     if to_address:
         result = send_test(settings, issue, to_address, provider=provider_name)
         if result.status != "accepted":
@@ -190,15 +207,15 @@ def send(
         report = sender.run()
     except KeyboardInterrupt:
         click.echo("", err=True)
-        _summary(sender.report)
+        print_summary(sender.report)
         raise SendError(
             "interrupted. The journal is consistent: run the same command to resume; "
             f"see `newsletter status {job.month}` for where it stands."
         ) from None
     except SendError:
-        _summary(sender.report)
+        print_summary(sender.report)
         raise
-    _summary(report)
+    print_summary(report)
 
 
 @click.command()
@@ -235,26 +252,4 @@ def status(app: AppContext, issue: str, as_json: bool) -> None:
             click.echo(f"  {title}: {entry.email} (subscriber {entry.subscriber_id}){reason}")
 
 
-@click.command("run-due")
-@pass_app
-def run_due(app: AppContext) -> None:
-    """Do what is due now: queued confirmation emails (for cron or a systemd timer).
-
-    Safe to run from several places at once; exits 1 when something could not be sent.
-    """
-    report = due.run_due(app.settings)
-    sent = report.confirmations
-    click.echo(
-        f"confirmation emails: {sent.sent} sent, {sent.retried} to retry later, "
-        f"{sent.dropped} no longer needed"
-    )
-    for error in sent.errors:
-        click.echo(f"  {error}", err=True)
-    if sent.errors:
-        raise NewsletterError(
-            "some confirmation emails could not be sent; they stay queued and are retried by "
-            "the next run"
-        )
-
-
-COMMANDS: list[click.Command] = [send, status, run_due]
+COMMANDS: list[click.Command] = [send, status]

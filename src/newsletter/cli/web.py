@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from newsletter.cli import AppContext, pass_app
+from newsletter.cli.sending import announce_secret
 from newsletter.tokens import web_url
 from newsletter.web import WebApp, make_server
 
@@ -17,6 +18,7 @@ from newsletter.web import WebApp, make_server
 @pass_app
 def serve(app: AppContext, host: str, port: int) -> None:
     """Serve the unsubscribe, preferences, subscribe and confirmation pages (WSGI)."""
+    announce_secret(app.settings)
     web_app = WebApp(app.settings)
     server = make_server(web_app, host, port)
     click.echo(

@@ -68,6 +68,19 @@ class DeliveryResult:
         return cls(message.recipient_id, "permanent", reason=reason)
 
 
+@dataclass(frozen=True)
+class AccountCheck:
+    """What a harmless authenticated call (``Provider.check_account``) proved.
+
+    ``ok`` is None when the provider has no such call. ``sending_domains`` are the domains the
+    service says it sends for, when it says (for DMARC alignment with the From domain).
+    """
+
+    ok: bool | None
+    detail: str
+    sending_domains: tuple[str, ...] = ()
+
+
 class Provider:
     """Base of every provider. Subclasses set ``name`` and implement ``send_batch``.
 
@@ -157,6 +170,10 @@ class Provider:
 
     def close(self) -> None:
         """Release connections and write anything pending. Safe to call twice."""
+
+    def check_account(self) -> AccountCheck:
+        """Prove the credential with a call that sends nothing (``newsletter doctor --online``)."""
+        return AccountCheck(None, f"the {self.name} provider has no account check")
 
     def __enter__(self) -> Provider:
         self.open()

@@ -36,7 +36,7 @@ from newsletter.messages import (
     literal_header_text,
     looks_encoded,
 )
-from newsletter.providers.base import DeliveryResult, Provider
+from newsletter.providers.base import AccountCheck, DeliveryResult, Provider
 from newsletter.settings import Settings, check_url
 
 USER_AGENT = f"newsletter/{__version__} python-requests/{requests.__version__}"
@@ -211,6 +211,14 @@ class HttpProvider(Provider):
         """Results for a reply that is not 401, 403, 429 or 5xx."""
         raise NotImplementedError
 
+    def account_path(self) -> str:
+        """A harmless authenticated GET (account or domain info); "" when there is none."""
+        return ""
+
+    def read_account(self, response: requests.Response) -> AccountCheck:
+        """What a 200 from ``account_path`` says. Default: the credential works."""
+        return AccountCheck(True, f"{self.credential_variable} accepted")
+
     def shared_parts(
         self, issue: PreparedIssue, build: Callable[[PreparedIssue], _T], *, rebuild: bool = False
     ) -> _T:
@@ -298,6 +306,40 @@ class HttpProvider(Provider):
                 reply=response.text,
             )
         return results
+
+    def check_account(self) -> AccountCheck:
+        path = self.account_path()
+        if not path:
+            return super().check_account()
+        self.open()
+        assert self.session is not None
+        try:
+            response = self.session.get(self.base_url + path, timeout=min(10.0, self.timeout))
+        except requests.RequestException as exc:
+            return AccountCheck(False, f"{self.base_url} cannot be reached: {exc}")
+        finally:
+            self.close()
+        if response.status_code in (401, 403):
+            return self.refused_account(response)
+        if response.status_code != 200:
+            return AccountCheck(
+                False,
+                f"GET {path} answered {response.status_code}: {self.describe(response)}",
+            )
+        try:
+            return self.read_account(response)
+        except (ValueError, AttributeError, KeyError, TypeError):
+            return AccountCheck(
+                False,
+                f"GET {path} answered 200 with something unexpected: {self.describe(response)}",
+            )
+
+    def refused_account(self, response: requests.Response) -> AccountCheck:
+        return AccountCheck(
+            False,
+            f"the API refused {self.credential_variable} ({response.status_code}: "
+            f"{self.describe(response)}); set it to a valid key",
+        )
 
     def whole_batch(
         self,

@@ -18,7 +18,7 @@ from typing import Any
 import requests
 
 from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue, literal_header_text
-from newsletter.providers.base import DeliveryResult
+from newsletter.providers.base import AccountCheck, DeliveryResult
 from newsletter.providers.http import (
     ApiRequest,
     HttpProvider,
@@ -116,6 +116,19 @@ class MailgunProvider(HttpProvider):
 
     def authenticate(self, session: requests.Session, credential: str) -> None:
         session.auth = ("api", credential)
+
+    def account_path(self) -> str:
+        return f"/v3/domains/{self.domain}"  # the domain's settings and its state
+
+    def read_account(self, response: requests.Response) -> AccountCheck:
+        domain = response.json().get("domain", {})
+        state = domain.get("state", "unknown")
+        return AccountCheck(
+            state == "active",
+            f"{self.credential_variable} accepted; domain {self.domain} is {state}"
+            + ("" if state == "active" else ": verify it in Mailgun before sending"),
+            (str(domain.get("name", self.domain)),),
+        )
 
     def build_request(self, messages: Sequence[OutgoingMessage]) -> ApiRequest:
         """The issue's fields (encoded once per issue), then a ``to`` field per recipient and

@@ -19,7 +19,7 @@ import requests
 
 from newsletter.errors import ProviderError
 from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue, literal_header_text
-from newsletter.providers.base import DeliveryResult
+from newsletter.providers.base import AccountCheck, DeliveryResult
 from newsletter.providers.http import ApiRequest, HttpProvider, full_message_array, plain_address
 from newsletter.settings import Settings
 
@@ -63,6 +63,13 @@ class PostmarkProvider(HttpProvider):
 
     def authenticate(self, session: requests.Session, credential: str) -> None:
         session.headers["X-Postmark-Server-Token"] = credential
+
+    def account_path(self) -> str:
+        return "/server"  # the server the token belongs to
+
+    def read_account(self, response: requests.Response) -> AccountCheck:
+        server = response.json().get("Name", "?")
+        return AccountCheck(True, f"{self.credential_variable} accepted (server {server!r})")
 
     def _shared_fields(self, issue: PreparedIssue) -> _SharedFields:
         reply_to = f',"ReplyTo":{_json(issue.reply_to)}' if issue.reply_to else ""

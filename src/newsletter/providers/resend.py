@@ -18,7 +18,7 @@ from json.encoder import encode_basestring_ascii
 import requests
 
 from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue, literal_header_text
-from newsletter.providers.base import DeliveryResult
+from newsletter.providers.base import AccountCheck, DeliveryResult
 from newsletter.providers.http import ApiRequest, HttpProvider, full_message_array, plain_address
 
 IDEMPOTENCY_KEY_LIMIT = 256
@@ -70,6 +70,23 @@ class ResendProvider(HttpProvider):
     # Resend keeps an idempotency key for 24 hours, so a batch resent with the same messages
     # cannot be delivered twice.
     idempotent_retries = True
+
+    def account_path(self) -> str:
+        return "/domains"
+
+    def read_account(self, response: requests.Response) -> AccountCheck:
+        domains = response.json().get("data", [])
+        verified = tuple(d["name"] for d in domains if d.get("status") == "verified")
+        listed = ", ".join(f"{d.get('name')} ({d.get('status')})" for d in domains) or "none"
+        return AccountCheck(
+            True, f"{self.credential_variable} accepted; domains: {listed}", verified
+        )
+
+    def refused_account(self, response: requests.Response) -> AccountCheck:
+        if self._error_name(response) == "restricted_api_key":
+            # A sending-only key: valid, but it may not list domains.
+            return AccountCheck(True, f"{self.credential_variable} accepted (a sending-only key)")
+        return super().refused_account(response)
 
     def build_request(self, messages: Sequence[OutgoingMessage]) -> ApiRequest:
         """A JSON array with one complete email per recipient.

@@ -17,7 +17,7 @@ from json.encoder import encode_basestring_ascii
 import requests
 
 from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue, literal_header_text
-from newsletter.providers.base import DeliveryResult
+from newsletter.providers.base import AccountCheck, DeliveryResult
 from newsletter.providers.http import (
     ApiRequest,
     HttpProvider,
@@ -88,6 +88,19 @@ class SendGridProvider(HttpProvider):
     default_base_url = "https://api.sendgrid.com"
     default_batch_size = 1000
     max_batch_size = 1000  # personalizations (and recipients) per request
+
+    def account_path(self) -> str:
+        return "/v3/scopes"  # what this key may do; every key may read it
+
+    def read_account(self, response: requests.Response) -> AccountCheck:
+        scopes = response.json().get("scopes", [])
+        if "mail.send" in scopes:
+            return AccountCheck(True, f"{self.credential_variable} accepted, with mail.send")
+        return AccountCheck(
+            False,
+            f"{self.credential_variable} is valid but lacks the mail.send permission; give the "
+            "key Mail Send access in SendGrid",
+        )
 
     def build_request(self, messages: Sequence[OutgoingMessage]) -> ApiRequest:
         unique, _ = split_duplicates(messages)

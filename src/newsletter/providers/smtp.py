@@ -30,7 +30,7 @@ from typing import Any
 from newsletter.dkim_signing import DkimSigner, signer_from_settings
 from newsletter.errors import ProviderConfigError, ProviderError
 from newsletter.messages import OutgoingMessage
-from newsletter.providers.base import DeliveryResult, Provider
+from newsletter.providers.base import AccountCheck, DeliveryResult, Provider
 from newsletter.settings import Settings
 
 PASSWORD_VARIABLE = "NEWSLETTER_SMTP_PASSWORD"
@@ -114,6 +114,20 @@ class SmtpProvider(Provider):
             ) from None
         if self.connections > 1:
             self._executor = ThreadPoolExecutor(self.connections, thread_name_prefix="smtp")
+
+    def check_account(self) -> AccountCheck:
+        """Connect, EHLO, STARTTLS and log in as a send would, then QUIT: nothing is sent."""
+        context = self.tls_context() if self.security != "none" else None
+        session = _SmtpSession(self, context)
+        try:
+            session.connect()
+        except (ProviderError, ProviderConfigError) as exc:
+            return AccountCheck(False, str(exc))
+        except _CONNECTION_LOST as exc:
+            return AccountCheck(False, f"cannot connect to {self.host}:{self.port}: {exc}")
+        session.quit()
+        login = f"logged in as {self.username!r}" if self.username else "no login configured"
+        return AccountCheck(True, f"{self.host}:{self.port} answered ({self.security}); {login}")
 
     def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
         if not self._sessions:
