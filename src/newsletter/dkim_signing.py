@@ -32,7 +32,6 @@ SIGNED_HEADERS = (
     b"list-unsubscribe",
     b"list-unsubscribe-post",
 )
-_KEYS = {"selector", "key_file", "domain"}
 INSTALL_HINT = 'pip install "newsletter[dkim]"'
 
 
@@ -74,13 +73,6 @@ def signer_from_settings(settings: Settings) -> DkimSigner | None:
     if not table:
         return None
     where = settings.source or Path("<embedded defaults>")
-    for key in table:
-        if key not in _KEYS:
-            raise SettingsError(
-                f"unknown key; [dkim] takes: {', '.join(sorted(_KEYS))}",
-                path=where,
-                key=f"dkim.{key}",
-            )
     values: dict[str, str] = {}
     for key in ("selector", "key_file"):
         value = table.get(key)

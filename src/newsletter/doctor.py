@@ -148,11 +148,6 @@ def _check_settings(settings: Settings, report: DoctorReport) -> None:
 
 def _doctor_table(settings: Settings) -> str:
     table = settings.section("doctor")
-    for key in table:
-        if key != "nameserver":
-            raise SettingsError(
-                "unknown key; [doctor] takes: nameserver", path=settings.source, key=f"doctor.{key}"
-            )
     value = table.get("nameserver", "")
     if not isinstance(value, str):
         raise SettingsError(

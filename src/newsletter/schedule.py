@@ -36,7 +36,6 @@ from newsletter.status import month_of
 from newsletter.store import now_utc, open_store, transaction
 
 Clock = Callable[[], datetime]
-_KEYS = {"timezone", "window"}
 _WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 _AT_FORMATS = ("%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S")
 
@@ -83,13 +82,6 @@ def schedule_settings(settings: Settings) -> ScheduleSettings:
     """The ``[schedule]`` table, checked; every problem names the file and the key."""
     table = settings.section("schedule")
     where = settings.source or Path("<embedded defaults>")
-    for key in table:
-        if key not in _KEYS:
-            raise SettingsError(
-                f"unknown key; [schedule] takes: {', '.join(sorted(_KEYS))}",
-                path=where,
-                key=f"schedule.{key}",
-            )
     name = table.get("timezone", "UTC")
     if not isinstance(name, str):
         raise SettingsError("must be a time zone name", path=where, key="schedule.timezone")

@@ -119,9 +119,14 @@ _KNOWN: dict[str, set[str] | None] = {
     "sending": {"unsubscribe_mailto"},
     "provider": None,  # provider modules check their own keys
     "crossref": {"base_url", "doi_base_url", "mailto", "timeout"},
+    # Their values are checked by the modules that read them (dkim_signing, schedule, doctor);
+    # a key nobody reads is a typo, refused here when the settings are read.
+    "dkim": {"selector", "key_file", "domain"},
+    "schedule": {"timezone", "window"},
+    "doctor": {"nameserver"},
 }
-# Tables other modules read through Settings.section(); the provider and dkim modules check
-# those tables' keys themselves, when they use them.
+# Tables other modules read through Settings.section(); the provider module checks its own
+# keys, when it is loaded.
 _OPEN_TABLES = {"provider", "dkim", "sending", "web", "schedule", "doctor"}
 # What RFC 3986 allows in a URI, less the apostrophe; anything else (a space, a quote, <, >)
 # breaks the links and headers the URL is put in.
