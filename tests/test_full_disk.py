@@ -109,7 +109,7 @@ def test_a_store_whose_disk_fills_mid_send_says_what_was_recorded_and_resumes(
     assert "could not be written in the middle of the send" in message
     assert "nothing was changed" not in message  # that was true of one statement, not the run
     recorded = int(re.search(r"handed over and recorded ([\d,]+)", message)[1].replace(",", ""))  # type: ignore[index]
-    uncertain = re.search(r"The last ([\d,]+) message\(s\)", message)
+    uncertain = re.search(r"The last ([\d,]+) messages?", message)
     in_flight = int(uncertain[1].replace(",", "")) if uncertain else 0
 
     filler.unlink()  # space freed; now the journal can be read back as it was left

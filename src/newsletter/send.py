@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from newsletter.check import check_issue
+from newsletter.english import counted
 from newsletter.errors import IssueFileError, MessageError, ProviderError, SendError, StoreError
 from newsletter.journal import JournalEntry, JournalState, Outcome, Resend, SendJournal
 from newsletter.messages import OutgoingMessage, PreparedIssue, Recipient, prepare_issue
@@ -269,7 +270,7 @@ class Sender:
         flight = self.in_flight
         recorded = self.sent_recorded if flight else self.report.sent
         lost = (
-            f" The last {flight:,} message(s) were handed to {self.provider.name} but their "
+            f" The last {counted(flight, 'message')} were handed to {self.provider.name} but their "
             "outcome could not be recorded: they stay 'sending' and are reported as "
             "uncertain (`newsletter status`); check with the provider before resending them "
             "with --resend-uncertain."
@@ -278,7 +279,7 @@ class Sender:
         )
         return SendError(
             f"the store could not be written in the middle of the send ({exc.cause}). "
-            f"This run handed over and recorded {recorded:,} message(s).{lost} "
+            f"This run handed over and recorded {counted(recorded, 'message')}.{lost} "
             "Everything else is still queued. Fix the cause (e.g. free disk space) and run the "
             "same command again to resume."
         )

@@ -11,6 +11,7 @@ from newsletter.backup import backup_store
 from newsletter.cli import AppContext, pass_app
 from newsletter.cli.sending import ProgressLine, print_summary
 from newsletter.doctor import DoctorOptions, diagnose
+from newsletter.english import counted
 from newsletter.errors import InvalidInput, NewsletterError
 from newsletter.settings import find_settings
 
@@ -150,7 +151,7 @@ def doctor(app: AppContext, online: bool, nameserver: str | None) -> None:
         click.echo(str(finding))
     if report.errors:
         raise NewsletterError(
-            f"{len(report.errors)} error(s) above; a scheduled send would fail or land in spam"
+            f"{counted(len(report.errors), 'error')} above; a scheduled send would fail or land in spam"
         )
     if not online:
         click.echo("(run `newsletter doctor --online` to check the provider, DNS and the web app)")
