@@ -16,6 +16,7 @@ NewsletterError                 base: the CLI prints "Error: <message>" and exit
 │   └── ProviderConfigError     a provider is unknown or its settings/credentials are missing
 ├── SendError                   a send cannot start or was stopped
 ├── TokenError                  a signed link is forged, truncated or for another newsletter
+├── WebhookConfigError          a webhook source cannot start: its secret or key is missing or unusable
 └── DoiLookupError              a DOI's record cannot be fetched (network, rate limit, server)
     └── DoiNotFound             neither Crossref nor doi.org knows the DOI
 
@@ -149,6 +150,10 @@ class SendError(NewsletterError):
 
 class TokenError(NewsletterError):
     pass
+
+
+class WebhookConfigError(NewsletterError):
+    """A ``[webhooks]`` source cannot verify anything: a secret is not set or a key is unusable."""
 
 
 class DoiLookupError(NewsletterError):

@@ -16,6 +16,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from newsletter.errors import SettingsError
 from newsletter.taxonomy import Taxonomy, slugify
+from newsletter.webhook_settings import WebhookSettings, parse_webhooks
 
 SETTINGS_FILE = "newsletter.toml"
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -70,6 +71,7 @@ class Settings:
     provider_options: dict[str, Any] = field(default_factory=dict)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     crossref: Crossref = field(default_factory=Crossref)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     @property
     def sender_domain(self) -> str:
@@ -106,6 +108,7 @@ _KNOWN: dict[str, set[str] | None] = {
     "style": {"accent_color", "background_color", "text_color", "logo_url", "logo_alt"},
     "provider": None,  # provider modules check their own keys
     "crossref": {"base_url", "doi_base_url", "mailto", "timeout"},
+    "webhooks": None,  # checked by newsletter.webhook_settings
 }
 # Tables owned by other modules, which validate their own keys when they use them.
 _OPEN_TABLES = {"provider", "dkim", "sending", "web"}
@@ -264,6 +267,7 @@ def _build(raw: dict[str, Any], *, source: Path | None, root: Path) -> Settings:
         provider_options=provider_raw,
         sections={t: dict(v) for t, v in raw.items() if t in _OPEN_TABLES - {"provider"}},
         crossref=crossref,
+        webhooks=parse_webhooks(raw.get("webhooks", {}), where),
     )
 
 

@@ -49,6 +49,8 @@ from newsletter.render import render_template
 from newsletter.settings import Settings, find_settings, load_settings
 from newsletter.store import SOURCE_WEB, SUPPRESSED, Status, Subscriber
 from newsletter.tokens import CONFIRM, UNSUBSCRIBE, Signer, TokenClaims
+from newsletter.webhooks import PREFIX as WEBHOOKS_PREFIX
+from newsletter.webhooks import WebhookReceiver
 
 CONFIG_ENV = "NEWSLETTER_CONFIG"
 MAX_BODY_BYTES = 64 * 1024
@@ -147,6 +149,7 @@ class WebApp:
         *,
         send: SendConfirmation = send_confirmation,
         clock: Callable[[], float] = time.time,
+        webhooks: WebhookReceiver | None = None,
     ):
         self.settings = settings
         # Without a signing secret no link can be checked: fail at start-up, not per request.
@@ -156,10 +159,14 @@ class WebApp:
         store.open_store(settings.paths.database, create=False).close()
         self.send = send
         self.clock = clock
+        # Providers' delivery events (docs/webhooks.md); a missing webhook secret stops start-up.
+        self.webhooks = webhooks or WebhookReceiver(settings, clock=clock)
 
     # --- WSGI ---------------------------------------------------------------------------
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if str(environ.get("PATH_INFO") or "").startswith(WEBHOOKS_PREFIX):
+            return self.webhooks(environ, start_response)
         method = str(environ.get("REQUEST_METHOD", "GET")).upper()
         try:
             page = self.handle(environ, "GET" if method == "HEAD" else method)

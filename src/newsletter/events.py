@@ -1,0 +1,263 @@
+"""The event log: what the providers learnt about each message, kept once and applied once.
+
+Events reach the store two ways: as signed webhooks the moment they happen
+(``newsletter.webhooks``) and from ``newsletter subscribers sync`` (reconciliation). Both call
+:func:`record_events`, which in one transaction
+
+- stores each event once (``UNIQUE (provider, event_id)``: the same event twice is one row),
+  tied to the issue and journal row it concerns when the message can be found;
+- applies it to the subscriber by the rules of sync: hard bounce -> bounced, complaint ->
+  complained, unsubscribe -> unsubscribed, and only an active or pending subscriber changes,
+  so nothing is ever re-activated;
+- scores soft bounces: each adds one point, at most once per (UTC) day; at
+  ``soft_bounce_threshold`` points the subscriber becomes bounced; a delivery resets the score.
+
+Which issue an event belongs to is found from the message it names: our own Message-ID
+(``<nl.YYYY-MM.<subscriber id>.<tag>@domain>``) names the issue and subscriber outright; a
+provider's message id is looked up in the journal (``journal.provider_message_id``), and when
+one id covers a whole batch (Mailgun, SendGrid) the event's address picks the row.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from newsletter.store import Status, email_key, now_utc, transaction
+
+DEFAULT_SOFT_BOUNCE_THRESHOLD = 3
+_OUR_MESSAGE_ID = re.compile(r"<?nl\.(\d{4}-\d{2})\.(\d+)\.[^@>\s]*@[^>\s]+>?")
+
+
+class EventKind(StrEnum):
+    DELIVERED = "delivered"
+    SOFT_BOUNCE = "soft_bounce"
+    HARD_BOUNCE = "hard_bounce"
+    COMPLAINT = "complaint"
+    UNSUBSCRIBE = "unsubscribe"
+
+
+# What each kind does to an active or pending subscriber.
+_STATUS_FOR = {
+    EventKind.HARD_BOUNCE: Status.BOUNCED,
+    EventKind.COMPLAINT: Status.COMPLAINED,
+    EventKind.UNSUBSCRIBE: Status.UNSUBSCRIBED,
+}
+VIA_WEBHOOK = "webhook"
+VIA_SYNC = "sync"
+
+
+@dataclass(frozen=True)
+class DeliveryEvent:
+    """One event as a provider reported it, translated to our kinds.
+
+    ``occurred_at`` is ISO 8601 in UTC (``2026-11-23T10:00:00Z``); ``message_ids`` are every
+    id the event names for its message (ours and the provider's), tried in order.
+    """
+
+    provider: str
+    event_id: str
+    kind: EventKind
+    email: str
+    occurred_at: str
+    reason: str = ""
+    message_ids: tuple[str, ...] = ()
+
+
+@dataclass
+class Recorded:
+    """What :func:`record_events` did."""
+
+    recorded: int = 0
+    duplicates: int = 0
+    # (address, status before, status after) for every subscriber whose status changed
+    changes: list[tuple[str, Status, Status]] = field(default_factory=list)
+
+
+class AlreadySeen(Exception):
+    """The webhook delivery was received before: a replay. Nothing was changed."""
+
+
+def record_events(
+    conn: sqlite3.Connection,
+    events: Sequence[DeliveryEvent],
+    *,
+    via: str,
+    soft_bounce_threshold: int = DEFAULT_SOFT_BOUNCE_THRESHOLD,
+    delivery: tuple[str, str, float] | None = None,
+) -> Recorded:
+    """Store ``events`` and apply them, all in one transaction.
+
+    ``delivery`` is (source, delivery id, now) of the webhook request that carried them: a
+    delivery id seen before raises AlreadySeen and changes nothing.
+    """
+    result = Recorded()
+    received = now_utc()
+    with transaction(conn):
+        if delivery is not None:
+            source, delivery_id, now = delivery
+            inserted = conn.execute(
+                "INSERT INTO webhook_deliveries (source, delivery_id, seen_at) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (source, delivery_id, now),
+            ).rowcount
+            if not inserted:
+                raise AlreadySeen(source)
+        for event in events:
+            _record_one(conn, event, via, received, soft_bounce_threshold, result)
+    return result
+
+
+def forget_deliveries(conn: sqlite3.Connection, seen_before: float) -> None:
+    """Drop delivery ids older than any timestamp window still accepts."""
+    with transaction(conn):
+        conn.execute("DELETE FROM webhook_deliveries WHERE seen_at < ?", (seen_before,))
+
+
+def _record_one(
+    conn: sqlite3.Connection,
+    event: DeliveryEvent,
+    via: str,
+    received: str,
+    threshold: int,
+    result: Recorded,
+) -> None:
+    key = email_key(event.email.strip())
+    row = conn.execute(
+        "SELECT id, email, status FROM subscribers WHERE email_key = ?", (key,)
+    ).fetchone()
+    subscriber_id = int(row[0]) if row else None
+    issue = _issue_of(conn, event, subscriber_id)
+    cursor = conn.execute(
+        "INSERT INTO delivery_events (provider, event_id, kind, email, email_key, occurred_at,"
+        " received_at, reason, via, issue, subscriber_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (provider, event_id) DO NOTHING",
+        (
+            event.provider,
+            event.event_id,
+            event.kind.value,
+            event.email.strip()[:320],
+            key,
+            event.occurred_at,
+            received,
+            event.reason[:500],
+            via,
+            issue,
+            subscriber_id,
+        ),
+    )
+    if not cursor.rowcount:
+        result.duplicates += 1
+        return
+    result.recorded += 1
+    if row is None:
+        return  # acknowledged and kept, but nobody on the list to change
+    event_row = cursor.lastrowid
+    before = Status(str(row[2]))
+    after = _apply(conn, event, int(row[0]), threshold)
+    if after is not None:
+        conn.execute(
+            "UPDATE delivery_events SET status_change = ? WHERE id = ?",
+            (f"{before.value} -> {after.value}", event_row),
+        )
+        result.changes.append((str(row[1]), before, after))
+
+
+def _apply(
+    conn: sqlite3.Connection, event: DeliveryEvent, subscriber_id: int, threshold: int
+) -> Status | None:
+    """Change the subscriber as the event says; the new status if it changed."""
+    if event.kind is EventKind.DELIVERED:
+        conn.execute("DELETE FROM soft_bounce_scores WHERE subscriber_id = ?", (subscriber_id,))
+        return None
+    reason = event.reason or event.kind.value.replace("_", " ")
+    if event.kind is EventKind.SOFT_BOUNCE:
+        day = event.occurred_at[:10]
+        score = conn.execute(
+            "INSERT INTO soft_bounce_scores (subscriber_id, score, last_day) VALUES (?, 1, ?) "
+            "ON CONFLICT (subscriber_id) DO UPDATE SET "
+            "score = score + (excluded.last_day != last_day), "
+            "last_day = max(last_day, excluded.last_day) RETURNING score",
+            (subscriber_id, day),
+        ).fetchone()[0]
+        if int(score) < threshold:
+            return None
+        status = Status.BOUNCED
+        reason = f"{event.provider}: {score} soft bounces on different days (last: {reason})"
+    else:
+        status = _STATUS_FOR[event.kind]
+        reason = f"{event.provider}: {reason}"
+    # The same rule as `subscribers sync`: only an active or pending subscriber changes.
+    stamp = now_utc()
+    changed = conn.execute(
+        "UPDATE subscribers SET status = ?, status_changed_at = ?, status_reason = ?,"
+        " status_source = ? WHERE id = ? AND status IN ('active', 'pending')",
+        (status.value, stamp, reason[:500], f"provider:{event.provider}", subscriber_id),
+    ).rowcount
+    return status if changed else None
+
+
+def _issue_of(
+    conn: sqlite3.Connection, event: DeliveryEvent, subscriber_id: int | None
+) -> str | None:
+    """The issue whose journal row this event concerns, or None when it cannot be told."""
+    for message_id in event.message_ids:
+        ours = _OUR_MESSAGE_ID.fullmatch(message_id.strip())
+        if ours is not None:
+            row = conn.execute(
+                "SELECT issue FROM journal WHERE issue = ? AND subscriber_id = ?",
+                (ours.group(1), int(ours.group(2))),
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+    ids = [m.strip().strip("<>") for m in event.message_ids if m.strip().strip("<>")]
+    if not ids:
+        return None
+    forms = [form for m in ids for form in (m, f"<{m}>")]
+    marks = ", ".join("?" * len(forms))
+    rows = conn.execute(
+        f"SELECT issue, subscriber_id FROM journal WHERE provider_message_id IN ({marks})"
+        " AND provider_message_id != '' LIMIT 2000",
+        forms,
+    ).fetchall()
+    if len(rows) == 1:
+        return str(rows[0][0])
+    # One message id for a whole batch: the event's address picks the row.
+    for issue, row_subscriber in rows:
+        if subscriber_id is not None and int(row_subscriber) == subscriber_id:
+            return str(issue)
+    return None
+
+
+def events_for_issue(
+    conn: sqlite3.Connection, issue: str
+) -> list[sqlite3.Row | tuple[object, ...]]:
+    """Every event tied to ``issue``: (kind, email, occurred_at, reason, provider), oldest first."""
+    return list(
+        conn.execute(
+            "SELECT kind, email, occurred_at, reason, provider, status_change FROM delivery_events"
+            " WHERE issue = ? ORDER BY occurred_at, id",
+            (issue,),
+        )
+    )
+
+
+def sync_events(provider: str, entries: Iterable[tuple[str, Status, str]]) -> list[DeliveryEvent]:
+    """Suppression-list entries (address, status, reason) as events for the log.
+
+    A list entry has no event id of its own: the id is the address and what it means, so
+    running sync again records nothing new.
+    """
+    kinds = {Status.BOUNCED: EventKind.HARD_BOUNCE, Status.COMPLAINED: EventKind.COMPLAINT}
+    now = now_utc()
+    events = []
+    for address, status, reason in entries:
+        kind = kinds.get(status, EventKind.UNSUBSCRIBE)
+        key = email_key(address.strip())
+        events.append(
+            DeliveryEvent(provider, f"sync:{kind.value}:{key}", kind, address, now, reason)
+        )
+    return events
