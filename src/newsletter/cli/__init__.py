@@ -57,7 +57,7 @@ def main(ctx: click.Context, config: Path | None) -> None:
 
 def _register() -> None:
     # Imported here so that each command module can import ``main``'s helpers from this one.
-    from newsletter.cli import author, sending, subscribers, web
+    from newsletter.cli import author, events, sending, subscribers, web
 
     for command in author.COMMANDS:
         main.add_command(command)
@@ -65,6 +65,8 @@ def _register() -> None:
     for command in sending.COMMANDS:
         main.add_command(command)
     web.register(main, subscribers.subscribers)
+    for command in events.COMMANDS:
+        main.add_command(command)
 
 
 _register()
