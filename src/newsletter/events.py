@@ -88,8 +88,9 @@ def record_events(
     via: str,
     soft_bounce_threshold: int = DEFAULT_SOFT_BOUNCE_THRESHOLD,
     delivery: tuple[str, str, float] | None = None,
+    apply: bool = True,
 ) -> Recorded:
-    """Store ``events`` and apply them, all in one transaction.
+    """Store ``events`` and apply them (unless ``apply`` is False), all in one transaction.
 
     ``delivery`` is (source, delivery id, now) of the webhook request that carried them: a
     delivery id seen before raises AlreadySeen and changes nothing.
@@ -107,7 +108,7 @@ def record_events(
             if not inserted:
                 raise AlreadySeen(source)
         for event in events:
-            _record_one(conn, event, via, received, soft_bounce_threshold, result)
+            _record_one(conn, event, via, received, soft_bounce_threshold, result, apply)
     return result
 
 
@@ -124,6 +125,7 @@ def _record_one(
     received: str,
     threshold: int,
     result: Recorded,
+    apply: bool,
 ) -> None:
     key = email_key(event.email.strip())
     row = conn.execute(
@@ -153,8 +155,8 @@ def _record_one(
         result.duplicates += 1
         return
     result.recorded += 1
-    if row is None:
-        return  # acknowledged and kept, but nobody on the list to change
+    if row is None or not apply:
+        return  # kept; nobody on the list to change, or the caller applies it
     event_row = cursor.lastrowid
     before = Status(str(row[2]))
     after = _apply(conn, event, int(row[0]), threshold)
@@ -186,10 +188,9 @@ def _apply(
         if int(score) < threshold:
             return None
         status = Status.BOUNCED
-        reason = f"{event.provider}: {score} soft bounces on different days (last: {reason})"
+        reason = f"{score} soft bounces on different days (last: {reason})"
     else:
         status = _STATUS_FOR[event.kind]
-        reason = f"{event.provider}: {reason}"
     # The same rule as `subscribers sync`: only an active or pending subscriber changes.
     stamp = now_utc()
     changed = conn.execute(

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from json.encoder import encode_basestring_ascii
 
 import requests
 
 from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue
-from newsletter.providers.base import DeliveryResult
+from newsletter.providers.base import DeliveryResult, Suppression
 from newsletter.providers.http import (
     ApiRequest,
     HttpProvider,
@@ -141,3 +141,10 @@ class SendGridProvider(HttpProvider):
                     )
                 )
         return results
+
+    def suppressions(self) -> Iterator[Suppression]:
+        # The lists' paging and shapes are in their own module; imported here because it
+        # imports this one.
+        from newsletter.suppressions import sendgrid as lists
+
+        yield from lists.fetch(self)
