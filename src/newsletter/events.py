@@ -95,27 +95,80 @@ def record_events(
     ``delivery`` is (source, delivery id, now) of the webhook request that carried them: a
     delivery id seen before raises AlreadySeen and changes nothing.
     """
+    with transaction(conn):
+        return record_in_transaction(
+            conn,
+            events,
+            via=via,
+            soft_bounce_threshold=soft_bounce_threshold,
+            delivery=delivery,
+            apply=apply,
+        )
+
+
+def record_in_transaction(
+    conn: sqlite3.Connection,
+    events: Sequence[DeliveryEvent],
+    *,
+    via: str,
+    soft_bounce_threshold: int = DEFAULT_SOFT_BOUNCE_THRESHOLD,
+    delivery: tuple[str, str, float] | None = None,
+    apply: bool = True,
+) -> Recorded:
+    """:func:`record_events` inside a transaction the caller holds (and commits)."""
     result = Recorded()
     received = now_utc()
-    with transaction(conn):
-        if delivery is not None:
-            source, delivery_id, now = delivery
-            inserted = conn.execute(
-                "INSERT INTO webhook_deliveries (source, delivery_id, seen_at) VALUES (?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
-                (source, delivery_id, now),
-            ).rowcount
-            if not inserted:
-                raise AlreadySeen(source)
-        for event in events:
-            _record_one(conn, event, via, received, soft_bounce_threshold, result, apply)
+    if delivery is not None:
+        source, delivery_id, now = delivery
+        inserted = conn.execute(
+            "INSERT INTO webhook_deliveries (source, delivery_id, seen_at) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (source, delivery_id, now),
+        ).rowcount
+        if not inserted:
+            raise AlreadySeen(source)
+    lookups = _Lookups(conn, events)
+    for event in events:
+        _record_one(conn, event, via, received, soft_bounce_threshold, result, apply, lookups)
     return result
 
 
-def forget_deliveries(conn: sqlite3.Connection, seen_before: float) -> None:
-    """Drop delivery ids older than any timestamp window still accepts."""
-    with transaction(conn):
-        conn.execute("DELETE FROM webhook_deliveries WHERE seen_at < ?", (seen_before,))
+class _Lookups:
+    """The subscribers and journal rows a request's events name, each read once.
+
+    A SendGrid batch names hundreds of addresses, and one message id for a whole send batch.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, events: Sequence[DeliveryEvent]):
+        self.conn = conn
+        keys = list({email_key(e.email.strip()) for e in events})
+        # email key -> (subscriber id, address, status), kept current as events change it
+        self.subscribers: dict[str, tuple[int, str, Status]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for key, number, address, status in conn.execute(
+                f"SELECT email_key, id, email, status FROM subscribers WHERE email_key IN ({marks})",
+                chunk,
+            ):
+                self.subscribers[str(key)] = (int(number), str(address), Status(str(status)))
+        self._journal: dict[tuple[str, ...], list[tuple[str, int]]] = {}
+
+    def journal_rows(self, ids: tuple[str, ...]) -> list[tuple[str, int]]:
+        """(issue, subscriber id) of the journal rows whose provider message id is one of ``ids``."""
+        found = self._journal.get(ids)
+        if found is None:
+            forms = [form for m in ids for form in (m, f"<{m}>")]
+            marks = ", ".join("?" * len(forms))
+            found = self._journal[ids] = [
+                (str(issue), int(subscriber))
+                for issue, subscriber in self.conn.execute(
+                    f"SELECT issue, subscriber_id FROM journal WHERE provider_message_id IN ({marks})"
+                    " AND provider_message_id != '' LIMIT 2000",
+                    forms,
+                )
+            ]
+        return found
 
 
 def _record_one(
@@ -126,13 +179,12 @@ def _record_one(
     threshold: int,
     result: Recorded,
     apply: bool,
+    lookups: _Lookups,
 ) -> None:
     key = email_key(event.email.strip())
-    row = conn.execute(
-        "SELECT id, email, status FROM subscribers WHERE email_key = ?", (key,)
-    ).fetchone()
-    subscriber_id = int(row[0]) if row else None
-    issue = _issue_of(conn, event, subscriber_id)
+    known = lookups.subscribers.get(key)
+    subscriber_id = known[0] if known else None
+    issue = _issue_of(conn, event, subscriber_id, lookups)
     cursor = conn.execute(
         "INSERT INTO delivery_events (provider, event_id, kind, email, email_key, occurred_at,"
         " received_at, reason, via, issue, subscriber_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -155,17 +207,18 @@ def _record_one(
         result.duplicates += 1
         return
     result.recorded += 1
-    if row is None or not apply:
+    if known is None or not apply:
         return  # kept; nobody on the list to change, or the caller applies it
     event_row = cursor.lastrowid
-    before = Status(str(row[2]))
-    after = _apply(conn, event, int(row[0]), threshold)
+    number, address, before = known
+    after = _apply(conn, event, number, threshold)
     if after is not None:
+        lookups.subscribers[key] = (number, address, after)
         conn.execute(
             "UPDATE delivery_events SET status_change = ? WHERE id = ?",
             (f"{before.value} -> {after.value}", event_row),
         )
-        result.changes.append((str(row[1]), before, after))
+        result.changes.append((address, before, after))
 
 
 def _apply(
@@ -202,7 +255,10 @@ def _apply(
 
 
 def _issue_of(
-    conn: sqlite3.Connection, event: DeliveryEvent, subscriber_id: int | None
+    conn: sqlite3.Connection,
+    event: DeliveryEvent,
+    subscriber_id: int | None,
+    lookups: _Lookups,
 ) -> str | None:
     """The issue whose journal row this event concerns, or None when it cannot be told."""
     for message_id in event.message_ids:
@@ -214,22 +270,16 @@ def _issue_of(
             ).fetchone()
             if row is not None:
                 return str(row[0])
-    ids = [m.strip().strip("<>") for m in event.message_ids if m.strip().strip("<>")]
+    ids = tuple(m.strip().strip("<>") for m in event.message_ids if m.strip().strip("<>"))
     if not ids:
         return None
-    forms = [form for m in ids for form in (m, f"<{m}>")]
-    marks = ", ".join("?" * len(forms))
-    rows = conn.execute(
-        f"SELECT issue, subscriber_id FROM journal WHERE provider_message_id IN ({marks})"
-        " AND provider_message_id != '' LIMIT 2000",
-        forms,
-    ).fetchall()
+    rows = lookups.journal_rows(ids)
     if len(rows) == 1:
-        return str(rows[0][0])
+        return rows[0][0]
     # One message id for a whole batch: the event's address picks the row.
     for issue, row_subscriber in rows:
-        if subscriber_id is not None and int(row_subscriber) == subscriber_id:
-            return str(issue)
+        if subscriber_id is not None and row_subscriber == subscriber_id:
+            return issue
     return None
 
 

@@ -8,8 +8,9 @@ that the web app hands every ``/webhooks/`` path to. For each request it
    over ``[webhooks] max_body_bytes`` (413);
 2. has the source verify it; a refusal is 400, 401 or 403 with an empty body, whatever the
    reason, and changes nothing (the reason goes to the log, without secret or signature);
-3. records the events (``newsletter.events``) in one transaction together with the request's
-   delivery id, so a replay is refused (403) and changes nothing;
+3. records the events (``newsletter.events``) together with the request's delivery id, so a
+   replay is refused (403) and changes nothing; one writer thread commits the requests
+   waiting together (``writer.py``), and answers each once its events are on disk;
 4. answers 200 with counts, also for events about addresses not on the list, so that the
    provider does not retry forever. A store that is busy or failing answers 503: the
    provider retries later.
@@ -20,13 +21,13 @@ from __future__ import annotations
 import json
 import re
 import time
+import traceback
 from collections.abc import Callable, Iterable
-from contextlib import closing
 from typing import Any
 
 import requests
 
-from newsletter import events, store
+from newsletter import events
 from newsletter.errors import StoreError
 from newsletter.settings import Settings
 from newsletter.webhooks.common import Refused, Source, SourceContext, WebhookRequest
@@ -35,10 +36,10 @@ from newsletter.webhooks.postmark import PostmarkSource
 from newsletter.webhooks.resend import ResendSource
 from newsletter.webhooks.sendgrid import SendgridSource
 from newsletter.webhooks.ses import SNS_HOST, SesSource
+from newsletter.webhooks.writer import EventWriter
 
 PREFIX = "/webhooks/"
 MAX_CERTIFICATE_BYTES = 64 * 1024
-_PRUNE_EVERY_SECONDS = 600.0
 _SOURCE_NAME = re.compile(r"[a-z]{1,20}")
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
@@ -99,12 +100,20 @@ class WebhookReceiver:
         self.settings = settings
         self.clock = clock
         self.sources = build_sources(settings, sns_host=sns_host, sns_ca_file=sns_ca_file)
-        self._pruned_at = 0.0
         # A delivery id must be remembered at least as long as its timestamp is accepted.
-        self._remember = 2 * max((s.config.max_age for s in self.sources.values()), default=0)
+        remember = 2 * max((s.config.max_age for s in self.sources.values()), default=0)
+        self.writer = EventWriter(
+            settings.paths.database,
+            soft_bounce_threshold=settings.webhooks.soft_bounce_threshold,
+            remember_seconds=remember,
+        )
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        status, body = self.handle(environ)
+        try:
+            status, body = self.handle(environ)
+        except Exception:
+            environ["wsgi.errors"].write(traceback.format_exc())
+            status, body = 500, b""
         headers = [
             ("Content-Type", "application/json" if body else "text/plain; charset=utf-8"),
             ("Content-Length", str(len(body))),
@@ -146,15 +155,7 @@ class WebhookReceiver:
             (name, verified.delivery_id, request.now) if verified.delivery_id is not None else None
         )
         try:
-            with closing(store.open_store(self.settings.paths.database, create=False)) as conn:
-                recorded = events.record_events(
-                    conn,
-                    verified.events,
-                    via=events.VIA_WEBHOOK,
-                    soft_bounce_threshold=self.settings.webhooks.soft_bounce_threshold,
-                    delivery=delivery,
-                )
-                self._prune(conn, request.now)
+            recorded = self.writer.record(verified.events, delivery)
         except events.AlreadySeen:
             log.write(f"newsletter serve: webhooks/{name}: refused (a delivery seen before)\n")
             return 403, b""
@@ -168,11 +169,6 @@ class WebhookReceiver:
             "status_changes": len(recorded.changes),
         }
         return 200, json.dumps(answer).encode()
-
-    def _prune(self, conn: Any, now: float) -> None:
-        if now - self._pruned_at >= _PRUNE_EVERY_SECONDS:
-            self._pruned_at = now
-            events.forget_deliveries(conn, now - self._remember)
 
 
 def _headers(environ: dict[str, Any]) -> dict[str, str]:
