@@ -153,6 +153,19 @@ class _Lookups:
             ):
                 self.subscribers[str(key)] = (int(number), str(address), Status(str(status)))
         self._journal: dict[tuple[str, ...], list[tuple[str, int]]] = {}
+        # Subscribers with a soft-bounce score: a delivery resets only those.
+        ids = [known[0] for known in self.subscribers.values()]
+        self.scored: set[int] = set()
+        for start in range(0, len(ids), 500):
+            some = ids[start : start + 500]
+            marks = ", ".join("?" * len(some))
+            self.scored.update(
+                int(r[0])
+                for r in conn.execute(
+                    f"SELECT subscriber_id FROM soft_bounce_scores WHERE subscriber_id IN ({marks})",
+                    some,
+                )
+            )
 
     def journal_rows(self, ids: tuple[str, ...]) -> list[tuple[str, int]]:
         """(issue, subscriber id) of the journal rows whose provider message id is one of ``ids``."""
@@ -211,7 +224,7 @@ def _record_one(
         return  # kept; nobody on the list to change, or the caller applies it
     event_row = cursor.lastrowid
     number, address, before = known
-    after = _apply(conn, event, number, threshold)
+    after = _apply(conn, event, number, threshold, lookups.scored)
     if after is not None:
         lookups.subscribers[key] = (number, address, after)
         conn.execute(
@@ -222,15 +235,22 @@ def _record_one(
 
 
 def _apply(
-    conn: sqlite3.Connection, event: DeliveryEvent, subscriber_id: int, threshold: int
+    conn: sqlite3.Connection,
+    event: DeliveryEvent,
+    subscriber_id: int,
+    threshold: int,
+    scored: set[int],
 ) -> Status | None:
     """Change the subscriber as the event says; the new status if it changed."""
     if event.kind is EventKind.DELIVERED:
-        conn.execute("DELETE FROM soft_bounce_scores WHERE subscriber_id = ?", (subscriber_id,))
+        if subscriber_id in scored:
+            conn.execute("DELETE FROM soft_bounce_scores WHERE subscriber_id = ?", (subscriber_id,))
+            scored.discard(subscriber_id)
         return None
     reason = event.reason or event.kind.value.replace("_", " ")
     if event.kind is EventKind.SOFT_BOUNCE:
         day = event.occurred_at[:10]
+        scored.add(subscriber_id)
         score = conn.execute(
             "INSERT INTO soft_bounce_scores (subscriber_id, score, last_day) VALUES (?, 1, ?) "
             "ON CONFLICT (subscriber_id) DO UPDATE SET "
