@@ -120,17 +120,73 @@ def record_in_transaction(
     received = now_utc()
     if delivery is not None:
         source, delivery_id, now = delivery
-        inserted = conn.execute(
+        fresh = conn.execute(
             "INSERT INTO webhook_deliveries (source, delivery_id, seen_at) VALUES (?, ?, ?) "
             "ON CONFLICT DO NOTHING",
             (source, delivery_id, now),
         ).rowcount
-        if not inserted:
+        if not fresh:
             raise AlreadySeen(source)
     lookups = _Lookups(conn, events)
+    rows = []
     for event in events:
-        _record_one(conn, event, via, received, soft_bounce_threshold, result, apply, lookups)
+        key = email_key(event.email.strip())
+        known = lookups.subscribers.get(key)
+        issue = _issue_of(conn, event, known[0] if known else None, lookups)
+        rows.append((event, key, issue, known[0] if known else None))
+    inserted = _insert(conn, rows, via, received)
+    for event, key, _, _ in rows:
+        row_id = inserted.pop((event.provider, event.event_id), None)
+        if row_id is None:
+            result.duplicates += 1  # kept before, or twice in this request
+            continue
+        result.recorded += 1
+        known = lookups.subscribers.get(key)
+        if known is not None and apply:
+            _apply_and_note(conn, event, key, known, row_id, soft_bounce_threshold, lookups, result)
     return result
+
+
+_COLUMNS = (
+    "provider, event_id, kind, email, email_key, occurred_at, received_at, reason, via, issue,"
+    " subscriber_id"
+)
+_ROWS_PER_INSERT = 500  # 11 values each, well under SQLite's limit on parameters
+
+
+def _insert(
+    conn: sqlite3.Connection,
+    rows: list[tuple[DeliveryEvent, str, str | None, int | None]],
+    via: str,
+    received: str,
+) -> dict[tuple[str, str], int]:
+    """Insert the events not kept yet, many per statement; (provider, event id) -> row id."""
+    inserted: dict[tuple[str, str], int] = {}
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+        params: list[object] = []
+        for event, key, issue, subscriber_id in chunk:
+            params += [
+                event.provider,
+                event.event_id,
+                event.kind.value,
+                event.email.strip()[:320],
+                key,
+                event.occurred_at,
+                received,
+                event.reason[:500],
+                via,
+                issue,
+                subscriber_id,
+            ]
+        for provider, event_id, row_id in conn.execute(
+            f"INSERT INTO delivery_events ({_COLUMNS}) VALUES {values} "
+            "ON CONFLICT (provider, event_id) DO NOTHING RETURNING provider, event_id, id",
+            params,
+        ):
+            inserted[(str(provider), str(event_id))] = int(row_id)
+    return inserted
 
 
 class _Lookups:
@@ -184,52 +240,24 @@ class _Lookups:
         return found
 
 
-def _record_one(
+def _apply_and_note(
     conn: sqlite3.Connection,
     event: DeliveryEvent,
-    via: str,
-    received: str,
+    key: str,
+    known: tuple[int, str, Status],
+    row_id: int,
     threshold: int,
-    result: Recorded,
-    apply: bool,
     lookups: _Lookups,
+    result: Recorded,
 ) -> None:
-    key = email_key(event.email.strip())
-    known = lookups.subscribers.get(key)
-    subscriber_id = known[0] if known else None
-    issue = _issue_of(conn, event, subscriber_id, lookups)
-    cursor = conn.execute(
-        "INSERT INTO delivery_events (provider, event_id, kind, email, email_key, occurred_at,"
-        " received_at, reason, via, issue, subscriber_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (provider, event_id) DO NOTHING",
-        (
-            event.provider,
-            event.event_id,
-            event.kind.value,
-            event.email.strip()[:320],
-            key,
-            event.occurred_at,
-            received,
-            event.reason[:500],
-            via,
-            issue,
-            subscriber_id,
-        ),
-    )
-    if not cursor.rowcount:
-        result.duplicates += 1
-        return
-    result.recorded += 1
-    if known is None or not apply:
-        return  # kept; nobody on the list to change, or the caller applies it
-    event_row = cursor.lastrowid
+    """Apply a newly kept event to its subscriber, and note a status change on its row."""
     number, address, before = known
     after = _apply(conn, event, number, threshold, lookups.scored)
     if after is not None:
         lookups.subscribers[key] = (number, address, after)
         conn.execute(
             "UPDATE delivery_events SET status_change = ? WHERE id = ?",
-            (f"{before.value} -> {after.value}", event_row),
+            (f"{before.value} -> {after.value}", row_id),
         )
         result.changes.append((address, before, after))
 
