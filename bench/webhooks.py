@@ -192,6 +192,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="requests per run")
     parser.add_argument("--clients", type=int, default=8, help="concurrent connections")
     parser.add_argument("--subscribers", type=int, default=10000, help="subscribers in the store")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best counts")
     parser.add_argument(
         "--sendgrid-batch",
         type=int,
@@ -238,29 +239,39 @@ def main() -> None:
             }
             ca_file = str(sns.ca_file)
             answered_ok = True
+            stored_expected = 0
             for label, batch, tag in (
                 ("one event per request", 1, "a"),
                 (f"SendGrid batches of {args.sendgrid_batch}", args.sendgrid_batch, "b"),
             ):
                 requests, events = _requests(senders, args.requests, args.subscribers, batch, tag)
-                base_seconds, base_answers = _run(
-                    "baseline", folder, ca_file, requests, args.clients
-                )
-                hook_seconds, hook_answers = _run(
-                    "webhooks", folder, ca_file, requests, args.clients
-                )
-                answered_ok &= base_answers == {204: len(requests)}
-                answered_ok &= hook_answers == {200: len(requests)}
+                # The best of --repeat alternating runs each: the machine may be shared.
+                base_seconds = hook_seconds = float("inf")
+                for attempt in range(args.repeat):
+                    seconds, answers = _run("baseline", folder, ca_file, requests, args.clients)
+                    base_seconds = min(base_seconds, seconds)
+                    answered_ok &= answers == {204: len(requests)}
+                    if attempt:  # each attempt needs fresh events: the store keeps every one
+                        requests, events = _requests(
+                            senders, args.requests, args.subscribers, batch, f"{tag}{attempt}"
+                        )
+                    seconds, answers = _run("webhooks", folder, ca_file, requests, args.clients)
+                    hook_seconds = min(hook_seconds, seconds)
+                    answered_ok &= answers == {200: len(requests)}
+                    stored_expected += events
                 rows.append((label, len(requests), events, base_seconds, hook_seconds))
         with closing(store.open_store(settings.paths.database)) as conn:
             stored = conn.execute("SELECT count(*) FROM delivery_events").fetchone()[0]
 
-    print(f"{args.clients} client connections, one server process (threads), loopback")
+    print(
+        f"{args.clients} client connections, one server process (threads), loopback; "
+        f"best of {args.repeat} runs each"
+    )
     print(
         f"{'run':<28}{'requests':>9}{'events':>8}{'204-only ev/s':>15}"
         f"{'webhooks ev/s':>15}{'ratio':>7}"
     )
-    met = answered_ok and stored == sum(r[2] for r in rows)
+    met = answered_ok and stored == stored_expected
     for label, count, events, base_seconds, hook_seconds in rows:
         base_rate, hook_rate = events / base_seconds, events / hook_seconds
         ratio = hook_rate / base_rate

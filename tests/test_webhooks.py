@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -474,3 +475,41 @@ def test_webhook_settings_are_checked(
 ) -> None:
     with pytest.raises(SettingsError, match=message):
         web_settings(tmp_path, monkeypatch, table)
+
+
+# --- many at once, and a failing store --------------------------------------------------------
+
+
+def test_concurrent_requests_are_all_kept_and_a_replay_among_them_is_refused(
+    hooks: Hooks,
+) -> None:
+    for n in range(40):
+        add(hooks.settings, f"reader{n}@example.net")
+    sender = hooks.senders["resend"]
+    requests_ = [
+        sender.event("hard_bounce", f"reader{n}@example.net", now=now()) for n in range(40)
+    ]
+    replayed = requests_[0]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(
+            pool.map(lambda r: hooks.post("resend", r).status_code, [*requests_, replayed])
+        )
+    assert sorted(answers) == [200] * 40 + [403]
+    assert len(hooks.event_rows()) == 40
+    assert all(
+        current(hooks.settings, f"reader{n}@example.net").status is Status.BOUNCED
+        for n in range(40)
+    )
+
+
+def test_a_missing_store_answers_503_and_the_retry_is_accepted_later(hooks: Hooks) -> None:
+    database = hooks.settings.paths.database
+    add(hooks.settings, "reader@example.net")
+    moved = database.with_name("moved-away.db")
+    database.rename(moved)
+    request = hooks.senders["mailgun"].event("hard_bounce", "reader@example.net", now=now())
+    assert_refused(hooks.post("mailgun", request), 503)
+    moved.rename(database)
+    # Nothing of the refused request was kept, its token included: the provider's retry counts.
+    assert hooks.post("mailgun", request).status_code == 200
+    assert current(hooks.settings, "reader@example.net").status is Status.BOUNCED

@@ -20,6 +20,7 @@ from newsletter import events, store
 from newsletter.errors import StoreError
 
 MAX_GROUP = 256
+IDLE_SECONDS = 2.0
 _FORGET_EVERY_SECONDS = 600.0
 
 
@@ -65,7 +66,15 @@ class EventWriter:
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
         while True:
-            jobs = [self._queue.get()]
+            try:
+                # The connection is closed when no event came for a while: an idle app holds
+                # no file open, and a store moved away is reopened, not written behind.
+                jobs = [self._queue.get(timeout=IDLE_SECONDS if conn is not None else None)]
+            except queue.Empty:
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                continue
             while len(jobs) < MAX_GROUP:
                 try:
                     jobs.append(self._queue.get_nowait())
