@@ -244,7 +244,9 @@ def main() -> None:
                 ("one event per request", 1, "a"),
                 (f"SendGrid batches of {args.sendgrid_batch}", args.sendgrid_batch, "b"),
             ):
-                requests, events = _requests(senders, args.requests, args.subscribers, batch, tag)
+                requests, events = _requests(
+                    senders, args.requests, args.subscribers, batch, f"{tag}0."
+                )
                 # The best of --repeat alternating runs each: the machine may be shared.
                 base_seconds = hook_seconds = float("inf")
                 for attempt in range(args.repeat):
@@ -253,7 +255,7 @@ def main() -> None:
                     answered_ok &= answers == {204: len(requests)}
                     if attempt:  # each attempt needs fresh events: the store keeps every one
                         requests, events = _requests(
-                            senders, args.requests, args.subscribers, batch, f"{tag}{attempt}"
+                            senders, args.requests, args.subscribers, batch, f"{tag}{attempt}."
                         )
                     seconds, answers = _run("webhooks", folder, ca_file, requests, args.clients)
                     hook_seconds = min(hook_seconds, seconds)
@@ -269,23 +271,24 @@ def main() -> None:
     )
     print(
         f"{'run':<28}{'requests':>9}{'events':>8}{'204-only ev/s':>15}"
-        f"{'webhooks ev/s':>15}{'ratio':>7}"
+        f"{'webhooks ev/s':>15}{'ratio':>7}{'target':>8}"
     )
-    met = answered_ok and stored == stored_expected
+    complete = answered_ok and stored == stored_expected
+    met = []
     for label, count, events, base_seconds, hook_seconds in rows:
         base_rate, hook_rate = events / base_seconds, events / hook_seconds
         ratio = hook_rate / base_rate
+        met.append(hook_rate >= TARGET_EVENTS_PER_SECOND and ratio >= TARGET_SHARE_OF_BASELINE)
         print(
-            f"{label:<28}{count:>9,}{events:>8,}{base_rate:>15,.0f}{hook_rate:>15,.0f}{ratio:>7.2f}"
+            f"{label:<28}{count:>9,}{events:>8,}{base_rate:>15,.0f}{hook_rate:>15,.0f}"
+            f"{ratio:>7.2f}{'met' if met[-1] else 'missed':>8}"
         )
-        last_ok = hook_rate >= TARGET_EVENTS_PER_SECOND and ratio >= TARGET_SHARE_OF_BASELINE
-    print(f"every request answered 200 and every event stored ({stored:,}): {answered_ok}")
-    met = met and last_ok
+    print(f"every request answered as expected and every event stored ({stored:,}): {complete}")
     print(
-        f"target (batched run) ≥ {TARGET_EVENTS_PER_SECOND:,.0f} events/s and ≥ "
-        f"{TARGET_SHARE_OF_BASELINE:.0%} of the baseline: {'met' if met else 'NOT met'}"
+        f"target: ≥ {TARGET_EVENTS_PER_SECOND:,.0f} events/s and ≥ "
+        f"{TARGET_SHARE_OF_BASELINE:.0%} of the 204-only rate"
     )
-    sys.exit(0 if met else 1)
+    sys.exit(0 if complete and all(met) else 1)
 
 
 if __name__ == "__main__":
