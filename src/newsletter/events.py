@@ -331,19 +331,6 @@ def _issue_of(
     return None
 
 
-def events_for_issue(
-    conn: sqlite3.Connection, issue: str
-) -> list[sqlite3.Row | tuple[object, ...]]:
-    """Every event tied to ``issue``: (kind, email, occurred_at, reason, provider), oldest first."""
-    return list(
-        conn.execute(
-            "SELECT kind, email, occurred_at, reason, provider, status_change FROM delivery_events"
-            " WHERE issue = ? ORDER BY occurred_at, id",
-            (issue,),
-        )
-    )
-
-
 def sync_events(provider: str, entries: Iterable[tuple[str, Status, str]]) -> list[DeliveryEvent]:
     """Suppression-list entries (address, status, reason) as events for the log.
 

@@ -15,7 +15,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -64,12 +64,11 @@ class Refused(Exception):
 
 @dataclass
 class SourceContext:
-    """What a source may use besides its settings: the clock's time and, for SNS, the
-    fetcher of signing certificates."""
+    """What a source may use besides its settings: for SNS, fetching signing certificates
+    and confirming subscriptions (over verified HTTPS)."""
 
     fetch_certificate: Callable[[str], bytes] | None = None
     confirm_subscription: Callable[[str], None] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Source:
