@@ -251,3 +251,41 @@ def test_webhooks_test_for_sendgrid_and_resend(
         main, ["--config", str(settings.source), "webhooks", "test", "ses", "--url", base]
     )
     assert result.exit_code == 1 and "simulator.amazonses.com" in result.output
+
+
+def test_sendgrid_events_find_their_issue_by_the_batchs_message_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, httpserver: HTTPServer
+) -> None:
+    """SendGrid names the message by X-Message-Id (one for the whole call) plus a suffix; the
+    address picks the recipient's journal row."""
+    from werkzeug import Response
+
+    sendgrid = SendgridSender()
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.test-0123456789")
+    httpserver.expect_request("/v3/mail/send", method="POST").respond_with_response(
+        Response(status=202, headers={"X-Message-Id": "sgBatch0001"})
+    )
+    toml = (
+        "[newsletter]\n"
+        'from_email = "digest@example.org"\n'
+        f'[provider]\nname = "sendgrid"\nbase_url = "{httpserver.url_for("").rstrip("/")}"\n'
+        f'[webhooks.sendgrid]\npublic_key = "{sendgrid.public_key}"\n'
+    )
+    settings, issue = make_folder(tmp_path, toml, 3)
+    assert run_send(settings, issue).sent == 3
+    with serving(WebApp(settings)) as base:
+        for kind, reader in [("hard_bounce", 1), ("unsubscribe", 2), ("delivered", 3)]:
+            request = sendgrid.event(
+                kind, f"reader{reader}@example.net", now=now(), message_id="sgBatch0001"
+            )
+            post(base, "sendgrid", request)
+    found = issue_report(settings, "2026-10").as_json(details=True)
+    assert found["counts"] == {
+        "delivered": 1,
+        "soft_bounce": 0,
+        "hard_bounce": 1,
+        "complaint": 0,
+        "unsubscribe": 1,
+    }
+    assert found["addresses"]["unsubscribe"] == ["reader2@example.net"]
+    assert status_of(settings, "reader2@example.net") is Status.UNSUBSCRIBED
