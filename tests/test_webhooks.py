@@ -513,3 +513,20 @@ def test_a_missing_store_answers_503_and_the_retry_is_accepted_later(hooks: Hook
     # Nothing of the refused request was kept, its token included: the provider's retry counts.
     assert hooks.post("mailgun", request).status_code == 200
     assert current(hooks.settings, "reader@example.net").status is Status.BOUNCED
+
+
+def test_serve_says_which_secret_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+
+    settings = webhook_settings(tmp_path, monkeypatch, SendgridSender().public_key)
+    monkeypatch.delenv("MAILGUN_WEBHOOK_SIGNING_KEY")
+    result = CliRunner().invoke(main, ["--config", str(settings.source), "serve", "--port", "0"])
+    assert result.exit_code == 1
+    assert (
+        "Error: [webhooks.mailgun] is set up but the environment variable "
+        "MAILGUN_WEBHOOK_SIGNING_KEY is not" in result.output
+    )
