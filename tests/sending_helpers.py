@@ -22,6 +22,7 @@ def make_folder(
     issue = root / "issues" / "2026-10.md"
     issue.write_text(VALID_ISSUE, "utf-8")
     (root / ".newsletter-secret").write_text(SECRET, "utf-8")
+    (root / ".newsletter-secret").chmod(0o600)
     (root / "newsletter.toml").write_text(provider, "utf-8")
     settings = load_settings(root / "newsletter.toml")
     conn = open_store(settings.paths.database)

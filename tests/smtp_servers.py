@@ -40,6 +40,8 @@ class SinkHandler:
     drop_after_each_message: bool = False
     vanish_during_data_for: str = ""
     keep_content: bool = True
+    # When set, DATA is not answered until the test sets it: a relay that is slow at will.
+    hold: threading.Event | None = None
     received: list[Received] = field(default_factory=list)
     count: int = 0
     ehlo_count: int = 0
@@ -65,6 +67,8 @@ class SinkHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.hold is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.hold.wait, 30)
         address = envelope.rcpt_tos[0]
         with self.lock:
             self.count += 1
@@ -108,10 +112,11 @@ def smtp_server(
     *,
     tls_context: ssl.SSLContext | None = None,
     implicit_tls: bool = False,
+    port: int | None = None,
     **smtp_options: Any,
 ) -> Iterator[int]:
-    """Run an aiosmtpd server on 127.0.0.1 and yield its port."""
-    port = free_port()
+    """Run an aiosmtpd server on 127.0.0.1 (on ``port``, or a free one) and yield its port."""
+    port = port or free_port()
     kwargs: dict[str, Any] = dict(smtp_options)
     if implicit_tls:
         kwargs["ssl_context"] = tls_context

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.errors import SendError
+from newsletter.errors import SendError, StoreError
 from newsletter.journal import JournalState
 from newsletter.send import Progress, SendOptions
 from newsletter.status import issue_status
@@ -121,3 +121,41 @@ def test_a_store_whose_disk_fills_mid_send_says_what_was_recorded_and_resumes(
     report = run_send(settings, issue, SendOptions(resend_uncertain=True))
     assert report.sent == 3000 - recorded
     assert issue_status(settings, "2026-10").counts[JournalState.SENT] == 3000
+
+
+def test_no_room_for_the_send_lock_is_a_clear_error_before_anything_is_sent(
+    tmp_path: Path, small_disk: MountDisk
+) -> None:
+    disk = small_disk("8m,nr_inodes=64")
+    settings, issue = make_folder(disk, '[provider]\nname = "null"\n', 5)
+    # An open connection (the web app's, say) keeps the store's -wal and -shm files in place.
+    keeper = open_store(settings.paths.database)
+    keeper.execute("SELECT count(*) FROM subscribers").fetchone()
+    # Use up every inode: no new file (the lock beside the store) can be made.
+    for n in range(100):
+        try:
+            (disk / f"filler{n}").touch()
+        except OSError:
+            break
+    else:
+        pytest.fail("the small disk never ran out of inodes")
+    with pytest.raises(SendError, match="cannot create the lock") as stopped:
+        run_send(settings, issue, SendOptions())
+    assert "nothing was sent" in str(stopped.value)
+    assert "No space left on device" in str(stopped.value)
+    assert keeper.execute("SELECT count(*) FROM journal").fetchone() == (0,)
+    keeper.close()
+
+
+def test_a_store_whose_disk_has_no_room_for_its_side_files_says_the_disk_is_full(
+    tmp_path: Path, small_disk: MountDisk
+) -> None:
+    disk = small_disk("8m,nr_inodes=64")
+    settings, issue = make_folder(disk, '[provider]\nname = "null"\n', 5)
+    for n in range(100):
+        try:
+            (disk / f"filler{n}").touch()
+        except OSError:
+            break
+    with pytest.raises(StoreError, match="the disk holding the store is full"):
+        run_send(settings, issue, SendOptions())

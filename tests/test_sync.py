@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -441,3 +444,103 @@ def test_sync_with_a_provider_without_suppression_lists_says_so(tmp_path: Path) 
         pytest.raises(ProviderConfigError, match="no suppression list to sync"),
     ):
         suppressions.sync(conn, settings)
+
+
+def test_sync_is_defined_with_the_other_subscribers_commands() -> None:
+    from newsletter.cli import subscribers as subscribers_cli
+    from newsletter.cli import web as web_cli
+
+    assert subscribers_cli.subscribers.commands["sync"] is subscribers_cli.sync
+    assert not hasattr(web_cli, "sync")
+
+
+# --- stopped part-way -------------------------------------------------------------------------
+
+
+def _serve_many_mailgun_bounces(httpserver: HTTPServer, addresses: list[str]) -> None:
+    for name in ("complaints", "unsubscribes"):
+        httpserver.expect_request(f"/v3/example.org/{name}").respond_with_json(
+            {"items": [], "paging": {"next": ""}}
+        )
+    path = "/v3/example.org/bounces"
+    url = httpserver.url_for(path)
+    pages = [addresses[i : i + 1000] for i in range(0, len(addresses), 1000)]
+    queries = [{"limit": "1000"}] + [
+        {"page": "next", "address": page[-1], "limit": "1000"} for page in pages
+    ]
+    for index, query in enumerate(queries):
+        items = pages[index] if index < len(pages) else []
+        following = queries[index + 1] if index + 1 < len(queries) else query
+        httpserver.expect_request(path, query_string=query).respond_with_json(
+            {
+                "items": [
+                    {"address": a, "code": "550", "error": "No such mailbox", "created_at": ""}
+                    for a in items
+                ],
+                "paging": {"next": url + "?" + "&".join(f"{k}={v}" for k, v in following.items())},
+            }
+        )
+
+
+def test_a_killed_sync_printed_what_it_applied_and_a_rerun_applies_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, httpserver: HTTPServer
+) -> None:
+    settings = provider_settings(tmp_path, monkeypatch, httpserver, "mailgun")
+    addresses = [f"bounced{n}@example.net" for n in range(2500)]
+    with closing(store.open_store(settings.paths.database)) as conn:
+        for address in addresses:
+            store.add_subscriber(conn, address)
+    _serve_many_mailgun_bounces(httpserver, addresses)
+    command = [sys.executable, "-m", "newsletter", "--config", str(settings.source)]
+    with subprocess.Popen(
+        [*command, "subscribers", "sync"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as child:
+        assert child.stdout is not None
+        printed = [child.stdout.readline() for _ in range(40)]
+        child.kill()
+        printed += child.stdout.read().splitlines(keepends=True)
+    changed_lines = {line.split(":")[0] for line in printed if " -> bounced " in line}
+    with closing(store.open_store(settings.paths.database)) as conn:
+        bounced = {s.email for s in store.iter_subscribers(conn, status=Status.BOUNCED)}
+    # Every change it printed was made; at most the one in hand when killed was not printed.
+    assert len(changed_lines) >= 40
+    assert changed_lines <= bounced
+    assert len(bounced - changed_lines) <= 1
+    assert len(bounced) < len(addresses)
+
+    again = CliRunner().invoke(main, ["--config", str(settings.source), "subscribers", "sync"])
+    assert again.exit_code == 0, again.output
+    assert f"{len(addresses) - len(bounced):,} subscribers changed" in again.output
+    with closing(store.open_store(settings.paths.database)) as conn:
+        assert store.count_subscribers(conn, status=Status.BOUNCED) == len(addresses)
+
+
+def test_sync_interrupted_in_the_library_has_applied_exactly_what_it_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, httpserver: HTTPServer, conn_for: object
+) -> None:
+    settings = provider_settings(tmp_path, monkeypatch, httpserver, "mailgun")
+    serve_mailgun(httpserver)
+    conn = conn_for(settings)  # type: ignore[operator]
+    heard: list[suppressions.SyncChange] = []
+
+    def stop_after_two(change: suppressions.SyncChange) -> None:
+        heard.append(change)
+        if len(heard) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        suppressions.sync(conn, settings, on_change=stop_after_two)
+    found = statuses(conn)
+    assert sorted(c.email for c in heard) == sorted(
+        e
+        for e, s in found.items()
+        if s in (Status.BOUNCED, Status.COMPLAINED)
+        or (s is Status.UNSUBSCRIBED and e != ADDRESSES["gone"])
+    )
+    rest = suppressions.sync(conn, settings)
+    assert len(rest.changes) == 5 - len(heard)
+    assert_marked(conn, "mailgun")

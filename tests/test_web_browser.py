@@ -11,7 +11,7 @@ from newsletter.store import Status
 from newsletter.web import WebApp
 
 from .cdp import Browser
-from .web_server import add, current, local, serving, signer_for, web_settings
+from .web_server import add, current, local, serving, settled, signer_for, web_settings
 
 pytestmark = pytest.mark.browser
 
@@ -77,6 +77,7 @@ def test_subscribe_in_the_form_then_confirm_from_the_emailed_link(settings: Sett
         assert "inbox" in chromium.text("main").lower()
         assert current(settings, "zoe.lind@example.org").status is Status.PENDING
 
+        settled(settings)  # sent by the app's background thread, outside the request
         (sent,) = list((settings.paths.build / "outbox").rglob("*.eml"))
         message = email.message_from_bytes(sent.read_bytes(), policy=email.policy.default)
         assert message["To"].addresses[0].addr_spec == "zoe.lind@example.org"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
 
-from newsletter import store
+from newsletter import store, subscribe_requests
 from newsletter.settings import Settings
 from newsletter.store import Status, Subscriber
 from newsletter.tokens import Signer
@@ -47,8 +48,23 @@ def current(settings: Settings, email_or_id: str | int) -> Subscriber:
 @contextmanager
 def serving(app: WebApp) -> Iterator[str]:
     """Run ``app`` on a free loopback port in a thread; yields its base URL (no trailing /)."""
-    with running(make_server(app, "127.0.0.1", 0, log=False)) as url:
-        yield url
+    try:
+        with running(make_server(app, "127.0.0.1", 0, log=False)) as url:
+            yield url
+    finally:
+        app.close()
+
+
+def settled(settings: Settings, timeout: float = 10.0) -> None:
+    """Wait until the app's background thread has sent every queued confirmation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with closing(store.open_store(settings.paths.database)) as conn:
+            if subscribe_requests.queued_count(conn) == 0:
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError("queued confirmation emails were not sent in time")
+        time.sleep(0.02)
 
 
 def local(url: str, base: str) -> str:

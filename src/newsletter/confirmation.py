@@ -1,43 +1,44 @@
-"""Double opt-in: recording a request to subscribe and sending its confirmation email.
+"""Double opt-in: the confirmation email, and sending the queued ones outside any request.
 
-A request from the subscribe form adds the address as pending (or finds it already in the
-store) and, when there is something to confirm, sends one email with a signed confirmation
-link through the newsletter's configured provider, exactly as an issue is sent. Each address
-gets at most one confirmation email an hour, however often the form is posted: the limit is
-kept in the store, so a restart does not reset it.
+A request from the subscribe form is recorded and its confirmation queued in the store
+(``newsletter.subscribe_requests``); nothing is sent while the visitor waits. The queue is
+drained by :func:`send_due` — from the web app's own background thread
+(:class:`ConfirmationWorker`) and from ``newsletter run-due`` — through the newsletter's
+configured provider, exactly as an issue is sent. A provider that is down leaves the email
+queued, to be retried with growing delays until the link it carries would have expired.
 
-Nothing here tells the caller's visitor whether an address was already subscribed: the web
-page says the same thing in every case, so the form cannot be used to probe the list.
+The email greets nobody by name and its To: header holds the bare address: the name came
+from a form anyone can fill in, and must not put a stranger's words into someone's inbox.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
+from typing import TextIO
 
-from newsletter import store
-from newsletter.errors import InvalidInput, ProviderError
+from newsletter import store, subscribe_requests
+from newsletter.errors import NewsletterError, ProviderError
 from newsletter.messages import OutgoingMessage, Recipient, prepare_issue
 from newsletter.providers import create_provider
 from newsletter.render import render_template
 from newsletter.settings import Settings
 from newsletter.store import SOURCE_WEB, Status, Subscriber
-from newsletter.tokens import Signer, unsubscribe_url, web_url
+from newsletter.subscribe_requests import SubscribeLimits
+from newsletter.tokens import CONFIRM_MAX_AGE, Signer, unsubscribe_url, web_url
 
-CONFIRMATION_INTERVAL_SECONDS = 3600
 TEXT_TEMPLATE = "confirmation.txt"
 HTML_TEMPLATE = "confirmation.html"
-
-
-class RequestOutcome(StrEnum):
-    SENT = "sent"  # a confirmation email went out
-    RATE_LIMITED = "rate-limited"  # one went out less than an hour ago
-    ALREADY_ACTIVE = "already-active"  # nothing to confirm
-    SUPPRESSED = "suppressed"  # bounced or complained: never mailed from a web form
+# A claimed confirmation is another worker's for this long; then it is due again.
+LEASE_SECONDS = 300.0
+# Waits before each retry after a failure; the last one repeats until the link expires.
+RETRY_DELAYS = (60.0, 300.0, 1800.0, 7200.0)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,15 @@ class _OneOffMessage:
     text: str
 
 
-SendConfirmation = Callable[[Settings, Signer, Subscriber, float], None]
+SendConfirmation = Callable[[Settings, OutgoingMessage], None]
+
+
+@dataclass
+class DrainReport:
+    sent: int = 0
+    retried: int = 0
+    dropped: int = 0  # no longer wanted: confirmed, suppressed, removed, or the link expired
+    errors: list[str] = field(default_factory=list)
 
 
 def confirmation_url(settings: Settings, signer: Signer, subscriber_id: int, now: float) -> str:
@@ -63,43 +72,39 @@ def confirmation_url(settings: Settings, signer: Signer, subscriber_id: int, now
 
 
 def build_confirmation(
-    settings: Settings, signer: Signer, subscriber: Subscriber, now: float
+    settings: Settings, signer: Signer, subscriber: Subscriber, requested_at: float
 ) -> OutgoingMessage:
-    """The confirmation email for ``subscriber``, with the newsletter's usual headers.
+    """The confirmation email for ``subscriber``, with a link issued at ``requested_at``.
 
     Its List-Unsubscribe link lets someone who never asked to subscribe say so in one click.
     """
     context = {
         "settings": settings,
         "style": settings.style,
-        "subscriber": subscriber,
-        "confirm_url": confirmation_url(settings, signer, subscriber.id, now),
-        "hours_valid": 7 * 24,
+        "email": subscriber.email,
+        "confirm_url": confirmation_url(settings, signer, subscriber.id, requested_at),
+        "hours_valid": CONFIRM_MAX_AGE // 3600,
     }
-    subject = f"Please confirm your subscription to {settings.name}"
     rendered = _OneOffMessage(
         # The label names the outbox folder and makes the Message-ID and the provider's
         # idempotency key unique to this email, so a later confirmation is not deduplicated.
-        issue=_Label(f"confirm-{int(now)}"),
-        subject=subject,
+        issue=_Label(f"confirm-{int(requested_at)}"),
+        subject=f"Please confirm your subscription to {settings.name}",
         html=render_template(settings, HTML_TEMPLATE, context),
         text=render_template(settings, TEXT_TEMPLATE, context),
     )
-    prepared = prepare_issue(rendered, settings, date=datetime.fromtimestamp(now, UTC))
+    prepared = prepare_issue(rendered, settings, date=datetime.fromtimestamp(requested_at, UTC))
     recipient = Recipient(
         id=subscriber.id,
         email=subscriber.email,
-        name=subscriber.name,
+        name="",
         unsubscribe_url=unsubscribe_url(settings, signer, subscriber.id),
     )
     return prepared.message_for(recipient)
 
 
-def send_confirmation(
-    settings: Settings, signer: Signer, subscriber: Subscriber, now: float
-) -> None:
-    """Send the confirmation email through the configured provider; ProviderError if refused."""
-    message = build_confirmation(settings, signer, subscriber, now)
+def send_confirmation(settings: Settings, message: OutgoingMessage) -> None:
+    """Hand one confirmation email to the configured provider; ProviderError if refused."""
     provider = create_provider(settings)
     with provider:
         results = provider.send_batch([message])
@@ -108,60 +113,134 @@ def send_confirmation(
         raise ProviderError(provider.name, f"the confirmation email was not accepted: {reason}")
 
 
-def request_subscription(
+def send_due(
     conn: sqlite3.Connection,
     settings: Settings,
     signer: Signer,
-    email: str,
     *,
-    name: str = "",
-    topics: Sequence[str] = (),
     now: float | None = None,
     send: SendConfirmation = send_confirmation,
-) -> RequestOutcome:
-    """Record a request to subscribe ``email`` and send its confirmation email if due.
-
-    A new address is stored as pending with ``name`` and ``topics``. An address already in
-    the store keeps its row as it is: a form anyone can post must not change someone
-    else's name or topics. Raises InvalidInput for an invalid address, name or topic, and
-    ProviderError when the email could not be sent (the hourly allowance is given back).
-    """
+    limit: int = 20,
+) -> DrainReport:
+    """Send the queued confirmations that are due (at most ``limit``); see the module doc."""
     moment = time.time() if now is None else now
-    subscriber = store.get_subscriber(conn, email)
-    if subscriber is None:
+    report = DrainReport()
+    for queued in subscribe_requests.claim_due(
+        conn, now=moment, lease_seconds=LEASE_SECONDS, limit=limit
+    ):
+        subscriber = store.get_subscriber(conn, queued.subscriber_id)
+        expired = moment - queued.requested_at >= CONFIRM_MAX_AGE
+        wanted = subscriber is not None and subscriber.status in (
+            Status.PENDING,
+            Status.UNSUBSCRIBED,
+        )
+        if subscriber is None or not wanted or expired:
+            subscribe_requests.finish(conn, queued.subscriber_id)
+            report.dropped += 1
+            continue
         try:
-            subscriber = store.add_subscriber(
-                conn,
-                email,
-                name=name,
-                topics=topics,
-                status=Status.PENDING,
-                source=SOURCE_WEB,
-                taxonomy=settings.taxonomy,
+            send(settings, build_confirmation(settings, signer, subscriber, queued.requested_at))
+        except NewsletterError as exc:
+            delay = RETRY_DELAYS[min(queued.attempts, len(RETRY_DELAYS)) - 1]
+            subscribe_requests.retry_later(
+                conn, queued.subscriber_id, at=moment + delay, error=str(exc)
             )
-        except InvalidInput:
-            # Someone else added the address in the meantime; carry on with their row.
-            subscriber = store.get_subscriber(conn, email)
-            if subscriber is None:
-                raise
-    if subscriber.status is Status.ACTIVE:
-        return RequestOutcome.ALREADY_ACTIVE
-    if subscriber.status in (Status.BOUNCED, Status.COMPLAINED):
-        return RequestOutcome.SUPPRESSED
-    claimed = store.claim_confirmation_send(
-        conn,
-        subscriber.email,
-        now=datetime.fromtimestamp(moment, UTC),
-        interval_seconds=CONFIRMATION_INTERVAL_SECONDS,
-    )
-    if claimed is None:
-        return RequestOutcome.RATE_LIMITED
-    try:
-        send(settings, signer, subscriber, moment)
-    except BaseException:
-        store.release_confirmation_send(conn, subscriber.email, claimed)
-        raise
-    return RequestOutcome.SENT
+            report.retried += 1
+            report.errors.append(f"subscriber {queued.subscriber_id}: {exc}")
+            continue
+        subscribe_requests.finish(conn, queued.subscriber_id)
+        report.sent += 1
+    return report
+
+
+def drain(
+    settings: Settings,
+    signer: Signer,
+    limits: SubscribeLimits,
+    *,
+    now: float | None = None,
+    send: SendConfirmation = send_confirmation,
+) -> DrainReport:
+    """Send every due confirmation and forget expired requests: one pass of a worker."""
+    moment = time.time() if now is None else now
+    total = DrainReport()
+    with closing(store.open_store(settings.paths.database, create=False)) as conn:
+        subscribe_requests.expire(conn, now=moment, limits=limits)
+        while True:
+            batch = send_due(conn, settings, signer, now=moment, send=send)
+            total.sent += batch.sent
+            total.retried += batch.retried
+            total.dropped += batch.dropped
+            total.errors.extend(batch.errors)
+            if not (batch.sent or batch.retried or batch.dropped):
+                return total
+
+
+class ConfirmationWorker:
+    """A thread of the web app that sends queued confirmations soon after each request.
+
+    ``wake()`` after a request is recorded; it also looks every ``poll_seconds`` for emails
+    whose retry is due, or that another process queued, and once more when stopped. Failures
+    are written to ``log`` and never stop it.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        signer: Signer,
+        limits: SubscribeLimits,
+        *,
+        send: SendConfirmation = send_confirmation,
+        clock: Callable[[], float] = time.time,
+        poll_seconds: float = 30.0,
+        log: TextIO | None = None,
+    ):
+        self.settings = settings
+        self.signer = signer
+        self.limits = limits
+        self.send = send
+        self.clock = clock
+        self.poll_seconds = poll_seconds
+        self.log = log or sys.stderr
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def wake(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="newsletter-confirmations", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        # One last pass after stop(): a clean shutdown sends what its requests queued.
+        while True:
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+            self._pass()
+            if self._stop.is_set():
+                return
+
+    def _pass(self) -> None:
+        try:
+            report = drain(
+                self.settings, self.signer, self.limits, now=self.clock(), send=self.send
+            )
+        except Exception as exc:  # the store may be busy or gone; the next pass tries again
+            self.log.write(f"newsletter serve: confirmation emails: {exc}\n")
+            return
+        for error in report.errors:
+            self.log.write(f"newsletter serve: confirmation email: {error}\n")
 
 
 def confirm(conn: sqlite3.Connection, subscriber_id: int, issued: int) -> Subscriber | None:

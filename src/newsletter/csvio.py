@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from newsletter.errors import ImportRejected, InvalidInput, NewsletterError, Problem
+from newsletter.errors import ImportRejected, InvalidInput, NewsletterError, Problem, excerpt
 from newsletter.store import (
     SOURCE_IMPORT,
     SUPPRESSED,
@@ -49,6 +49,9 @@ DEFAULT_ENCODING = "utf-8-sig"  # reads UTF-8 with or without a byte-order mark
 FORMULA_TRIGGERS = frozenset("=+-@\t\r")
 # Keep the report's details bounded too: counts are exact, the listed rows stop here.
 MAX_LISTED = 1000
+# How much of one bad cell, and of one reason, a report quotes.
+_SHOWN_LIMIT = 80
+_REASON_LIMIT = 300
 # Below SQLite's oldest limit on host parameters (999), for the ``IN (…)`` look-ups.
 BATCH_SIZE = 900
 
@@ -194,15 +197,20 @@ def _refusal(report: ImportReport) -> str:
 
 def _problems(report: ImportReport) -> list[Problem]:
     return [
-        Problem(str(report.path), row.line, f"{_shown(row.email)}: {row.reason}")
+        Problem(str(report.path), row.line, f"{_shown(row.email)}: {_cut(row.reason)}")
         if row.email
-        else Problem(str(report.path), row.line, row.reason)
+        else Problem(str(report.path), row.line, _cut(row.reason))
         for row in report.rejected
     ]
 
 
 def _shown(value: str) -> str:
-    return value if value.isprintable() else repr(value)
+    return value if value.isprintable() and len(value) <= _SHOWN_LIMIT else excerpt(value)
+
+
+def _cut(reason: str) -> str:
+    # A reason may quote a cell; a binary file's cells must not flood the report.
+    return reason if len(reason) <= _REASON_LIMIT else reason[:_REASON_LIMIT] + "…"
 
 
 def _file_problem(path: Path, line: int, message: str) -> ImportRejected:
@@ -323,9 +331,11 @@ def _header(path: Path, header: list[str], report: ImportReport) -> _Header:
         if name in COLUMNS:
             columns[name] = index
         else:
-            report.ignored_columns.append(cell.strip())
+            report.ignored_columns.append(_shown(cell.strip()))
     if "email" not in columns:
-        found = ", ".join(repr(c.strip()) for c in header) or "nothing"
+        found = ", ".join(excerpt(c.strip(), 30) for c in header[:5]) or "nothing"
+        if len(header) > 5:
+            found += f" and {len(header) - 5:,} more"
         raise _file_problem(
             path,
             1,

@@ -21,10 +21,13 @@ NewsletterError                 base: the CLI prints "Error: <message>" and exit
     └── DoiNotFound             neither Crossref nor doi.org knows the DOI
 
 The library never imports click: the CLI turns NewsletterError into click's error output.
+An error that quotes its input quotes an ``excerpt``: escaped, and short whatever the input;
+one that points at an invisible character names it with ``describe_character``.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +49,35 @@ class SettingsError(NewsletterError):
         super().__init__(f"{where}: {message}")
         self.path = path
         self.key = key
+
+
+def excerpt(text: str, limit: int = 60) -> str:
+    """``text`` quoted for an error message: invisible characters escaped, and cut after
+    ``limit`` characters with its full length, so that a binary or huge input cannot flood
+    the message."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text):,} characters)"
+
+
+def describe_character(character: str) -> str:
+    """``U+001B ESCAPE``: a character, often one the reader cannot see, by code point and name."""
+    name = unicodedata.name(character, "") or _CONTROL_NAMES.get(ord(character), "control")
+    return f"U+{ord(character):04X} {name}"
+
+
+# Unicode gives the C0 and C1 controls no names; these are their usual ones.
+_CONTROL_NAMES = {
+    0x00: "NULL",
+    0x09: "TAB",
+    0x0A: "LINE FEED",
+    0x0B: "LINE TABULATION",
+    0x0C: "FORM FEED",
+    0x0D: "CARRIAGE RETURN",
+    0x1B: "ESCAPE",
+    0x7F: "DELETE",
+    0x85: "NEXT LINE",
+}
 
 
 @dataclass(frozen=True, order=True)

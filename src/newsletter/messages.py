@@ -26,7 +26,7 @@ from email.utils import format_datetime
 from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Protocol
 
-from newsletter.errors import MessageError
+from newsletter.errors import MessageError, describe_character, excerpt
 from newsletter.recipient_fields import (
     FIELDS,
     PATTERN,
@@ -179,7 +179,24 @@ def encode_words(text: str) -> str:
 
 
 def _needs_encoding(text: str) -> bool:
-    return not (text.isascii() and text.isprintable() and len(text) <= _PLAIN_HEADER_LIMIT)
+    return looks_encoded(text) or not (
+        text.isascii() and text.isprintable() and len(text) <= _PLAIN_HEADER_LIMIT
+    )
+
+
+def looks_encoded(text: str) -> bool:
+    """Whether a mail client could read part of ``text`` as an RFC 2047 encoded word.
+
+    Written as is, ``=?utf-8?b?UGF5UGFs?=`` displays as "PayPal"; such text is itself
+    encoded, so that it displays as written.
+    """
+    return "=?" in text
+
+
+def literal_header_text(text: str) -> str:
+    """``text`` for a header an API service writes for us (a name, a subject): as it is, or
+    as encoded words on one line when a client would otherwise decode part of it."""
+    return encode_words(text).replace("\r\n ", " ") if looks_encoded(text) else text
 
 
 def header_phrase(text: str) -> str:
@@ -214,9 +231,14 @@ def _fold_plain(label: str, value: str) -> str:
 
 
 def _subject_header(subject: str) -> str:
-    if subject.isascii() and subject.isprintable() and len(subject) < 900:
+    plain = subject.isascii() and subject.isprintable() and len(subject) < 900
+    if plain and not looks_encoded(subject):
         return _fold_plain("Subject", subject)
     return f"Subject: {encode_words(subject)}"
+
+
+# Line breaks in Python's and in mail clients' eyes, and the controls no header should carry.
+_NOT_IN_HEADER = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _check_one_line(value: str, what: str) -> None:
@@ -224,6 +246,18 @@ def _check_one_line(value: str, what: str) -> None:
         raise MessageError(
             f"{what} contains a line break ({value!r}); refusing to build a message whose "
             "headers could be injected. Remove the line break and try again."
+        )
+
+
+def _check_header_text(value: str, what: str) -> None:
+    """One line with no control character at all: for the issue-wide headers."""
+    _check_one_line(value, what)
+    found = _NOT_IN_HEADER.search(value)
+    if found:
+        raise MessageError(
+            f"{what} contains the control character {describe_character(found[0])} "
+            f"({excerpt(value)}); "
+            "remove it and try again"
         )
 
 
@@ -265,10 +299,10 @@ class PreparedIssue:
         self, rendered: RenderedIssueLike, settings: Settings, *, date: datetime | None = None
     ):
         subject = rendered.subject
-        _check_one_line(subject, "The issue's subject")
+        _check_header_text(subject, "The issue's subject")
         if not subject.strip():
             raise MessageError("The issue's subject is empty")
-        _check_one_line(settings.from_name, "The sender's name (newsletter.from_name)")
+        _check_header_text(settings.from_name, "The sender's name (newsletter.from_name)")
         for key, address in (("from_email", settings.from_email), ("reply_to", settings.reply_to)):
             if not address.isascii():
                 raise MessageError(

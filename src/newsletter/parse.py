@@ -42,7 +42,7 @@ import yaml
 from markdown_it import MarkdownIt
 
 from newsletter.english import counted
-from newsletter.errors import IssueFileError, Problem
+from newsletter.errors import IssueFileError, Problem, describe_character
 from newsletter.issue import Article, Citation, Issue
 from newsletter.taxonomy import Taxonomy
 
@@ -78,6 +78,14 @@ REQUIRED_CITATION = ("authors", "year", "title", "journal", "topics")
 # larger half of markdown-it's work, is left to the render stage.
 _markdown = MarkdownIt("commonmark", {"html": False})
 _markdown.core.ruler.disable("inline")
+# markdown-it stops at this depth of nesting (lists, quotes) and silently drops the rest of
+# the text, here and in the renderer. The parser looks deeper, so that it can say where.
+RENDERABLE_NESTING = _markdown.options.maxNesting
+_markdown.options.maxNesting = RENDERABLE_NESTING * 2
+# Characters that break the MJML template (XML) or hide in text: C0 controls but tab, DEL, C1.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# In a one-line value (it becomes a header): also tab and the Unicode line separators.
+_CONTROL_IN_VALUE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # libyaml's parser when PyYAML was built with it; the pure-Python one otherwise.
 _YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -152,6 +160,7 @@ def parse_text(data: bytes, path: Path, taxonomy: Taxonomy, found: _Collector) -
 
     meta = _front_matter(lines[1:end], found, first_line=2)
     body_start = end + 1  # index into lines of the body's first line
+    _control_characters(lines, body_start, found)
     intro, articles = _body(lines, body_start, taxonomy, found)
 
     month = meta.get("month", ("", 0))
@@ -172,6 +181,30 @@ def parse_text(data: bytes, path: Path, taxonomy: Taxonomy, found: _Collector) -
     )
 
 
+def _control_characters(lines: list[str], start: int, found: _Collector) -> None:
+    for index in range(start, len(lines)):
+        bad = _CONTROL.search(lines[index])
+        if bad:
+            where = _field_of(lines[index])
+            found.error(
+                index + 1,
+                f"{where} contains the control character {describe_character(bad[0])}, "
+                "which no email can show; remove it",
+            )
+
+
+def _field_of(line: str) -> str:
+    """What a body line is, for a message: a heading, a citation field, or text."""
+    if line.startswith("#"):
+        return "the heading"
+    field_line = _FIELD_LINE.match(line)
+    if field_line:
+        key = " ".join(field_line[1].replace("_", " ").replace("-", " ").lower().split())
+        if key in CITATION_FIELDS:
+            return f"the citation field '{field_line[1]}'"
+    return "the text"
+
+
 def _front_matter(
     block: list[str], found: _Collector, first_line: int
 ) -> dict[str, tuple[str, int]]:
@@ -179,6 +212,9 @@ def _front_matter(
     source = "\n".join(block)
     try:
         node = yaml.compose(source, Loader=_YamlLoader)
+    except RecursionError:
+        found.error(first_line, "front matter is nested too deeply; its values are plain text")
+        return {}
     except yaml.YAMLError as exc:
         # The context mark is where the broken construct starts, which is what needs fixing;
         # the problem mark is often the line after.
@@ -209,7 +245,16 @@ def _front_matter(
         if key in values:
             found.error(line, f"'{key}' is given twice (first on line {values[key][1]})")
             continue
-        value: Any = _construct(value_node)
+        if not isinstance(value_node, yaml.ScalarNode):
+            found.error(line, f"'{key}' must be text on one line, not a YAML list or mapping")
+            continue
+        try:
+            value: Any = _construct(value_node)
+        except yaml.YAMLError:
+            found.error(
+                line, f"'{key}': the YAML tag {value_node.tag} is not allowed; write plain text"
+            )
+            continue
         if isinstance(value, _dt.date) and key == "month":
             found.error(line, f"month must be YYYY-MM (e.g. {value:%Y-%m}), not a full date")
             continue
@@ -230,6 +275,14 @@ def _front_matter(
             continue
         if "\n" in value or "\r" in value:
             found.error(line, f"'{key}' must be one line")
+            continue
+        bad = _CONTROL_IN_VALUE.search(value)
+        if bad:
+            found.error(
+                line,
+                f"'{key}' contains the control character {describe_character(bad[0])}, "
+                "which no email can show; remove it",
+            )
             continue
         values[key] = (value, line)
 
@@ -275,6 +328,18 @@ def _body(
 ) -> tuple[str, list[Article]]:
     body = lines[start:]
     tokens = _markdown.parse("\n".join(body))
+    too_deep = next(
+        (t for t in tokens if t.level >= RENDERABLE_NESTING and t.map and t.type != "inline"),
+        None,
+    )
+    if too_deep is not None and too_deep.map is not None:
+        found.error(
+            start + too_deep.map[0] + 1,
+            "lists or quotes are nested too deeply here: Markdown keeps at most "
+            f"{RENDERABLE_NESTING // 2 - 1} levels of nested lists ({RENDERABLE_NESTING - 1} "
+            "of quotes), and would drop this line and everything after it from the email; "
+            "nest fewer levels",
+        )
     # (level, first line index in body, heading text)
     headings: list[tuple[int, int, str]] = []
     for i, token in enumerate(tokens):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from newsletter import store
 from newsletter.errors import NewsletterError
+from newsletter.private_files import write_private
 from newsletter.settings import SETTINGS_FILE
 
 SECRET_FILE = ".newsletter-secret"
@@ -68,9 +69,11 @@ def init_newsletter(folder: Path, *, today: _dt.date | None = None) -> list[Path
         if path.exists():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, "utf-8")
+        if path.name == SECRET_FILE:
+            write_private(path, text.encode())
+        else:
+            path.write_text(text, "utf-8")
         created.append(path)
-    (folder / SECRET_FILE).chmod(0o600)
     # An empty list, so that `newsletter serve` can start before the first import.
     database = folder / "newsletter.db"
     if not database.exists():

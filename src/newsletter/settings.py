@@ -11,15 +11,18 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
-from newsletter.errors import SettingsError
+from newsletter.errors import SettingsError, describe_character
 from newsletter.taxonomy import Taxonomy, slugify
 from newsletter.webhook_settings import WebhookSettings, parse_webhooks
 
 SETTINGS_FILE = "newsletter.toml"
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+# Line breaks and controls, which a header (From, List-Id) must not carry.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -106,12 +109,32 @@ _KNOWN: dict[str, set[str] | None] = {
     },
     "paths": {"issues", "templates", "build", "database"},
     "style": {"accent_color", "background_color", "text_color", "logo_url", "logo_alt"},
+    # url is checked here; the subscribe form's keys by subscribe_requests and web.py.
+    "web": {
+        "url",
+        "subscribe_per_client",
+        "subscribe_overall",
+        "max_pending",
+        "trusted_proxies",
+        "confirmations",
+    },
+    "sending": {"unsubscribe_mailto"},
     "provider": None,  # provider modules check their own keys
     "crossref": {"base_url", "doi_base_url", "mailto", "timeout"},
     "webhooks": None,  # checked by newsletter.webhook_settings
 }
-# Tables owned by other modules, which validate their own keys when they use them.
+# Tables other modules read through Settings.section(); the provider and dkim modules check
+# those tables' keys themselves, when they use them.
 _OPEN_TABLES = {"provider", "dkim", "sending", "web"}
+# What RFC 3986 allows in a URI, less the apostrophe; anything else (a space, a quote, <, >)
+# breaks the links and headers the URL is put in.
+_URI_CLASS = r"A-Za-z0-9\-._~:/?#\[\]@!$&()*+,;=%"
+_URI_CHARACTERS = re.compile(f"[{_URI_CLASS}]*")
+_NOT_URI_CHARACTER = re.compile(f"[^{_URI_CLASS}]")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_HOST = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+)
 
 DEFAULTS: dict[str, Any] = {
     "newsletter": {
@@ -192,15 +215,17 @@ def _build(raw: dict[str, Any], *, source: Path | None, root: Path) -> Settings:
     if reply_to:
         reply_to = _address(reply_to, where, "newsletter.reply_to")
     for key in ("name", "from_name"):
-        if any(c in get("newsletter", key, "") for c in "\r\n"):
-            raise SettingsError("must be one line", path=where, key=f"newsletter.{key}")
-    base_url = get("newsletter", "base_url").rstrip("/")
-    if not re.match(r"^https?://[^/\s]+", base_url):
-        raise SettingsError(
-            f"must be an http(s) URL such as https://news.example.org, not {base_url!r}",
-            path=where,
-            key="newsletter.base_url",
-        )
+        control = _CONTROL.search(get("newsletter", key, ""))
+        if control:
+            raise SettingsError(
+                "must be one line without control characters "
+                f"(found {describe_character(control[0])})",
+                path=where,
+                key=f"newsletter.{key}",
+            )
+    base_url = check_url(
+        get("newsletter", "base_url").rstrip("/"), where, "newsletter.base_url", site=True
+    )
     postal = get("newsletter", "postal_address")
     if not postal:
         raise SettingsError(
@@ -211,6 +236,10 @@ def _build(raw: dict[str, Any], *, source: Path | None, root: Path) -> Settings:
 
     style_raw = raw.get("style", {})
     style = Style(**{k: str(v) for k, v in style_raw.items()})
+    if style.logo_url:
+        check_url(style.logo_url, where, "style.logo_url")
+    if any(c in style.logo_alt for c in "\r\n"):
+        raise SettingsError("must be one line", path=where, key="style.logo_alt")
     for key in ("accent_color", "background_color", "text_color"):
         if not _COLOR.match(getattr(style, key)):
             raise SettingsError(
@@ -247,6 +276,9 @@ def _build(raw: dict[str, Any], *, source: Path | None, root: Path) -> Settings:
     if not isinstance(provider, str) or not provider:
         raise SettingsError("must name a provider", path=where, key="provider.name")
 
+    sections = {t: dict(v) for t, v in raw.items() if t in _OPEN_TABLES - {"provider"}}
+    _check_web(sections.get("web", {}), where)
+    _check_sending(sections.get("sending", {}), where)
     crossref = _crossref(raw.get("crossref", {}), where, from_email)
 
     return Settings(
@@ -265,7 +297,7 @@ def _build(raw: dict[str, Any], *, source: Path | None, root: Path) -> Settings:
         taxonomy=taxonomy,
         provider=provider,
         provider_options=provider_raw,
-        sections={t: dict(v) for t, v in raw.items() if t in _OPEN_TABLES - {"provider"}},
+        sections=sections,
         crossref=crossref,
         webhooks=parse_webhooks(raw.get("webhooks", {}), where),
     )
@@ -276,13 +308,8 @@ def _crossref(raw: dict[str, Any], where: Path, from_email: str) -> Crossref:
     urls: dict[str, str] = {}
     for key in ("base_url", "doi_base_url"):
         value = raw.get(key, getattr(defaults, key))
-        if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value):
-            raise SettingsError(
-                f"must be an http(s) URL such as {getattr(defaults, key)}, not {value!r}",
-                path=where,
-                key=f"crossref.{key}",
-            )
-        urls[key] = value.rstrip("/")
+        value = value.strip().rstrip("/") if isinstance(value, str) else value
+        urls[key] = check_url(value, where, f"crossref.{key}", site=True)
     mailto = raw.get("mailto", from_email)
     if not isinstance(mailto, str):
         raise SettingsError("must be a string", path=where, key="crossref.mailto")
@@ -305,3 +332,74 @@ def _address(value: str, where: Path, key: str) -> str:
         raise SettingsError(
             f"{value!r} is not an email address: {exc}", path=where, key=key
         ) from None
+
+
+def check_url(value: object, where: Path, key: str, *, site: bool = False) -> str:
+    """``value`` when it is an absolute http(s) URL; a SettingsError naming ``key`` otherwise.
+
+    ``site``: the root of a web site, which links are made from by appending paths, so it
+    takes no query or fragment.
+    """
+    example = "https://news.example.org" if site else "https://news.example.org/logo.png"
+
+    def refuse(why: str) -> SettingsError:
+        return SettingsError(
+            f"must be an http(s) URL such as {example}, not {value!r}: {why}",
+            path=where,
+            key=key,
+        )
+
+    if not isinstance(value, str):
+        raise SettingsError("must be a string", path=where, key=key)
+    if not value:
+        raise refuse("it is empty")
+    bad = _NOT_URI_CHARACTER.search(value)
+    if bad:
+        shown = "a space" if bad[0] == " " else f"{bad[0]!r}"
+        raise refuse(f"it contains {shown}, which a URL cannot (encode it as %XX)")
+    if _BAD_PERCENT.search(value):
+        raise refuse("a % is not followed by two hex digits")
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https"):
+        scheme = f"{parts.scheme}:" if parts.scheme else "nothing"
+        raise refuse(f"it must start with https:// or http://, not with {scheme}")
+    try:
+        host, _ = parts.hostname, parts.port
+    except ValueError as exc:
+        raise refuse(str(exc)) from None
+    if not host or not (_HOST.fullmatch(host) or ":" in host):
+        raise refuse("it has no valid host name after the //")
+    if site and (parts.query or parts.fragment or value.endswith(("?", "#"))):
+        raise refuse("links are made by appending paths to it, so it takes no ? or #")
+    return value
+
+
+def _check_web(table: dict[str, Any], where: Path) -> None:
+    if "url" in table:
+        url = table["url"]
+        url = url.strip().rstrip("/") if isinstance(url, str) else url
+        table["url"] = check_url(url, where, "web.url", site=True)
+
+
+def _check_sending(table: dict[str, Any], where: Path) -> None:
+    mailto = table.get("unsubscribe_mailto")
+    if mailto is None:
+        return
+    key = "sending.unsubscribe_mailto"
+    if not isinstance(mailto, str):
+        raise SettingsError("must be a string", path=where, key=key)
+    mailto = mailto.strip()
+    if not mailto:
+        return  # the default: unsubscribe@<sender domain>
+    address, _, query = mailto.removeprefix("mailto:").partition("?")
+    if not _URI_CHARACTERS.fullmatch(query) or _BAD_PERCENT.search(query):
+        raise SettingsError(
+            f"{mailto!r}: the part after ? may hold only URL characters (no spaces, quotes, "
+            "< or >); e.g. mailto:unsubscribe@example.org?subject=unsubscribe",
+            path=where,
+            key=key,
+        )
+    checked = _address(address, where, key)
+    if not checked.isascii():
+        raise SettingsError(f"{address!r} must be an ASCII address", path=where, key=key)
+    table["unsubscribe_mailto"] = f"mailto:{checked}" + (f"?{query}" if query else "")

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import sqlite3
+import string
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +28,14 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
-from newsletter.errors import InvalidInput, StoreError, StoreReadOnly
+from newsletter.errors import (
+    InvalidInput,
+    StoreError,
+    StoreReadOnly,
+    describe_character,
+    excerpt,
+)
+from newsletter.private_files import create_private
 from newsletter.taxonomy import Taxonomy
 
 BUSY_TIMEOUT_SECONDS = 10.0
@@ -200,7 +209,30 @@ MIGRATIONS: list[tuple[str, ...]] = [
             (SELECT coalesce(max(subscriber_id), 0) FROM topic_changes))
         """,
     ),
-    # +1: delivery events (newsletter.events): one row per provider event, tied to the issue
+    # 5 -> 6: the subscribe form's allowances (per client and overall, in fixed windows) and
+    # the queue of confirmation emails, sent outside the request; see subscribe_requests.
+    (
+        """
+        CREATE TABLE rate_windows (
+            bucket TEXT NOT NULL,
+            window INTEGER NOT NULL,
+            hits INTEGER NOT NULL,
+            expires REAL NOT NULL,
+            PRIMARY KEY (bucket, window)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE confirmation_queue (
+            subscriber_id INTEGER PRIMARY KEY,
+            requested_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            last_error TEXT NOT NULL DEFAULT ''
+        )
+        """,
+        "CREATE INDEX confirmation_queue_due ON confirmation_queue (next_attempt_at)",
+    ),
+    # 6 -> 7: delivery events (newsletter.events): one row per provider event, tied to the issue
     # and journal row it concerns; the webhook deliveries already seen (replays are refused);
     # the soft-bounce score of each subscriber; journal rows found by the provider's message id.
     (
@@ -286,8 +318,10 @@ def _open_writable(path: Path, timeout: float) -> StoreConnection:
     except OSError as exc:
         raise StoreError(f"{path}: cannot create its folder ({exc.strerror})") from None
     try:
+        # Personal data: owner-only from the first byte (SQLite gives -wal and -shm the same).
+        create_private(path)
         conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, factory=StoreConnection)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"{path}: cannot open the subscriber store ({exc})") from None
     conn.path = path
     try:
@@ -401,6 +435,14 @@ def _damaged(where: str, detail: str) -> StoreError:
     )
 
 
+def _disk_full(path: str) -> bool:
+    try:
+        disk = os.statvfs(Path(path).parent)
+    except OSError:
+        return False
+    return disk.f_bavail == 0 or (disk.f_files > 0 and disk.f_favail == 0)
+
+
 def _store_error(conn: sqlite3.Connection, exc: sqlite3.Error) -> StoreError:
     where = _where(conn)
     code = getattr(exc, "sqlite_errorname", "")
@@ -423,6 +465,13 @@ def _store_error(conn: sqlite3.Connection, exc: sqlite3.Error) -> StoreError:
         )
     if code.startswith("SQLITE_CORRUPT"):
         return _damaged(where, str(exc))
+    if code.startswith("SQLITE_CANTOPEN") and _disk_full(where):
+        return StoreError(
+            f"{where}: the disk holding the store is full (no free space or no free file "
+            "entries), so SQLite cannot make the files it keeps beside it; nothing was "
+            "changed. Free some space and run the command again.",
+            cause=f"the disk holding {where} is full",
+        )
     if code.startswith("SQLITE_READONLY") or code.startswith("SQLITE_CANTOPEN"):
         return StoreReadOnly(
             f"{where}: cannot write the store ({exc}); nothing was changed. Check the "
@@ -449,11 +498,15 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 # --- Values -------------------------------------------------------------------------------
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_MAX_LOCAL_PART = 64  # RFC 5321, 4.5.3.1.1
+_ASCII_LOWERCASE = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 _PLAIN_ADDRESS = re.compile(rf"({_ATOM}(?:\.{_ATOM})*)@([A-Za-z0-9.-]+)")
 
 
 def normalize_email(address: str) -> str:
-    """The canonical spelling of ``address`` (email-validator's), or InvalidInput saying why not.
+    """The canonical spelling of ``address`` (email-validator's, with an international domain
+    in its ASCII form), or InvalidInput saying why not. Addresses no provider can deliver to
+    are refused: non-ASCII before the @, or more than 64 characters there.
 
     Validating a domain is two thirds of email-validator's cost and a list has few distinct
     domains, so plain ASCII addresses take a path that validates each domain once; the
@@ -461,29 +514,60 @@ def normalize_email(address: str) -> str:
     """
     address = address.strip()
     plain = _PLAIN_ADDRESS.fullmatch(address)
-    if plain and len(plain[1]) <= 64:
+    if plain and len(plain[1]) <= _MAX_LOCAL_PART:
         domain = _normalized_domain(plain[2])
         if domain is not None:
             result = f"{plain[1]}@{domain}"
             if len(result) <= 254:
                 return result
+    _refuse_undeliverable(address)
     try:
-        return validate_email(address, check_deliverability=False).normalized
+        valid = validate_email(address, check_deliverability=False)
     except EmailNotValidError as exc:
-        raise InvalidInput(f"invalid address {address!r}: {exc}") from None
+        raise InvalidInput(f"invalid address {excerpt(address)}: {exc}") from None
+    # An international domain in its ASCII (IDNA) form, which every mail server takes.
+    return valid.ascii_email or valid.normalized
+
+
+def _refuse_undeliverable(address: str) -> None:
+    """InvalidInput for a well-formed address no provider can deliver to.
+
+    Outside ASCII, the part before the @ needs SMTPUTF8, which the providers' APIs do not
+    take; and Unicode normalisation would make two mailboxes one (KELVIN SIGN and K).
+    """
+    local = address.rpartition("@")[0]
+    strange = next((c for c in local if not c.isascii()), None)
+    if strange is not None:
+        raise InvalidInput(
+            f"invalid address {excerpt(address)}: the part before the @ has a character outside "
+            f"ASCII ({describe_character(strange)}), which the mail providers cannot deliver to; "
+            "use an address with only ASCII letters, digits and punctuation before the @"
+        )
+    if len(local) > _MAX_LOCAL_PART:
+        raise InvalidInput(
+            f"invalid address {excerpt(address)}: the part before the @ is {len(local)} characters "
+            f"long; mail servers take at most {_MAX_LOCAL_PART} (RFC 5321)"
+        )
 
 
 @functools.lru_cache(maxsize=4096)
 def _normalized_domain(domain: str) -> str | None:
     try:
-        return validate_email(f"x@{domain}", check_deliverability=False).domain
+        return validate_email(f"x@{domain}", check_deliverability=False).ascii_domain
     except EmailNotValidError:
         return None  # the full validation says why, in terms of the real address
 
 
 def email_key(email: str) -> str:
-    """What makes two addresses the same subscriber: the address regardless of case."""
-    return email.casefold()
+    """What makes two normalised addresses the same subscriber: the address regardless of the
+    case of its ASCII letters.
+
+    Only ASCII: Unicode case folding makes different mailboxes one (``straße`` and
+    ``STRASSE``, and in a domain ``straße.de`` and ``strasse.de``, which IDNA 2008 keeps
+    apart). A normalised address has only ASCII before the @, and its domain is in IDNA's
+    lowercase form already.
+    """
+    return email.translate(_ASCII_LOWERCASE)
 
 
 def canonical_topics(names: Iterable[str], taxonomy: Taxonomy) -> tuple[str, ...]:
@@ -767,6 +851,7 @@ def remove_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subsc
         current = require_subscriber(conn, email_or_id)
         conn.execute("DELETE FROM subscribers WHERE id = ?", (current.id,))
         conn.execute("DELETE FROM topic_changes WHERE subscriber_id = ?", (current.id,))
+        conn.execute("DELETE FROM confirmation_queue WHERE subscriber_id = ?", (current.id,))
         conn.execute(
             "DELETE FROM confirmation_sends WHERE email_key = ?", (email_key(current.email),)
         )
@@ -813,43 +898,6 @@ def topic_history(
             (subscriber_id,),
         ).fetchall()
     return [(str(at), tuple(json.loads(str(topics))), str(source)) for at, topics, source in rows]
-
-
-def claim_confirmation_send(
-    conn: sqlite3.Connection, email: str, *, now: datetime, interval_seconds: int
-) -> str | None:
-    """Reserve the right to send ``email`` a confirmation now, at most once per interval.
-
-    Returns the reservation's timestamp, or None when one was sent less than
-    ``interval_seconds`` ago. The check and the reservation are one transaction, so two
-    simultaneous requests for one address cannot both win.
-    """
-    key = email_key(normalize_email(email))
-    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    cutoff = datetime.fromtimestamp(now.timestamp() - interval_seconds, UTC).strftime(
-        "%Y-%m-%dT%H:%M:%SZ"
-    )
-    with transaction(conn):
-        row = conn.execute(
-            "SELECT sent_at FROM confirmation_sends WHERE email_key = ?", (key,)
-        ).fetchone()
-        if row is not None and str(row[0]) > cutoff:
-            return None
-        conn.execute(
-            "INSERT INTO confirmation_sends (email_key, sent_at) VALUES (?, ?)"
-            " ON CONFLICT (email_key) DO UPDATE SET sent_at = excluded.sent_at",
-            (key, stamp),
-        )
-    return stamp
-
-
-def release_confirmation_send(conn: sqlite3.Connection, email: str, stamp: str) -> None:
-    """Give back a reservation whose email could not be sent, so the person can try again."""
-    key = email_key(normalize_email(email))
-    with transaction(conn):
-        conn.execute(
-            "DELETE FROM confirmation_sends WHERE email_key = ? AND sent_at = ?", (key, stamp)
-        )
 
 
 def confirm_subscriber(

@@ -11,7 +11,9 @@ Unsubscribe tokens never expire: an email from years ago must still let its read
 Confirmation tokens expire after a week.
 
 The secret comes from the environment variable ``NEWSLETTER_SECRET``, or else from the
-git-ignored ``.newsletter-secret`` file that ``newsletter init`` writes.
+git-ignored ``.newsletter-secret`` file that ``newsletter init`` writes owner-only; a secret
+file that other users of the machine can read is used, with a warning on the ``newsletter``
+logger (anyone who reads it can unsubscribe or confirm anybody).
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from newsletter.errors import TokenError
+from newsletter.private_files import exposed_mode
 from newsletter.settings import Settings
 
 SECRET_ENV = "NEWSLETTER_SECRET"
@@ -32,6 +37,11 @@ UNSUBSCRIBE = "u"
 CONFIRM = "c"
 CONFIRM_MAX_AGE = 7 * 24 * 3600
 _SIGNATURE_BYTES = 16
+# Writes the key owner-only whatever the umask; the error for a missing secret suggests it.
+MAKE_SECRET_COMMAND = (
+    f"(umask 077; python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > {SECRET_FILE})"
+)
+logger = logging.getLogger("newsletter")
 _MIN_SECRET_BYTES = 16
 
 
@@ -47,17 +57,31 @@ def load_secret(settings: Settings) -> bytes:
         except FileNotFoundError:
             raise TokenError(
                 f"no secret for signing unsubscribe links: set {SECRET_ENV}, or create "
-                f"{path} (`newsletter init` writes one; or run "
-                f"`python -c 'import secrets; print(secrets.token_urlsafe(32))' > {SECRET_FILE}`)"
+                f"{path} (`newsletter init` writes one; or run `{MAKE_SECRET_COMMAND}` "
+                "in that folder)"
             ) from None
         except OSError as exc:
             raise TokenError(f"cannot read the signing secret {path}: {exc.strerror}") from None
         source = str(path)
+        _warn_if_exposed(path)
     if len(value.encode()) < _MIN_SECRET_BYTES:
         raise TokenError(
             f"the signing secret in {source} is too short: use at least 16 random characters"
         )
     return value.encode()
+
+
+def _warn_if_exposed(path: Path) -> None:
+    mode = exposed_mode(path)
+    if mode:
+        logger.warning(
+            "the signing secret %s can be read or changed by other users of this machine "
+            "(permissions %s), and with it anyone can unsubscribe or confirm anybody: "
+            "run `chmod 600 %s`",
+            path,
+            mode,
+            path,
+        )
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
     POST /unsubscribe/<token>   unsubscribes; also the RFC 8058 one-click POST of mail clients
     POST /preferences/<token>   saves the chosen topics
     GET  /subscribe  (and /)    the subscribe form
-    POST /subscribe             records a pending subscriber, emails a confirmation link
+    POST /subscribe             records a pending subscriber and queues a confirmation email
     GET  /confirm/<token>       a page with a Confirm button
     POST /confirm/<token>       confirms the subscription (double opt-in)
 
@@ -14,6 +14,11 @@ one-click POST. Tokens are checked (HMAC, see ``newsletter.tokens``) before the 
 opened, so a forged link costs nothing. The one-click POST needs no cookie and no CSRF
 token, as RFC 8058 requires: the signed token in the URL is the authority, and it answers
 200 with a page, never a redirect.
+
+The subscribe form answers every valid request with the same page, in the same time, and
+sends nothing while the visitor waits: the confirmation is queued in the store and sent by the
+app's own background thread (or by ``newsletter run-due``). Per-client and overall allowances
+kept in the store answer a flood with a polite 429 (see ``newsletter.subscribe_requests``).
 
 The app is plain WSGI without a framework: ``newsletter serve`` runs it on the standard
 library's server, and ``create_app`` is the factory for a production server, e.g.
@@ -41,13 +46,14 @@ from urllib.parse import parse_qsl
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.simple_server import make_server as _make_wsgiref_server
 
-from newsletter import confirmation, store
-from newsletter.confirmation import SendConfirmation, request_subscription, send_confirmation
-from newsletter.errors import InvalidInput, NewsletterError, StoreError, TokenError
+from newsletter import confirmation, store, subscribe_requests
+from newsletter.confirmation import ConfirmationWorker, SendConfirmation, send_confirmation
+from newsletter.errors import InvalidInput, SettingsError, StoreError, TokenError, excerpt
 from newsletter.messages import ONE_CLICK
 from newsletter.render import render_template
 from newsletter.settings import Settings, find_settings, load_settings
 from newsletter.store import SOURCE_WEB, SUPPRESSED, Status, Subscriber
+from newsletter.subscribe_requests import Verdict
 from newsletter.tokens import CONFIRM, UNSUBSCRIBE, Signer, TokenClaims
 from newsletter.webhooks import PREFIX as WEBHOOKS_PREFIX
 from newsletter.webhooks import WebhookReceiver
@@ -55,6 +61,9 @@ from newsletter.webhooks import WebhookReceiver
 CONFIG_ENV = "NEWSLETTER_CONFIG"
 MAX_BODY_BYTES = 64 * 1024
 _TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+_TOKEN_IN_PATH = re.compile(r"/(unsubscribe|preferences|confirm)/[^ ?]+")
+# The request's path without its token, set in the WSGI environ for access logs.
+LOG_PATH_KEY = "newsletter.log_path"
 _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"/unsubscribe/([^/]*)/?"), "unsubscribe"),
     (re.compile(r"/preferences/([^/]*)/?"), "preferences"),
@@ -135,7 +144,15 @@ def _multipart_fields(content_type: str, body: bytes) -> list[tuple[str, str]]:
             continue
         payload = part.get_payload(decode=True)
         raw = payload if isinstance(payload, bytes) else b""
-        fields.append((name, raw.decode(part.get_content_charset() or "utf-8", "replace")))
+        charset = part.get_content_charset() or "utf-8"
+        try:
+            fields.append((name, raw.decode(charset, "replace")))
+        except LookupError:  # unknown, or not a text encoding (base64, rot13)
+            raise _RequestRejected(
+                400,
+                f"A field of the form is in a character set this server does not know "
+                f"({excerpt(charset, 40)}); send the form as UTF-8.",
+            ) from None
     return fields
 
 
@@ -149,25 +166,53 @@ class WebApp:
         *,
         send: SendConfirmation = send_confirmation,
         clock: Callable[[], float] = time.time,
+        poll_seconds: float = 30.0,
         webhooks: WebhookReceiver | None = None,
     ):
         self.settings = settings
         # Without a signing secret no link can be checked: fail at start-up, not per request.
         self.signer = signer or Signer.for_settings(settings)
+        # Providers' delivery events (docs/webhooks.md); a missing webhook secret stops start-up.
+        self.webhooks = webhooks or WebhookReceiver(settings, clock=clock)
+        self.limits = subscribe_requests.limits_from_settings(settings)
+        self.trusted_proxies = subscribe_requests.trusted_proxies_from_settings(settings)
+        mode = settings.section("web").get("confirmations", "worker")
+        if mode not in ("worker", "run-due"):
+            raise SettingsError(
+                f'must be "worker" (the app sends them) or "run-due" (cron does), not {mode!r}',
+                path=settings.source,
+                key="web.confirmations",
+            )
+        self.worker = (
+            ConfirmationWorker(
+                settings,
+                self.signer,
+                self.limits,
+                send=send,
+                clock=clock,
+                poll_seconds=poll_seconds,
+            )
+            if mode == "worker"
+            else None
+        )
         # Nor without the store: a mistyped path would answer "you are unsubscribed" while
         # the real list keeps mailing the reader. This also migrates it once, up front.
         store.open_store(settings.paths.database, create=False).close()
-        self.send = send
         self.clock = clock
-        # Providers' delivery events (docs/webhooks.md); a missing webhook secret stops start-up.
-        self.webhooks = webhooks or WebhookReceiver(settings, clock=clock)
+
+    def close(self) -> None:
+        """Stop the background thread; what it had not sent yet stays queued in the store."""
+        if self.worker is not None:
+            self.worker.stop()
 
     # --- WSGI ---------------------------------------------------------------------------
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        # For a WSGI server's access log: gunicorn's %({newsletter.log_path}e)s (docs/web.md).
+        environ[LOG_PATH_KEY] = without_tokens(str(environ.get("PATH_INFO") or "/"))
         if str(environ.get("PATH_INFO") or "").startswith(WEBHOOKS_PREFIX):
             return self.webhooks(environ, start_response)
-        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
         try:
             page = self.handle(environ, "GET" if method == "HEAD" else method)
         except _RequestRejected as exc:
@@ -322,29 +367,35 @@ class WebApp:
         except InvalidInput as exc:
             return self._subscribe_page(environ, 400, values, set(topics), error=str(exc))
         with self._store() as conn:
-            try:
-                request_subscription(
-                    conn,
-                    self.settings,
-                    self.signer,
-                    address,
-                    name=name,
-                    topics=chosen,
-                    now=self.clock(),
-                    send=self.send,
-                )
-            except NewsletterError as exc:
-                if isinstance(exc, StoreError | InvalidInput):
-                    raise
-                environ["wsgi.errors"].write(f"newsletter serve: confirmation email: {exc}\n")
-                return self._error(
-                    environ,
-                    503,
-                    "The email could not be sent",
-                    "We could not send the confirmation email just now. "
-                    "Please try again in a few minutes.",
-                )
+            verdict = subscribe_requests.record_request(
+                conn,
+                email=address,
+                name=name,
+                topics=chosen,
+                client=subscribe_requests.client_of(environ, self.trusted_proxies),
+                limits=self.limits,
+                now=self.clock(),
+            )
+        if verdict is not Verdict.ACCEPTED:
+            return self._too_many(environ, verdict)
+        if self.worker is not None:
+            self.worker.wake()
         return self._check_inbox(environ, address)
+
+    def _too_many(self, environ: dict[str, Any], verdict: Verdict) -> Page:
+        window = self.limits.per_client if verdict is Verdict.CLIENT_LIMIT else self.limits.overall
+        minutes = max(1, window.seconds // 60)
+        who = "from your network" if verdict is Verdict.CLIENT_LIMIT else "from many people at once"
+        page = self._error(
+            environ,
+            429,
+            "Please try again a little later",
+            f"We have had a lot of sign-up requests {who} just now, so we are not taking more "
+            f"for a while. Nothing is wrong with your address: please try again within "
+            f"{minutes} minutes. Thank you for your patience.",
+        )
+        page.headers.append(("Retry-After", str(window.seconds)))
+        return page
 
     def _confirm_get(self, environ: dict[str, Any], token: str) -> Page:
         subscriber_id = self._verify(token, CONFIRM).subscriber_id
@@ -475,16 +526,17 @@ class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     request_queue_size = 128
 
 
+def without_tokens(text: str) -> str:
+    """``text`` (a path or a request line) with the tokens in it left out: they unlock a
+    subscriber, so they must not reach an access log."""
+    return _TOKEN_IN_PATH.sub(r"/\1/…", text)
+
+
 class _RequestLog(WSGIRequestHandler):
-    """The standard access log, with the tokens in paths left out: they unlock a subscriber."""
+    """The standard access log, with the tokens in paths left out."""
 
     def log_message(self, format: str, *args: Any) -> None:
-        cleaned = tuple(
-            re.sub(r"/(unsubscribe|preferences|confirm)/[^ ?]+", r"/\1/…", a)
-            if isinstance(a, str)
-            else a
-            for a in args
-        )
+        cleaned = tuple(without_tokens(a) if isinstance(a, str) else a for a in args)
         super().log_message(format, *cleaned)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,13 @@ class NewsletterGroup(click.Group):
             raise click.ClickException(str(exc)) from exc
 
 
+class WarningPrinter(logging.Handler):
+    """Prints the library's warnings (the ``newsletter`` logger) as ``Warning: …`` on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"Warning: {record.getMessage()}", err=True)
+
+
 pass_app = click.make_pass_decorator(AppContext)
 
 
@@ -53,6 +61,9 @@ pass_app = click.make_pass_decorator(AppContext)
 def main(ctx: click.Context, config: Path | None) -> None:
     """Write, preview and send a monthly research-digest newsletter."""
     ctx.obj = AppContext(config)
+    library_logger = logging.getLogger("newsletter")
+    if not any(isinstance(h, WarningPrinter) for h in library_logger.handlers):
+        library_logger.addHandler(WarningPrinter(logging.WARNING))
 
 
 def _register() -> None:
@@ -64,7 +75,7 @@ def _register() -> None:
     main.add_command(subscribers.subscribers)
     for command in sending.COMMANDS:
         main.add_command(command)
-    web.register(main, subscribers.subscribers)
+    main.add_command(web.serve)
     for command in events.COMMANDS:
         main.add_command(command)
 

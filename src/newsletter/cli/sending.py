@@ -9,9 +9,10 @@ from pathlib import Path
 
 import click
 
+from newsletter import due
 from newsletter.cli import AppContext, pass_app
 from newsletter.english import counted
-from newsletter.errors import SendError
+from newsletter.errors import NewsletterError, SendError
 from newsletter.rate import parse_rate
 from newsletter.send import (
     UNCERTAIN_LISTED,
@@ -234,4 +235,26 @@ def status(app: AppContext, issue: str, as_json: bool) -> None:
             click.echo(f"  {title}: {entry.email} (subscriber {entry.subscriber_id}){reason}")
 
 
-COMMANDS: list[click.Command] = [send, status]
+@click.command("run-due")
+@pass_app
+def run_due(app: AppContext) -> None:
+    """Do what is due now: queued confirmation emails (for cron or a systemd timer).
+
+    Safe to run from several places at once; exits 1 when something could not be sent.
+    """
+    report = due.run_due(app.settings)
+    sent = report.confirmations
+    click.echo(
+        f"confirmation emails: {sent.sent} sent, {sent.retried} to retry later, "
+        f"{sent.dropped} no longer needed"
+    )
+    for error in sent.errors:
+        click.echo(f"  {error}", err=True)
+    if sent.errors:
+        raise NewsletterError(
+            "some confirmation emails could not be sent; they stay queued and are retried by "
+            "the next run"
+        )
+
+
+COMMANDS: list[click.Command] = [send, status, run_due]

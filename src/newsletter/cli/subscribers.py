@@ -11,9 +11,10 @@ from pathlib import Path
 
 import click
 
-from newsletter import csvio, store
+from newsletter import csvio, store, suppressions
 from newsletter.cli import AppContext, pass_app
 from newsletter.english import counted
+from newsletter.errors import NewsletterError
 from newsletter.store import Status, StoreConnection, Subscriber
 
 _STATUS_CHOICE = click.Choice([s.value for s in Status], case_sensitive=False)
@@ -303,3 +304,50 @@ def export(app: AppContext, file: Path, statuses: tuple[str, ...]) -> None:
         written = csvio.export_csv(conn, file, statuses=wanted, on_progress=advance)
     noun = "subscriber" if written == 1 else "subscribers"
     click.echo(f"Exported {written} {noun} to {file}.")
+
+
+@subscribers.command()
+@click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
+@pass_app
+def sync(app: AppContext, dry_run: bool) -> None:
+    """Mark bounces, complaints and unsubscribes from the provider's suppression lists.
+
+    Each change is printed as it is made. Safe to run again at any time: a sync that was
+    stopped part-way is finished by running it again.
+    """
+    conn = _open(app)
+    provider = app.settings.provider
+    click.echo(f"Reading {provider}'s suppression lists…", err=True)
+    applied: list[suppressions.SyncChange] = []
+
+    def fetched(count: int) -> None:
+        click.echo(f"  {counted(count, 'entry')} read", err=True)
+
+    def changed(change: suppressions.SyncChange) -> None:
+        applied.append(change)
+        click.echo(
+            f"{change.email}: {change.before} -> {change.after} ({change.reason})"
+            + (" [dry run]" if dry_run else "")
+        )
+
+    try:
+        report = suppressions.sync(
+            conn, app.settings, dry_run=dry_run, on_fetched=fetched, on_change=changed
+        )
+    except (KeyboardInterrupt, NewsletterError) as exc:
+        done = "would have changed" if dry_run else "changed"
+        click.echo(
+            f"Sync stopped after it {done} {counted(len(applied), 'subscriber')}. "
+            "It is safe to run again: the next run applies the rest.",
+            err=True,
+        )
+        if isinstance(exc, KeyboardInterrupt):
+            raise NewsletterError("interrupted") from None
+        raise
+    verb = "would change" if dry_run else "changed"
+    click.echo(
+        f"{report.provider}: {counted(report.fetched, 'suppressed address')}; "
+        f"{counted(len(report.changes), 'subscriber')} {verb}, "
+        f"{report.already_suppressed} already suppressed, "
+        f"{report.not_on_the_list} not on the list."
+    )

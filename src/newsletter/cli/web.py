@@ -1,12 +1,10 @@
-"""``newsletter serve`` and ``newsletter subscribers sync``: options in, library calls, output out."""
+"""``newsletter serve``: options in, library calls, output out."""
 
 from __future__ import annotations
 
 import click
 
-from newsletter import store, suppressions
 from newsletter.cli import AppContext, pass_app
-from newsletter.english import counted
 from newsletter.tokens import web_url
 from newsletter.web import WebApp, make_server
 
@@ -34,30 +32,3 @@ def serve(app: AppContext, host: str, port: int) -> None:
         pass
     finally:
         server.server_close()
-
-
-@click.command()
-@click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
-@pass_app
-def sync(app: AppContext, dry_run: bool) -> None:
-    """Mark bounces, complaints and unsubscribes from the provider's suppression lists."""
-    conn = store.open_store(app.settings.paths.database, create=False)
-    click.get_current_context().call_on_close(conn.close)
-    report = suppressions.sync(conn, app.settings, dry_run=dry_run)
-    verb = "would change" if dry_run else "changed"
-    for change in report.changes:
-        click.echo(
-            f"{change.email}: {change.before} -> {change.after} ({change.reason})"
-            + (" [dry run]" if dry_run else "")
-        )
-    click.echo(
-        f"{report.provider}: {counted(report.fetched, 'suppressed address')}; "
-        f"{counted(len(report.changes), 'subscriber')} {verb}, "
-        f"{report.already_suppressed} already suppressed, "
-        f"{report.not_on_the_list} not on the list."
-    )
-
-
-def register(main: click.Group, subscribers: click.Group) -> None:
-    main.add_command(serve)
-    subscribers.add_command(sync)

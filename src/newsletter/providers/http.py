@@ -9,10 +9,13 @@ and the replies that mean the same for every service:
   ``uncertain`` when the request may have been received;
 - 429: temporary, with the service's Retry-After;
 - 5xx: temporary;
-- 401/403: ProviderError, because no retry fixes a refused credential.
+- 401/403: ProviderError, because no retry fixes a refused credential;
+- a redirect to another host: ProviderError before anything is sent there, because the
+  credential (a header or basic auth) and the subscribers' addresses would follow it.
 
 The same policy serves reading (``get_json``, for suppression sync): 429 and 5xx are tried
-again after the service's Retry-After, and 401/403 stop with the same error as a send's.
+again after the service's Retry-After, and 401/403 and off-host redirects stop with the same
+errors as a send's.
 """
 
 from __future__ import annotations
@@ -23,15 +26,22 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar, cast
+from urllib.parse import urlsplit
 
 import requests
 
 from newsletter import __version__
 from newsletter.errors import ProviderError
-from newsletter.messages import OutgoingMessage, PreparedIssue
+from newsletter.messages import (
+    OutgoingMessage,
+    PreparedIssue,
+    literal_header_text,
+    looks_encoded,
+)
 from newsletter.providers.base import DeliveryResult, Provider
-from newsletter.settings import Settings
+from newsletter.settings import Settings, check_url
 
 USER_AGENT = f"newsletter/{__version__} python-requests/{requests.__version__}"
 _SPECIALS = re.compile(r'[][\\()<>@,:;".]')
@@ -53,9 +63,12 @@ class ApiRequest:
 
 
 def plain_address(name: str, address: str) -> str:
-    """``Name <address>`` for a JSON API: the name quoted when needed, never RFC 2047 encoded."""
+    """``Name <address>`` for a JSON API: the name quoted when needed, and RFC 2047 encoded
+    only when it looks like an encoded word itself (the service would pass that on as is)."""
     if not name:
         return address
+    if looks_encoded(name):
+        return f"{literal_header_text(name)} <{address}>"
     if _SPECIALS.search(name):
         name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{name} <{address}>"
@@ -131,6 +144,45 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class OffHostRedirect(requests.RequestException):
+    """The API answered with a redirect to another host (or port, or from https to http)."""
+
+    def __init__(self, source: str, target: str):
+        super().__init__(f"redirected from {source} to {target}")
+        self.source = source
+        self.target = target
+
+
+class ApiSession(requests.Session):
+    """A Session that follows a redirect only on the host it was sent to.
+
+    requests drops ``Authorization`` when a redirect changes host, but keeps every other
+    header (Postmark's ``X-Postmark-Server-Token``) and the body; so a redirect off the host
+    is refused before the next request is sent.
+    """
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: Any) -> None:
+        source = response.request.url or ""
+        target = prepared_request.url or ""
+        if _origin(source) != _origin(target) and not _is_upgrade(source, target):
+            raise OffHostRedirect(source.split("?", 1)[0], target.split("?", 1)[0])
+        super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname or "", parts.port or _DEFAULT_PORTS.get(parts.scheme)
+
+
+def _is_upgrade(source: str, target: str) -> bool:
+    """http://host/ to https://host/ on the default ports, which requests also allows."""
+    old, new = _origin(source), _origin(target)
+    return old == ("http", new[1], 80) and new == ("https", old[1], 443)
+
+
 class HttpProvider(Provider):
     """Base of the HTTP providers; see the module docstring for what it handles."""
 
@@ -142,7 +194,9 @@ class HttpProvider(Provider):
         self, settings: Settings, options: dict[str, Any] | None = None, *, dry_run: bool = False
     ):
         super().__init__(settings, options, dry_run=dry_run)
-        self.base_url = self.option("base_url", str, self.default_base_url).rstrip("/")
+        base_url = self.option("base_url", str, self.default_base_url).rstrip("/")
+        where = settings.source or Path("<embedded defaults>")
+        self.base_url = check_url(base_url, where, "provider.base_url", site=True)
         self.timeout = self.option("timeout", float, 30.0)
         self._credential = self.secret(self.credential_variable)
         self.session: requests.Session | None = None
@@ -179,7 +233,7 @@ class HttpProvider(Provider):
     # --- the shared loop ------------------------------------------------------------------
 
     def open(self) -> None:
-        session = requests.Session()
+        session = ApiSession()
         session.headers["User-Agent"] = USER_AGENT
         session.headers["Accept"] = "application/json"
         self.authenticate(session, self._credential)
@@ -209,6 +263,8 @@ class HttpProvider(Provider):
                 headers=headers,
                 timeout=(min(10.0, self.timeout), self.timeout),
             )
+        except OffHostRedirect as exc:
+            raise self.refuse_redirect(exc) from None
         except requests.ConnectTimeout as exc:
             return self.whole_batch(messages, f"cannot connect: {exc}")
         except requests.ConnectionError as exc:
@@ -274,6 +330,8 @@ class HttpProvider(Provider):
                 response = self.session.get(
                     url, params=params, timeout=(min(10.0, self.timeout), self.timeout)
                 )
+            except OffHostRedirect as exc:
+                raise self.refuse_redirect(exc) from None
             except requests.RequestException as exc:
                 if last:
                     raise ProviderError(self.name, f"cannot read {where}: {exc}") from None
@@ -304,6 +362,14 @@ class HttpProvider(Provider):
             f"the API refused the credential ({response.status_code}); "
             f"check {self.credential_variable}",
             reply=response.text,
+        )
+
+    def refuse_redirect(self, redirect: OffHostRedirect) -> ProviderError:
+        return ProviderError(
+            self.name,
+            f"the API at {redirect.source} redirected to another host ({redirect.target}); "
+            "nothing was sent there, because the credential would follow. If the service "
+            "has moved, set base_url in the [provider] table of newsletter.toml",
         )
 
     def refuse(self, response: requests.Response, what: str) -> ProviderError:

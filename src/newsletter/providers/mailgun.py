@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 
-from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue
+from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue, literal_header_text
 from newsletter.providers.base import DeliveryResult, Suppression
 from newsletter.providers.http import (
     ApiRequest,
@@ -55,7 +55,7 @@ class _SharedForm:
 def _shared_form(issue: PreparedIssue) -> _SharedForm:
     fields = [
         ("from", plain_address(issue.from_name, issue.from_email)),
-        ("subject", issue.subject),
+        ("subject", literal_header_text(issue.subject)),
         ("text", issue.text_part.with_markers(lambda slot: _tag("text", slot))),
         ("html", issue.html_part.with_markers(lambda slot: _tag("html", slot))),
         (

@@ -2,7 +2,8 @@
 
 Files go to ``<build>/outbox/<month>/<recipient id>.eml`` with an ``index.html`` linking them,
 so a dry run can be inspected in a browser or opened in a mail client. Nothing leaves the
-machine, and no credential is read.
+machine, and no credential is read. The folder and files are owner-only: each message carries
+a working unsubscribe link.
 
 ``send --dry-run`` with any provider writes here too, through :class:`DryRunWriter`: the
 provider's own request bodies for HTTP APIs, the messages themselves for the others.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from newsletter.errors import ProviderError
 from newsletter.messages import OutgoingMessage
+from newsletter.private_files import make_private_folder, write_private
 from newsletter.providers.base import DeliveryResult, Provider
 from newsletter.providers.http import ApiRequest, HttpProvider
 
@@ -50,7 +52,7 @@ class OutboxProvider(Provider):
             try:
                 entries = self._written.get(folder)
                 if entries is None:
-                    folder.mkdir(parents=True, exist_ok=True)
+                    make_private_folder(folder)
                     entries = self._written[folder] = {}
                 _write_atomically(folder / filename, message.as_bytes())
             except OSError as exc:
@@ -81,7 +83,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     # temporary file.
     temporary = path.with_name(path.name + ".tmp")
     try:
-        temporary.write_bytes(data)
+        write_private(temporary, data)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -141,7 +143,7 @@ class DryRunWriter:
         self.outbox = outbox
         self.batches = 0
         self._index: dict[str, tuple[str, str]] = {}
-        outbox.mkdir(parents=True, exist_ok=True)
+        make_private_folder(outbox)
         for stale in (*outbox.glob("*.eml"), *outbox.glob("*-batch-*.json")):
             stale.unlink()
 
@@ -164,10 +166,10 @@ class DryRunWriter:
                 "payload": payload,
             }
             path = self.outbox / f"{self.provider.name}-batch-{self.batches:04d}.json"
-            path.write_text(json.dumps(document, ensure_ascii=False, indent=1), "utf-8")
+            write_private(path, json.dumps(document, ensure_ascii=False, indent=1).encode())
             return
         for message in messages:
-            (self.outbox / f"{message.recipient_id}.eml").write_bytes(message.as_bytes())
+            write_private(self.outbox / f"{message.recipient_id}.eml", message.as_bytes())
             self._index[f"{message.recipient_id}.eml"] = (message.to_header, message.subject)
 
     def _decoded(self, request: ApiRequest) -> object:

@@ -18,7 +18,7 @@ from typing import Any
 import requests
 
 from newsletter.errors import ProviderError
-from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue
+from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue, literal_header_text
 from newsletter.providers.base import DeliveryResult, Suppression
 from newsletter.providers.http import ApiRequest, HttpProvider, full_message_array, plain_address
 from newsletter.settings import Settings
@@ -69,7 +69,7 @@ class PostmarkProvider(HttpProvider):
         return _SharedFields(
             before_to=f'{{"From":{_json(plain_address(issue.from_name, issue.from_email))},"To":',
             before_unsubscribe=(
-                f',"Subject":{_json(issue.subject)},"MessageStream":{_json(self.message_stream)},'
+                f',"Subject":{_json(literal_header_text(issue.subject))},"MessageStream":{_json(self.message_stream)},'
                 '"Headers":[{"Name":"List-Unsubscribe","Value":'
             ),
             before_id=(

@@ -17,7 +17,7 @@ from json.encoder import encode_basestring_ascii
 
 import requests
 
-from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue
+from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue, literal_header_text
 from newsletter.providers.base import DeliveryResult, Suppression
 from newsletter.providers.http import ApiRequest, HttpProvider, full_message_array, plain_address
 
@@ -53,7 +53,7 @@ def _shared_fields(issue: PreparedIssue) -> _SharedFields:
     reply_to = f',"reply_to":[{_json(issue.reply_to)}]' if issue.reply_to else ""
     return _SharedFields(
         before_to=f'{{"from":{_json(plain_address(issue.from_name, issue.from_email))},"to":[',
-        before_unsubscribe=f'],"subject":{_json(issue.subject)},"headers":{{"List-Unsubscribe":',
+        before_unsubscribe=f'],"subject":{_json(literal_header_text(issue.subject))},"headers":{{"List-Unsubscribe":',
         before_text=(
             f',"List-Unsubscribe-Post":{_json(ONE_CLICK)},'
             f'"List-Id":{_json(issue.list_id_header)}}}{reply_to},"text":'

@@ -16,7 +16,7 @@ from json.encoder import encode_basestring_ascii
 
 import requests
 
-from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue
+from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue, literal_header_text
 from newsletter.providers.base import DeliveryResult, Suppression
 from newsletter.providers.http import (
     ApiRequest,
@@ -46,8 +46,8 @@ def _shared_payload(issue: PreparedIssue) -> tuple[bytes, bytes]:
     """The request body before and after the personalizations, encoded once per issue."""
     payload: dict[str, object] = {
         "personalizations": [],
-        "from": {"email": issue.from_email, "name": issue.from_name},
-        "subject": issue.subject,
+        "from": {"email": issue.from_email, "name": literal_header_text(issue.from_name)},
+        "subject": literal_header_text(issue.subject),
         "content": [
             {"type": "text/plain", "value": issue.text_part.with_markers(_text_key)},
             {"type": "text/html", "value": issue.html_part.with_markers(_html_key)},
@@ -66,7 +66,7 @@ def _personalization(message: OutgoingMessage) -> str:
     recipient = message.recipient
     text_name, text_email, text_url, html_name, html_email, html_url = message.json_values()
     if recipient.name:
-        to = f'{{"email":{text_email},"name":{encode_basestring_ascii(recipient.name)}}}'
+        to = f'{{"email":{text_email},"name":{encode_basestring_ascii(literal_header_text(recipient.name))}}}'
     else:
         to = f'{{"email":{text_email}}}'
     unsubscribe = encode_basestring_ascii(message.list_unsubscribe)

@@ -10,13 +10,15 @@ unsubscribe -> unsubscribed. Every entry is also kept in the event log
 
 Only active and pending subscribers change; an address already unsubscribed, bounced or
 complained keeps its status and the time it got it, so running sync again changes nothing.
+Each change is its own transaction: a sync stopped part-way (Ctrl-C, a kill, a lost network)
+has applied some changes and not others, and running it again applies the rest.
 An address on several lists takes the gravest: complained, then bounced, then unsubscribed.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from newsletter import events, store
@@ -73,15 +75,27 @@ def sync(
     *,
     dry_run: bool = False,
     suppressions: Iterable[Suppression] | None = None,
+    on_fetched: Callable[[int], None] | None = None,
+    on_change: Callable[[SyncChange], None] | None = None,
 ) -> SyncReport:
-    """Mark the subscribers on the provider's lists; with ``dry_run``, only report."""
+    """Mark the subscribers on the provider's lists; with ``dry_run``, only report.
+
+    ``on_fetched`` hears how many entries have been read, every thousand and at the end;
+    ``on_change`` hears of each change as soon as it is committed.
+    """
     entries = fetch_suppressions(settings) if suppressions is None else suppressions
     gravest: dict[str, Suppression] = {}
+    read = 0
     for entry in entries:
+        read += 1
+        if on_fetched is not None and read % 1000 == 0:
+            on_fetched(read)
         key = store.email_key(entry.email.strip())
         known = gravest.get(key)
         if known is None or _GRAVITY[entry.status] > _GRAVITY[known.status]:
             gravest[key] = entry
+    if on_fetched is not None:
+        on_fetched(read)
     report = SyncReport(settings.provider, dry_run, fetched=len(gravest))
     if not dry_run:
         # The log keeps each entry once; the status rule is applied below, as it always was.
@@ -104,9 +118,10 @@ def sync(
             continue
         if not dry_run:
             store.set_status(conn, subscriber.id, entry.status, entry.reason, source=source)
-        report.changes.append(
-            SyncChange(
-                subscriber.email, subscriber.id, subscriber.status, entry.status, entry.reason
-            )
+        change = SyncChange(
+            subscriber.email, subscriber.id, subscriber.status, entry.status, entry.reason
         )
+        report.changes.append(change)
+        if on_change is not None:
+            on_change(change)
     return report
