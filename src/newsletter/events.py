@@ -200,28 +200,21 @@ class _Lookups:
         keys = list({email_key(e.email.strip()) for e in events})
         # email key -> (subscriber id, address, status), kept current as events change it
         self.subscribers: dict[str, tuple[int, str, Status]] = {}
+        # Subscribers with a soft-bounce score: a delivery resets only those.
+        self.scored: set[int] = set()
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ", ".join("?" * len(chunk))
-            for key, number, address, status in conn.execute(
-                f"SELECT email_key, id, email, status FROM subscribers WHERE email_key IN ({marks})",
+            for key, number, address, status, scored in conn.execute(
+                "SELECT s.email_key, s.id, s.email, s.status, b.subscriber_id IS NOT NULL "
+                "FROM subscribers AS s LEFT JOIN soft_bounce_scores AS b "
+                f"ON b.subscriber_id = s.id WHERE s.email_key IN ({marks})",
                 chunk,
             ):
                 self.subscribers[str(key)] = (int(number), str(address), Status(str(status)))
+                if scored:
+                    self.scored.add(int(number))
         self._journal: dict[tuple[str, ...], list[tuple[str, int]]] = {}
-        # Subscribers with a soft-bounce score: a delivery resets only those.
-        ids = [known[0] for known in self.subscribers.values()]
-        self.scored: set[int] = set()
-        for start in range(0, len(ids), 500):
-            some = ids[start : start + 500]
-            marks = ", ".join("?" * len(some))
-            self.scored.update(
-                int(r[0])
-                for r in conn.execute(
-                    f"SELECT subscriber_id FROM soft_bounce_scores WHERE subscriber_id IN ({marks})",
-                    some,
-                )
-            )
 
     def journal_rows(self, ids: tuple[str, ...]) -> list[tuple[str, int]]:
         """(issue, subscriber id) of the journal rows whose provider message id is one of ``ids``."""
