@@ -24,11 +24,18 @@ IDLE_SECONDS = 2.0
 _FORGET_EVERY_SECONDS = 600.0
 
 
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass
 class _Job:
     found: Sequence[events.DeliveryEvent]
     delivery: tuple[str, str, float] | None
-    done: threading.Event = field(default_factory=threading.Event)
+    # Held until the writer has dealt with the job: a bare lock is the cheapest signal.
+    done: threading.Lock = field(default_factory=_held_lock)
     result: events.Recorded | None = None
     error: BaseException | None = None
 
@@ -56,7 +63,7 @@ class EventWriter:
                 self._started = True
         job = _Job(found, delivery)
         self._queue.put(job)
-        job.done.wait()
+        job.done.acquire()
         if job.error is not None:
             raise job.error
         result: events.Recorded | None = job.result
@@ -93,7 +100,7 @@ class EventWriter:
                     conn = None
             finally:
                 for job in jobs:
-                    job.done.set()
+                    job.done.release()
 
     def _write(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         with store.transaction(conn):
