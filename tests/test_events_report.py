@@ -289,3 +289,11 @@ def test_sendgrid_events_find_their_issue_by_the_batchs_message_id(
     }
     assert found["addresses"]["unsubscribe"] == ["reader2@example.net"]
     assert status_of(settings, "reader2@example.net") is Status.UNSUBSCRIBED
+
+
+def test_a_rehearsal_through_the_null_provider_is_not_counted_as_sent(tmp_path: Path) -> None:
+    settings, issue = make_folder(tmp_path, '[provider]\nname = "null"\n', 4)
+    assert run_send(settings, issue).sent == 4
+    found = issue_report(settings, "2026-10")
+    assert found.sent == 0
+    assert found.warnings == []

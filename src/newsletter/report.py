@@ -1,6 +1,7 @@
 """``newsletter report ISSUE``: what became of an issue after it left, from the event log.
 
-Sent comes from the journal; delivered, bounces, complaints and unsubscribes from the events
+Sent comes from the journal (leaving out rehearsals through the outbox or null provider);
+delivered, bounces, complaints and unsubscribes from the events
 the providers reported (``newsletter.events``) for that issue's messages. Each count is of
 distinct addresses. The complaint rate is complaints / sent, the bounce rate hard bounces /
 sent (soft bounces are temporary and the mailbox providers do not count them); past 0.1 %
@@ -20,6 +21,8 @@ from datetime import date
 
 from newsletter.errors import InvalidInput
 from newsletter.events import EventKind
+from newsletter.journal import SendJournal
+from newsletter.providers import rehearsal_providers
 from newsletter.settings import Settings
 from newsletter.store import open_store, translate_errors
 
@@ -182,6 +185,10 @@ def issue_report(settings: Settings, issue: str) -> IssueReport:
     """The report of ``issue`` (YYYY-MM); InvalidInput when no send of it is recorded."""
     conn = open_store(settings.paths.database, readonly=True)
     try:
+        journal = SendJournal(conn, issue)
+        # What the outbox or the null provider "sent" was a rehearsal: nobody got it.
+        rehearsals = rehearsal_providers(journal.providers_used())
+        sent_count = journal.count_sent(excluding_providers=rehearsals)
         with translate_errors(conn):
             sent = conn.execute(
                 "SELECT count(*), min(sent_at) FROM journal WHERE issue = ? AND state = 'sent'",
@@ -203,7 +210,7 @@ def issue_report(settings: Settings, issue: str) -> IssueReport:
             "an issue that was sent (`newsletter status ISSUE` shows where a send stands)"
         )
     started = str((recorded[1] if recorded else None) or sent[1] or "")
-    report = IssueReport(issue, str(recorded[0]) if recorded else "", int(sent[0]), started[:10])
+    report = IssueReport(issue, str(recorded[0]) if recorded else "", sent_count, started[:10])
     for kind, _, address, occurred in rows:
         event_kind = EventKind(str(kind))
         report.addresses.setdefault(event_kind, []).append(str(address))
