@@ -60,8 +60,6 @@ def _serve(
 ) -> None:
     """The server process: the 204-only app or the newsletter's app, until ``stop`` is set."""
     os.environ.update(environment)
-    if os.environ.get("BENCH_SWITCH"):
-        sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
     from newsletter.web import WebApp, make_server
     from newsletter.webhooks import WebhookReceiver
 
