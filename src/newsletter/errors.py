@@ -19,6 +19,7 @@ NewsletterError                 base: the CLI prints "Error: <message>" and exit
 ├── SendError                   a send cannot start or was stopped
 │   └── SendBusy                another process is sending the same issue (its lock is taken)
 ├── TokenError                  a signed link is forged, truncated or for another newsletter
+├── WebhookConfigError          a webhook source cannot start: its secret or key is missing or unusable
 └── DoiLookupError              a DOI's record cannot be fetched (network, rate limit, server)
     └── DoiNotFound             neither Crossref nor doi.org knows the DOI
 
@@ -192,6 +193,10 @@ class SendBusy(SendError):
 
 class TokenError(NewsletterError):
     pass
+
+
+class WebhookConfigError(NewsletterError):
+    """A ``[webhooks]`` source cannot verify anything: a secret is not set or a key is unusable."""
 
 
 class DoiLookupError(NewsletterError):

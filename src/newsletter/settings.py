@@ -17,6 +17,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from newsletter.errors import SettingsError, describe_character
 from newsletter.taxonomy import Taxonomy, slugify
+from newsletter.webhook_settings import WebhookSettings, parse_webhooks
 
 SETTINGS_FILE = "newsletter.toml"
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -73,6 +74,7 @@ class Settings:
     provider_options: dict[str, Any] = field(default_factory=dict)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     crossref: Crossref = field(default_factory=Crossref)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     @property
     def sender_domain(self) -> str:
@@ -124,6 +126,7 @@ _KNOWN: dict[str, set[str] | None] = {
     "dkim": {"selector", "key_file", "domain"},
     "schedule": {"timezone", "window"},
     "doctor": {"nameserver"},
+    "webhooks": None,  # checked by newsletter.webhook_settings
 }
 # Tables other modules read through Settings.section(); the provider module checks its own
 # keys, when it is loaded.
@@ -301,6 +304,7 @@ def _build(raw: dict[str, Any], *, source: Path | None, root: Path) -> Settings:
         provider_options=provider_raw,
         sections=sections,
         crossref=crossref,
+        webhooks=parse_webhooks(raw.get("webhooks", {}), where),
     )
 
 

@@ -298,6 +298,48 @@ MIGRATIONS: list[tuple[str, ...]] = [
         ) WITHOUT ROWID
         """,
     ),
+    # 8 -> 9: delivery events (newsletter.events): one row per provider event, tied to the issue
+    # and journal row it concerns; the webhook deliveries already seen (replays are refused);
+    # the soft-bounce score of each subscriber; journal rows found by the provider's message id.
+    (
+        """
+        CREATE TABLE delivery_events (
+            id INTEGER PRIMARY KEY,
+            provider TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN
+                ('delivered', 'soft_bounce', 'hard_bounce', 'complaint', 'unsubscribe')),
+            email TEXT NOT NULL,
+            email_key TEXT NOT NULL,
+            occurred_at TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            via TEXT NOT NULL,
+            issue TEXT,
+            subscriber_id INTEGER,
+            status_change TEXT NOT NULL DEFAULT '',
+            UNIQUE (provider, event_id)
+        )
+        """,
+        "CREATE INDEX delivery_events_by_issue ON delivery_events (issue, kind)",
+        """
+        CREATE TABLE webhook_deliveries (
+            source TEXT NOT NULL,
+            delivery_id TEXT NOT NULL,
+            seen_at REAL NOT NULL,
+            PRIMARY KEY (source, delivery_id)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE soft_bounce_scores (
+            subscriber_id INTEGER PRIMARY KEY,
+            score INTEGER NOT NULL,
+            last_day TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX journal_by_provider_message_id ON journal (provider_message_id)"
+        " WHERE provider_message_id != ''",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -55,6 +55,8 @@ from newsletter.settings import Settings, find_settings, load_settings
 from newsletter.store import SOURCE_WEB, SUPPRESSED, Status, Subscriber
 from newsletter.subscribe_requests import Verdict
 from newsletter.tokens import CONFIRM, UNSUBSCRIBE, Signer, TokenClaims
+from newsletter.webhooks import PREFIX as WEBHOOKS_PREFIX
+from newsletter.webhooks import WebhookReceiver
 
 CONFIG_ENV = "NEWSLETTER_CONFIG"
 MAX_BODY_BYTES = 64 * 1024
@@ -165,10 +167,13 @@ class WebApp:
         send: SendConfirmation = send_confirmation,
         clock: Callable[[], float] = time.time,
         poll_seconds: float = 30.0,
+        webhooks: WebhookReceiver | None = None,
     ):
         self.settings = settings
         # Without a signing secret no link can be checked: fail at start-up, not per request.
         self.signer = signer or Signer.for_settings(settings)
+        # Providers' delivery events (docs/webhooks.md); a missing webhook secret stops start-up.
+        self.webhooks = webhooks or WebhookReceiver(settings, clock=clock)
         self.limits = subscribe_requests.limits_from_settings(settings)
         self.trusted_proxies = subscribe_requests.trusted_proxies_from_settings(settings)
         mode = settings.section("web").get("confirmations", "worker")
@@ -206,6 +211,8 @@ class WebApp:
         method = str(environ.get("REQUEST_METHOD", "GET")).upper()
         # For a WSGI server's access log: gunicorn's %({newsletter.log_path}e)s (docs/web.md).
         environ[LOG_PATH_KEY] = without_tokens(str(environ.get("PATH_INFO") or "/"))
+        if str(environ.get("PATH_INFO") or "").startswith(WEBHOOKS_PREFIX):
+            return self.webhooks(environ, start_response)
         try:
             page = self.handle(environ, "GET" if method == "HEAD" else method)
         except _RequestRejected as exc:

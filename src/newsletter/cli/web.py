@@ -24,6 +24,9 @@ def serve(app: AppContext, host: str, port: int) -> None:
     click.echo(
         f"Serving on http://{host}:{server.server_port}/ (links in emails point to {web_url(app.settings)}/)"
     )
+    if web_app.webhooks.sources:
+        paths = ", ".join(f"/webhooks/{name}" for name in web_app.webhooks.sources)
+        click.echo(f"Delivery-event webhooks: {paths} (docs/webhooks.md)")
     click.echo("Press Ctrl+C to stop. For production, run it under a WSGI server (docs/web.md).")
     try:
         server.serve_forever()

@@ -8,12 +8,15 @@ permanent) and passes on the provider's Retry-After, and the send loop decides w
 A provider raises ``ProviderError`` only when carrying on cannot help (credentials refused,
 a request the provider calls malformed); ``ProviderConfigError`` when its settings or
 credentials are missing or wrong.
+
+A provider whose service keeps suppression lists also implements ``suppressions()``, which
+``newsletter subscribers sync`` reads: a third-party provider offers sending and sync alike.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Literal, TypeVar
@@ -21,6 +24,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from newsletter.errors import ProviderConfigError
 from newsletter.messages import OutgoingMessage
 from newsletter.settings import Settings
+from newsletter.store import Status
 
 DeliveryStatus = Literal["accepted", "temporary", "permanent"]
 _T = TypeVar("_T")
@@ -79,6 +83,15 @@ class AccountCheck:
     ok: bool | None
     detail: str
     sending_domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """One address on a provider's list: the status it means here, and why, for the record."""
+
+    email: str
+    status: Status  # BOUNCED, COMPLAINED or UNSUBSCRIBED
+    reason: str
 
 
 class Provider:
@@ -174,6 +187,16 @@ class Provider:
     def check_account(self) -> AccountCheck:
         """Prove the credential with a call that sends nothing (``newsletter doctor --online``)."""
         return AccountCheck(None, f"the {self.name} provider has no account check")
+
+    def suppressions(self) -> Iterator[Suppression]:
+        """Every entry on the service's bounce, complaint and unsubscribe lists (opened first).
+
+        The default: the service keeps no such list.
+        """
+        raise ProviderConfigError(
+            self.name, f"the {self.name} provider has no suppression list to sync"
+        )
+        yield  # pragma: no cover  (makes this a generator, as overrides are)
 
     def __enter__(self) -> Provider:
         self.open()

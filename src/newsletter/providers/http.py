@@ -12,6 +12,10 @@ and the replies that mean the same for every service:
 - 401/403: ProviderError, because no retry fixes a refused credential;
 - a redirect to another host: ProviderError before anything is sent there, because the
   credential (a header or basic auth) and the subscribers' addresses would follow it.
+
+The same policy serves reading (``get_json``, for suppression sync): 429 and 5xx are tried
+again after the service's Retry-After, and 401/403 and off-host redirects stop with the same
+errors as a send's.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from newsletter.settings import Settings, check_url
 USER_AGENT = f"newsletter/{__version__} python-requests/{requests.__version__}"
 _SPECIALS = re.compile(r'[][\\()<>@,:;".]')
 _T = TypeVar("_T")
+READ_ATTEMPTS = 4
+MAX_READ_WAIT_SECONDS = 60.0
 
 
 @dataclass
@@ -293,11 +299,7 @@ class HttpProvider(Provider):
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
             )
         if status in (401, 403):
-            raise ProviderError(
-                self.name,
-                f"the API refused the credential ({status}); check {self.credential_variable}",
-                reply=response.text,
-            )
+            raise self.refused_credential(response)
         results = self.parse_reply(messages, response)
         if len(results) != len(messages):
             raise ProviderError(
@@ -353,6 +355,56 @@ class HttpProvider(Provider):
             DeliveryResult.temporary(m, reason, retry_after=retry_after, uncertain=uncertain)
             for m in messages
         ]
+
+    def get_json(self, url: str, params: dict[str, Any] | None = None) -> Any:
+        """GET ``url`` with the open session and return the decoded JSON reply.
+
+        A 429 or 5xx reply, or no reply, is tried again (honouring Retry-After) up to
+        READ_ATTEMPTS times; anything else that is not 200 is a ProviderError carrying the
+        service's reply.
+        """
+        if self.session is None:
+            raise ProviderError(self.name, "the provider's session is not open")
+        where = url.split("?", 1)[0]
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            last = attempt == READ_ATTEMPTS
+            try:
+                response = self.session.get(
+                    url, params=params, timeout=(min(10.0, self.timeout), self.timeout)
+                )
+            except OffHostRedirect as exc:
+                raise self.refuse_redirect(exc) from None
+            except requests.RequestException as exc:
+                if last:
+                    raise ProviderError(self.name, f"cannot read {where}: {exc}") from None
+                time.sleep(2.0**attempt)
+                continue
+            status = response.status_code
+            if status == 429 or status >= 500:
+                if last:
+                    raise self.refuse(response, f"{where} kept failing")
+                wait = parse_retry_after(response.headers.get("Retry-After"))
+                time.sleep(min(MAX_READ_WAIT_SECONDS, 2.0**attempt if wait is None else wait))
+                continue
+            if status in (401, 403):
+                raise self.refused_credential(response)
+            if status != 200:
+                raise self.refuse(response, f"reading {where} failed")
+            try:
+                return response.json()
+            except ValueError:
+                raise ProviderError(
+                    self.name, f"{where} did not answer with JSON", reply=response.text
+                ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def refused_credential(self, response: requests.Response) -> ProviderError:
+        return ProviderError(
+            self.name,
+            f"the API refused the credential ({response.status_code}); "
+            f"check {self.credential_variable}",
+            reply=response.text,
+        )
 
     def refuse_redirect(self, redirect: OffHostRedirect) -> ProviderError:
         return ProviderError(

@@ -11,14 +11,14 @@ Settings: ``domain`` (default: the domain of newsletter.from_email), ``region`` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
 from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue, literal_header_text
-from newsletter.providers.base import AccountCheck, DeliveryResult
+from newsletter.providers.base import AccountCheck, DeliveryResult, Suppression
 from newsletter.providers.http import (
     ApiRequest,
     HttpProvider,
@@ -182,3 +182,10 @@ class MailgunProvider(HttpProvider):
             raise self.refuse(response, "unexpected reply from Mailgun") from None
         unique, repeats = split_duplicates(messages)
         return merge_results(messages, accepted_results(unique, message_id), repeats)
+
+    def suppressions(self) -> Iterator[Suppression]:
+        # The lists' paging and shapes are in their own module; imported here because it
+        # imports this one.
+        from newsletter.suppressions import mailgun as lists
+
+        yield from lists.fetch(self)

@@ -10,7 +10,7 @@ Settings: ``message_stream`` (default "broadcast", Postmark's stream for newslet
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Any
@@ -19,7 +19,7 @@ import requests
 
 from newsletter.errors import ProviderError
 from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue, literal_header_text
-from newsletter.providers.base import AccountCheck, DeliveryResult
+from newsletter.providers.base import AccountCheck, DeliveryResult, Suppression
 from newsletter.providers.http import ApiRequest, HttpProvider, full_message_array, plain_address
 from newsletter.settings import Settings
 
@@ -134,3 +134,10 @@ class PostmarkProvider(HttpProvider):
         if code in _TEMPORARY_CODES:
             return DeliveryResult.temporary(message, reason)
         return DeliveryResult.permanent(message, reason)
+
+    def suppressions(self) -> Iterator[Suppression]:
+        # The lists' paging and shapes are in their own module; imported here because it
+        # imports this one.
+        from newsletter.suppressions import postmark as lists
+
+        yield from lists.fetch(self)

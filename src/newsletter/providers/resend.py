@@ -11,14 +11,14 @@ Settings: ``base_url``, ``timeout``. Credential: ``RESEND_API_KEY``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 
 import requests
 
 from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue, literal_header_text
-from newsletter.providers.base import AccountCheck, DeliveryResult
+from newsletter.providers.base import AccountCheck, DeliveryResult, Suppression
 from newsletter.providers.http import ApiRequest, HttpProvider, full_message_array, plain_address
 
 IDEMPOTENCY_KEY_LIMIT = 256
@@ -144,3 +144,10 @@ class ResendProvider(HttpProvider):
             return str(response.json().get("name", ""))
         except (ValueError, AttributeError):
             return ""
+
+    def suppressions(self) -> Iterator[Suppression]:
+        # The lists' paging and shapes are in their own module; imported here because it
+        # imports this one.
+        from newsletter.suppressions import resend as lists
+
+        yield from lists.fetch(self)

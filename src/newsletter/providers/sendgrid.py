@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from json.encoder import encode_basestring_ascii
 
 import requests
 
 from newsletter.messages import ONE_CLICK, OutgoingMessage, PreparedIssue, literal_header_text
-from newsletter.providers.base import AccountCheck, DeliveryResult
+from newsletter.providers.base import AccountCheck, DeliveryResult, Suppression
 from newsletter.providers.http import (
     ApiRequest,
     HttpProvider,
@@ -154,3 +154,10 @@ class SendGridProvider(HttpProvider):
                     )
                 )
         return results
+
+    def suppressions(self) -> Iterator[Suppression]:
+        # The lists' paging and shapes are in their own module; imported here because it
+        # imports this one.
+        from newsletter.suppressions import sendgrid as lists
+
+        yield from lists.fetch(self)

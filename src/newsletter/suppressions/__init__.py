@@ -1,9 +1,12 @@
 """``newsletter subscribers sync``: the provider's suppression lists, applied to the store.
 
 A provider's mail servers learn of hard bounces, spam complaints and unsubscribes (from its own
-links or a mail client's one-click button) that never reach the newsletter. Sync reads those
-lists through the provider's API, one module per provider, following its paging, and marks
-the subscribers: hard bounce -> bounced, complaint -> complained, unsubscribe -> unsubscribed.
+links or a mail client's one-click button) that the webhooks may have missed. Sync reads those
+lists through the provider (``Provider.suppressions()``, part of the provider contract, so a
+third-party provider can offer it too; the built-ins' readers are the modules of this
+package), and marks the subscribers: hard bounce -> bounced, complaint -> complained,
+unsubscribe -> unsubscribed. Every entry is also kept in the event log
+(``newsletter.events``), once per address and list, beside the webhooks' events.
 
 Only active and pending subscribers change; an address already unsubscribed, bounced or
 complained keeps its status and the time it got it, so running sync again changes nothing.
@@ -14,28 +17,19 @@ An address on several lists takes the gravest: complained, then bounced, then un
 
 from __future__ import annotations
 
-import importlib
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from newsletter import store
+from newsletter import events, store
 from newsletter.errors import InvalidInput, ProviderConfigError
-from newsletter.providers import create_provider
-from newsletter.providers.http import HttpProvider
+from newsletter.providers import Provider, create_provider, installed_providers, load_provider
+from newsletter.providers.base import Suppression
 from newsletter.settings import Settings
 from newsletter.store import SOURCE_PROVIDER, Status
-from newsletter.suppressions.common import Suppression
 
-__all__ = ["SOURCES", "Suppression", "SyncChange", "SyncReport", "fetch_suppressions", "sync"]
+__all__ = ["Suppression", "SyncChange", "SyncReport", "fetch_suppressions", "sync"]
 
-# Provider name -> the module that reads its lists (each has ``fetch(provider)``).
-SOURCES = {
-    "mailgun": "newsletter.suppressions.mailgun",
-    "sendgrid": "newsletter.suppressions.sendgrid",
-    "postmark": "newsletter.suppressions.postmark",
-    "resend": "newsletter.suppressions.resend",
-}
 _GRAVITY = {Status.UNSUBSCRIBED: 1, Status.BOUNCED: 2, Status.COMPLAINED: 3}
 
 
@@ -60,22 +54,19 @@ class SyncReport:
 
 def fetch_suppressions(settings: Settings) -> Iterator[Suppression]:
     """Every entry on the configured provider's suppression lists, page after page."""
-    module_name = SOURCES.get(settings.provider)
-    if module_name is None:
-        supported = ", ".join(sorted(SOURCES))
+    if load_provider(settings.provider).suppressions is Provider.suppressions:
+        supported = ", ".join(
+            name
+            for name in installed_providers()
+            if load_provider(name).suppressions is not Provider.suppressions
+        )
         raise ProviderConfigError(
             settings.provider,
             f"the {settings.provider} provider has no suppression list to sync; "
             f"sync works with {supported}",
         )
-    fetch: Callable[[HttpProvider], Iterator[Suppression]] = importlib.import_module(
-        module_name
-    ).fetch
-    provider = create_provider(settings)
-    if not isinstance(provider, HttpProvider):
-        raise ProviderConfigError(settings.provider, "is not an HTTP API provider")
-    with provider:
-        yield from fetch(provider)
+    with create_provider(settings) as provider:
+        yield from provider.suppressions()
 
 
 def sync(
@@ -106,6 +97,12 @@ def sync(
     if on_fetched is not None:
         on_fetched(read)
     report = SyncReport(settings.provider, dry_run, fetched=len(gravest))
+    if not dry_run:
+        # The log keeps each entry once; the status rule is applied below, as it always was.
+        log = [(e.email, e.status, e.reason) for e in gravest.values()]
+        events.record_events(
+            conn, events.sync_events(settings.provider, log), via=events.VIA_SYNC, apply=False
+        )
     source = f"{SOURCE_PROVIDER}:{settings.provider}"
     for entry in gravest.values():
         try:

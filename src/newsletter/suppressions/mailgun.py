@@ -13,7 +13,7 @@ from newsletter.errors import ProviderError
 from newsletter.providers.http import HttpProvider
 from newsletter.providers.mailgun import MailgunProvider
 from newsletter.store import Status
-from newsletter.suppressions.common import Suppression, get_json, unexpected
+from newsletter.suppressions.common import Suppression, unexpected
 
 PAGE_SIZE = 1000  # Mailgun's documented maximum
 LISTS = (
@@ -30,7 +30,7 @@ def fetch(provider: HttpProvider) -> Iterator[Suppression]:
         params: dict[str, int] | None = {"limit": PAGE_SIZE}
         followed = {url}
         while True:
-            page = get_json(provider, url, params)
+            page = provider.get_json(url, params)
             items = page.get("items") if isinstance(page, dict) else None
             if not isinstance(items, list):
                 raise unexpected(provider, list_name, page)

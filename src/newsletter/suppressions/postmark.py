@@ -14,7 +14,7 @@ from urllib.parse import quote
 from newsletter.providers.http import HttpProvider
 from newsletter.providers.postmark import PostmarkProvider
 from newsletter.store import Status
-from newsletter.suppressions.common import Suppression, get_json, unexpected
+from newsletter.suppressions.common import Suppression, unexpected
 
 REASONS = {
     "HardBounce": Status.BOUNCED,
@@ -26,7 +26,7 @@ REASONS = {
 def fetch(provider: HttpProvider) -> Iterator[Suppression]:
     assert isinstance(provider, PostmarkProvider)
     stream = quote(provider.message_stream, safe="")
-    reply = get_json(provider, f"{provider.base_url}/message-streams/{stream}/suppressions/dump")
+    reply = provider.get_json(f"{provider.base_url}/message-streams/{stream}/suppressions/dump")
     items = reply.get("Suppressions") if isinstance(reply, dict) else None
     if not isinstance(items, list):
         raise unexpected(provider, "suppressions/dump", reply)

@@ -12,7 +12,7 @@ from typing import Any
 
 from newsletter.providers.http import HttpProvider
 from newsletter.store import Status
-from newsletter.suppressions.common import Suppression, get_json, unexpected
+from newsletter.suppressions.common import Suppression, unexpected
 
 PAGE_SIZE = 100  # Resend's documented maximum
 
@@ -21,7 +21,7 @@ def fetch(provider: HttpProvider) -> Iterator[Suppression]:
     url = f"{provider.base_url}/contacts"
     params: dict[str, Any] = {"limit": PAGE_SIZE}
     while True:
-        page = get_json(provider, url, params)
+        page = provider.get_json(url, params)
         data = page.get("data") if isinstance(page, dict) else None
         if not isinstance(data, list):
             raise unexpected(provider, "contacts", page)

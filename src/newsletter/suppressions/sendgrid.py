@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from newsletter.providers.http import HttpProvider
 from newsletter.store import Status
-from newsletter.suppressions.common import Suppression, get_json, unexpected
+from newsletter.suppressions.common import Suppression, unexpected
 
 PAGE_SIZE = 500  # SendGrid's documented maximum
 LISTS = (
@@ -27,7 +27,7 @@ def fetch(provider: HttpProvider) -> Iterator[Suppression]:
         url = f"{provider.base_url}/v3/suppression/{list_name}"
         offset = 0
         while True:
-            page = get_json(provider, url, {"limit": PAGE_SIZE, "offset": offset})
+            page = provider.get_json(url, {"limit": PAGE_SIZE, "offset": offset})
             if not isinstance(page, list):
                 raise unexpected(provider, list_name, page)
             for item in page:
