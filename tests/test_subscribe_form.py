@@ -3,6 +3,7 @@ slow, and what the answers give away. Real HTTP on loopback, real SMTP (aiosmtpd
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from contextlib import closing
@@ -167,3 +168,102 @@ def test_the_answer_never_waits_for_the_provider(
             release.set()
             settled(settings)
     assert [m.rcpt_tos for m in handler.received] == [["ana@example.org"]]
+
+
+def test_asking_again_renews_the_request_and_the_link_is_issued_when_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = web_settings(tmp_path, monkeypatch)
+    day = 24 * 3600.0
+    start = time.time() - 7 * day + 600  # the first request: almost a week ago
+    with serving(WebApp(settings, clock=lambda: start)) as base:
+        assert _post(base, "late@example.org").status_code == 200
+    again = start + 6.9 * day  # lost the email; asks again
+    with serving(WebApp(settings, clock=lambda: again)) as base:
+        assert _post(base, "late@example.org").status_code == 200
+        settled(settings)
+    # A day after the first request's week, the renewed request is still there...
+    run_due(settings, now=start + 8 * day)
+    with closing(store.open_store(settings.paths.database)) as conn:
+        found = store.get_subscriber(conn, "late@example.org")
+    assert found is not None and found.status is Status.PENDING
+    # ...and the second email's link works: it was issued when the email was sent.
+    links = sorted((settings.paths.build / "outbox").rglob("*.eml"))
+    assert len(links) == 2
+    token = re.search(rb"/confirm/([A-Za-z0-9_.-]+)", links[-1].read_bytes().replace(b"=\r\n", b""))
+    assert token is not None
+    with serving(WebApp(settings, clock=lambda: start + 8 * day)) as base:
+        confirmed = requests.post(f"{base}/confirm/{token[1].decode()}", timeout=10)
+    assert confirmed.status_code == 200 and "You are subscribed" in confirmed.text
+
+
+def test_a_whole_ipv6_48_is_held_like_a_few_clients_and_refusals_cost_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = web_settings(
+        tmp_path,
+        monkeypatch,
+        'subscribe_per_client = "1/hour"\ntrusted_proxies = ["127.0.0.1"]\n',
+    )
+    with serving(WebApp(settings)) as base:
+        codes = [
+            _post(
+                base, f"h{n}@example.org", **{"X-Forwarded-For": f"2001:db8:7:{n}::1"}
+            ).status_code
+            for n in range(8)
+        ]
+        # Another network is not affected by the first one's flood.
+        other = _post(base, "o@example.org", **{"X-Forwarded-For": "2001:db8:8::1"})
+    assert codes == [200] * 5 + [429] * 3
+    assert other.status_code == 200
+    with closing(store.open_store(settings.paths.database)) as conn:
+        windows = dict(conn.execute("SELECT bucket, hits FROM rate_windows").fetchall())
+    assert windows["network:2001:db8:7::/48"] == 5  # the three refused ones were not counted
+    assert windows["all"] == 6
+
+
+def test_only_the_forms_own_pending_subscribers_count_against_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = web_settings(tmp_path, monkeypatch, "max_pending = 1\n")
+    for n in range(3):
+        add(settings, f"imported{n}@example.org", status=Status.PENDING)
+    with serving(WebApp(settings)) as base:
+        assert _post(base, "first@example.org").status_code == 200
+        assert _post(base, "second@example.org").status_code == 429
+
+
+def test_every_kind_of_address_runs_the_same_statements(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = web_settings(tmp_path, monkeypatch)
+    add(settings, "active@example.org")
+    add(settings, "bounced@example.org", status=Status.BOUNCED)
+    add(settings, "pending@example.org", status=Status.PENDING)
+    traced: dict[str, list[str]] = {}
+    with closing(store.open_store(settings.paths.database)) as conn:
+        for address in (
+            "new@example.org",
+            "active@example.org",
+            "bounced@example.org",
+            "pending@example.org",
+        ):
+            statements: list[str] = []
+            conn.set_trace_callback(statements.append)
+            verdict = subscribe_requests.record_request(
+                conn,
+                email=address,
+                name="",
+                topics=(),
+                client=f"192.0.2.{len(traced)}",
+                limits=subscribe_requests.SubscribeLimits(),
+                now=time.time(),
+            )
+            conn.set_trace_callback(None)
+            assert verdict is subscribe_requests.Verdict.ACCEPTED
+            traced[address] = [re.sub(r"'[^']*'|\b\d+(\.\d+)?\b", "?", s) for s in statements]
+    shapes = list(traced.values())
+    assert all(shape == shapes[0] for shape in shapes), traced
+    run_due(settings)
+    emails = sorted(p.name for p in (settings.paths.build / "outbox").rglob("*.eml"))
+    assert len(emails) == 2  # new and pending get a confirmation; the others are dropped

@@ -125,9 +125,14 @@ def send_due(
     """Send the queued confirmations that are due (at most ``limit``); see the module doc."""
     moment = time.time() if now is None else now
     report = DrainReport()
-    for queued in subscribe_requests.claim_due(
-        conn, now=moment, lease_seconds=LEASE_SECONDS, limit=limit
-    ):
+    for _ in range(limit):
+        # One at a time: a lease never has to cover more than one slow provider call.
+        claimed = subscribe_requests.claim_due(
+            conn, now=moment, lease_seconds=LEASE_SECONDS, limit=1
+        )
+        if not claimed:
+            break
+        (queued,) = claimed
         subscriber = store.get_subscriber(conn, queued.subscriber_id)
         expired = moment - queued.requested_at >= CONFIRM_MAX_AGE
         wanted = subscriber is not None and subscriber.status in (
@@ -139,7 +144,9 @@ def send_due(
             report.dropped += 1
             continue
         try:
-            send(settings, build_confirmation(settings, signer, subscriber, queued.requested_at))
+            # The link is issued now, so it is valid for its whole week from the email's
+            # arrival, however long the provider kept it waiting.
+            send(settings, build_confirmation(settings, signer, subscriber, moment))
         except NewsletterError as exc:
             delay = RETRY_DELAYS[min(queued.attempts, len(RETRY_DELAYS)) - 1]
             subscribe_requests.retry_later(

@@ -3,11 +3,12 @@
 The subscribe form is open to anyone, so what a request may cost is bounded in the store,
 where the limits survive a restart and hold across every worker process:
 
-- each client (an IPv4 address, or an IPv6 /64) may post a few requests an hour, and all
-  clients together a few hundred (fixed windows: a burst at a window's edge gets at most
-  twice the allowance);
-- no more than ``max_pending`` unconfirmed subscribers wait at once, and those of the form
-  that never confirm are forgotten once their link has expired;
+- each client (an IPv4 address, or an IPv6 /64) may post a few requests an hour, its network
+  (IPv4 /24, IPv6 /48) five clients' worth, and all clients together a few hundred (fixed
+  windows: a burst at a window's edge gets at most twice the allowance); a refused request
+  counts for nothing;
+- no more than ``max_pending`` unconfirmed subscribers of the form wait at once, and those
+  that never confirm are forgotten once the link of their latest request has expired;
 - each address gets at most one confirmation email an hour.
 
 A request is one transaction that does the same work whether the address is new, pending,
@@ -32,7 +33,6 @@ from newsletter.errors import SettingsError
 from newsletter.settings import Settings
 from newsletter.store import (
     SOURCE_WEB,
-    Status,
     email_key,
     transaction,
     translate_errors,
@@ -40,6 +40,8 @@ from newsletter.store import (
 from newsletter.tokens import CONFIRM_MAX_AGE
 
 CONFIRMATION_INTERVAL_SECONDS = 3600
+# A client's network (IPv4 /24, IPv6 /48) may post this many clients' allowances together.
+NETWORK_CLIENTS = 5
 _ALLOWANCE = re.compile(r"\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*")
 _UNIT_SECONDS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
 _UNIT_SECONDS |= {"h": 3600, "hour": 3600, "d": 86400, "day": 86400}
@@ -113,6 +115,13 @@ def _take(conn: sqlite3.Connection, bucket: str, allowance: Allowance, now: floa
     return True
 
 
+class _Refused(Exception):
+    """Rolls the request's transaction back, counters included: a refused request costs nothing."""
+
+    def __init__(self, verdict: Verdict):
+        self.verdict = verdict
+
+
 def record_request(
     conn: sqlite3.Connection,
     *,
@@ -127,60 +136,85 @@ def record_request(
 
     A new address is added as pending with ``name`` and ``topics``; an address already in the
     store keeps its row as it is (a form anyone can post must not change someone else's
-    data). A confirmation is queued unless the address is active, bounced or complained, or
-    got one less than an hour ago.
+    data). A confirmation is queued unless the address got one less than an hour ago; the
+    worker drops it for an address that is active, bounced or complained. So the statements
+    run are the same whatever the store holds about the address: the answer's timing tells
+    nothing. A refused request changes nothing, not even the counters.
     """
     key = email_key(email)
     stamp = _stamp(now)
-    with transaction(conn):
-        if not _take(conn, f"client:{client}", limits.per_client, now):
-            return Verdict.CLIENT_LIMIT
-        if not _take(conn, "all", limits.overall, now):
-            return Verdict.BUSY
-        pending = conn.execute(
-            "SELECT count(*) FROM subscribers WHERE status = 'pending'"
-        ).fetchone()[0]
-        if int(pending) >= limits.max_pending:
-            return Verdict.BUSY
-        conn.execute(
-            "INSERT INTO subscribers (email, email_key, name, topics, status, source, created_at,"
-            " status_changed_at, status_reason, status_source)"
-            " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, 'asked to subscribe', ?)"
-            " ON CONFLICT (email_key) DO NOTHING",
-            (
-                email,
-                key,
-                name,
-                json.dumps(list(topics), ensure_ascii=False),
-                SOURCE_WEB,
-                stamp,
-                stamp,
-                SOURCE_WEB,
-            ),
-        )
-        subscriber_id, status = conn.execute(
-            "SELECT id, status FROM subscribers WHERE email_key = ?", (key,)
-        ).fetchone()
-        if Status(status) in (Status.ACTIVE, Status.BOUNCED, Status.COMPLAINED):
-            return Verdict.ACCEPTED
-        last = conn.execute(
-            "SELECT sent_at FROM confirmation_sends WHERE email_key = ?", (key,)
-        ).fetchone()
-        if last is not None and str(last[0]) > _stamp(now - CONFIRMATION_INTERVAL_SECONDS):
-            return Verdict.ACCEPTED
-        conn.execute(
-            "INSERT INTO confirmation_sends (email_key, sent_at) VALUES (?, ?)"
-            " ON CONFLICT (email_key) DO UPDATE SET sent_at = excluded.sent_at",
-            (key, stamp),
-        )
-        conn.execute(
-            "INSERT INTO confirmation_queue (subscriber_id, requested_at, attempts,"
-            " next_attempt_at, last_error) VALUES (?, ?, 0, ?, '')"
-            " ON CONFLICT (subscriber_id) DO UPDATE SET requested_at = excluded.requested_at,"
-            " attempts = 0, next_attempt_at = excluded.next_attempt_at, last_error = ''",
-            (int(subscriber_id), now, now),
-        )
+    try:
+        with transaction(conn):
+            _count_request(conn, client, limits, now)
+            conn.execute(
+                "INSERT INTO subscribers (email, email_key, name, topics, status, source,"
+                " created_at, status_changed_at, status_reason, status_source)"
+                " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, 'asked to subscribe', ?)"
+                " ON CONFLICT (email_key) DO UPDATE SET status_changed_at = CASE"
+                " WHEN status = 'pending' THEN excluded.status_changed_at"
+                " ELSE status_changed_at END",
+                (
+                    email,
+                    key,
+                    name,
+                    json.dumps(list(topics), ensure_ascii=False),
+                    SOURCE_WEB,
+                    stamp,
+                    stamp,
+                    SOURCE_WEB,
+                ),
+            )
+            # (A pending row's status time is its latest request: expiry counts from there.)
+            (subscriber_id,) = conn.execute(
+                "SELECT id FROM subscribers WHERE email_key = ?", (key,)
+            ).fetchone()
+            queued = conn.execute(
+                "INSERT INTO confirmation_sends (email_key, sent_at) VALUES (?, ?)"
+                " ON CONFLICT (email_key) DO UPDATE SET sent_at = excluded.sent_at"
+                " WHERE sent_at <= ? RETURNING 1",
+                (key, stamp, _stamp(now - CONFIRMATION_INTERVAL_SECONDS)),
+            ).fetchall()
+            conn.execute(
+                "INSERT INTO confirmation_queue (subscriber_id, requested_at, attempts,"
+                " next_attempt_at, last_error) SELECT ?, ?, 0, ?, '' WHERE ?"
+                " ON CONFLICT (subscriber_id) DO UPDATE SET requested_at = excluded.requested_at,"
+                " attempts = 0, next_attempt_at = excluded.next_attempt_at, last_error = ''",
+                (int(subscriber_id), now, now, bool(queued)),
+            )
+    except _Refused as refused:
+        return refused.verdict
     return Verdict.ACCEPTED
+
+
+def _count_request(
+    conn: sqlite3.Connection, client: str, limits: SubscribeLimits, now: float
+) -> None:
+    """Count the request against its client, its client's network and everyone; _Refused when
+    one is spent or too many of the form's subscribers wait unconfirmed."""
+    if not _take(conn, f"client:{client}", limits.per_client, now):
+        raise _Refused(Verdict.CLIENT_LIMIT)
+    # One host may hold a whole IPv6 /48 (65,536 "clients"), or rent addresses in one IPv4
+    # /24: their network as a whole gets a few clients' worth.
+    network = Allowance(limits.per_client.count * NETWORK_CLIENTS, limits.per_client.seconds)
+    if not _take(conn, f"network:{network_of(client)}", network, now):
+        raise _Refused(Verdict.CLIENT_LIMIT)
+    if not _take(conn, "all", limits.overall, now):
+        raise _Refused(Verdict.BUSY)
+    pending = conn.execute(
+        "SELECT count(*) FROM subscribers WHERE status = 'pending' AND source = ?", (SOURCE_WEB,)
+    ).fetchone()[0]
+    if int(pending) >= limits.max_pending:
+        raise _Refused(Verdict.BUSY)
+
+
+def network_of(client: str) -> str:
+    """The network a client belongs to: its IPv4 /24, or its IPv6 /48."""
+    try:
+        network = ipaddress.ip_network(client, strict=False)
+    except ValueError:
+        return client
+    prefix = 24 if network.version == 4 else 48
+    return str(network.supernet(new_prefix=prefix)) if network.prefixlen > prefix else client
 
 
 def claim_due(
@@ -229,11 +263,12 @@ def expire(conn: sqlite3.Connection, *, now: float, limits: SubscribeLimits) -> 
     report = ExpiryReport()
     cutoff = _stamp(now - limits.pending_seconds)
     with transaction(conn):
+        # status_changed_at of a pending row of the form is its latest request.
         report.ids = [
             int(r[0])
             for r in conn.execute(
                 "DELETE FROM subscribers WHERE status = 'pending' AND source = ?"
-                " AND created_at < ? RETURNING id",
+                " AND status_changed_at < ? RETURNING id",
                 (SOURCE_WEB, cutoff),
             )
         ]
