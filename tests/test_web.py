@@ -312,14 +312,15 @@ def test_twenty_concurrent_posts_make_one_status_change(settings: Settings, base
 
 
 def test_an_oversized_body_is_refused(settings: Settings, base: str) -> None:
-    ana = add(settings, "ana@example.org")
+    # (On an unsubscribe link the signed token is enough: tests/test_web_multipart.py.)
     answer = requests.post(
-        base + unsubscribe_path(settings, ana.id),
-        data={"List-Unsubscribe": "One-Click", "padding": "x" * MAX_BODY_BYTES},
+        f"{base}/subscribe",
+        data={"email": "ana@example.org", "padding": "x" * MAX_BODY_BYTES},
         timeout=5,
     )
     assert answer.status_code == 413
-    assert current(settings, ana.id).status is Status.ACTIVE
+    with closing(store.open_store(settings.paths.database)) as conn:
+        assert store.get_subscriber(conn, "ana@example.org") is None
 
 
 def test_unknown_paths_and_methods(settings: Settings, base: str) -> None:
@@ -584,3 +585,17 @@ def test_a_removed_persons_links_never_act_on_the_next_newcomer(
     # ...and the old unsubscribe link must not unsubscribe them.
     requests.post(old_unsubscribe, data={"List-Unsubscribe": "One-Click"}, timeout=5)
     assert current(settings, newcomer.id).status is Status.PENDING
+
+
+def test_serve_on_a_port_in_use_is_an_error_line(settings: Settings) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            main, ["--config", str(settings.source), "serve", "--port", str(port)]
+        )
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"Error: cannot listen on 127.0.0.1:{port}" in result.output

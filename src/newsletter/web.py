@@ -280,7 +280,12 @@ class WebApp:
 
     def _unsubscribe_post(self, environ: dict[str, Any], token: str) -> Page:
         subscriber_id = self._verify(token, UNSUBSCRIBE).subscriber_id
-        form = read_form(environ)
+        try:
+            form = read_form(environ)
+        except _RequestRejected:
+            # The signed token is the authority: a body too large, cut or in an unknown
+            # character set only costs the reason, never the unsubscribe.
+            form = Form([])
         # RFC 8058's body is the header value as a form: List-Unsubscribe=One-Click.
         one_click = form.get("List-Unsubscribe") == ONE_CLICK.partition("=")[2]
         reason = "one-click unsubscribe (RFC 8058)" if one_click else "unsubscribe page"

@@ -6,6 +6,7 @@ import click
 
 from newsletter.cli import AppContext, pass_app
 from newsletter.cli.sending import announce_secret
+from newsletter.errors import NewsletterError
 from newsletter.tokens import web_url
 from newsletter.web import WebApp, make_server
 
@@ -20,7 +21,14 @@ def serve(app: AppContext, host: str, port: int) -> None:
     """Serve the unsubscribe, preferences, subscribe and confirmation pages (WSGI)."""
     announce_secret(app.settings)
     web_app = WebApp(app.settings)
-    server = make_server(web_app, host, port)
+    try:
+        server = make_server(web_app, host, port)
+    except OSError as exc:
+        web_app.close()
+        raise NewsletterError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); is another server using "
+            "that port? Choose another with --port."
+        ) from None
     click.echo(
         f"Serving on http://{host}:{server.server_port}/ (links in emails point to {web_url(app.settings)}/)"
     )
@@ -34,3 +42,5 @@ def serve(app: AppContext, host: str, port: int) -> None:
         pass
     finally:
         server.server_close()
+        # Sends the confirmations its requests queued, on the way out.
+        web_app.close()
