@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from newsletter.backup import backup_store
 from newsletter.errors import SendError, StoreError
 from newsletter.journal import JournalState
 from newsletter.send import Progress, SendOptions
@@ -159,3 +160,26 @@ def test_a_store_whose_disk_has_no_room_for_its_side_files_says_the_disk_is_full
             break
     with pytest.raises(StoreError, match="the disk holding the store is full"):
         run_send(settings, issue, SendOptions())
+
+
+def test_a_backup_to_a_full_disk_blames_that_disk_and_leaves_nothing(
+    tmp_path: Path, small_disk: MountDisk
+) -> None:
+    settings, _issue = make_folder(tmp_path / "site", '[provider]\nname = "null"\n', 3000)
+    target_disk = small_disk("64k")
+    with pytest.raises(StoreError) as failed:
+        backup_store(settings, target_disk / "copy.db")
+    message = str(failed.value)
+    assert message.startswith(f"{target_disk}: cannot write the backup there")
+    assert str(settings.paths.database) not in message
+    assert list(target_disk.iterdir()) == []
+
+
+def test_a_backup_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    settings, _issue = make_folder(tmp_path / "site", '[provider]\nname = "null"\n', 3)
+    old = os.umask(0o022)
+    try:
+        made = backup_store(settings, tmp_path / "copy.db")
+    finally:
+        os.umask(old)
+    assert made.target.stat().st_mode & 0o777 == 0o600

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from newsletter.errors import StoreError
+from newsletter.private_files import create_private
 from newsletter.settings import Settings
 from newsletter.store import open_store, translate_errors
 
@@ -44,20 +45,42 @@ def backup_store(settings: Settings, target: Path) -> BackupReport:
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     source = open_store(settings.paths.database, create=False)
     try:
+        # The copy holds every address: owner-only, like the store (the rename keeps it).
+        try:
+            create_private(partial)
+        except OSError as exc:
+            raise StoreError(
+                f"{partial}: cannot create the backup file ({exc.strerror}); no backup was written"
+            ) from None
         with closing(_connect(partial)) as copy:
-            with translate_errors(source):
+            try:
                 # pages=-1: one step, under one read transaction, so the copy is one moment
                 # of the store; copied in steps, every write by the web would restart it.
                 source.backup(copy, pages=-1)
+            except sqlite3.Error as exc:
+                raise _copy_failed(source, partial, exc) from None
             _finish(copy, partial)
             counts = _describe(copy, target)
         os.replace(partial, target)
     except BaseException:
-        partial.unlink(missing_ok=True)
+        for leftover in (partial, *(partial.with_name(partial.name + s) for s in ("-wal", "-shm"))):
+            leftover.unlink(missing_ok=True)
         raise
     finally:
         source.close()
     return BackupReport(target, target.stat().st_size, *counts)
+
+
+def _copy_failed(source: sqlite3.Connection, partial: Path, exc: sqlite3.Error) -> StoreError:
+    """Say which side failed: the store being read, or the disk the copy goes to."""
+    code = getattr(exc, "sqlite_errorname", "")
+    if code.startswith(("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_READONLY")):
+        return StoreError(
+            f"{partial.parent}: cannot write the backup there ({exc}); is its disk full or "
+            "read-only? No backup was written, and the store was not touched."
+        )
+    with translate_errors(source):
+        raise exc
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -122,8 +122,8 @@ def backup(app: AppContext, file: Path) -> None:
     """
     made = backup_store(app.settings, file)
     click.echo(
-        f"{made.target}: {made.size:,} bytes, {made.subscribers:,} subscribers, "
-        f"{made.journal_rows:,} journal rows, schema version {made.schema_version}; "
+        f"{made.target}: {counted(made.size, 'byte')}, {counted(made.subscribers, 'subscriber')}, "
+        f"{counted(made.journal_rows, 'journal row')}, schema version {made.schema_version}; "
         "integrity check ok"
     )
 
