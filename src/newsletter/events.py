@@ -275,7 +275,8 @@ def _apply(
         score = conn.execute(
             "INSERT INTO soft_bounce_scores (subscriber_id, score, last_day) VALUES (?, 1, ?) "
             "ON CONFLICT (subscriber_id) DO UPDATE SET "
-            "score = score + (excluded.last_day != last_day), "
+            # Only a later day counts: a late or retried event of an earlier day is no new day.
+            "score = score + (excluded.last_day > last_day), "
             "last_day = max(last_day, excluded.last_day) RETURNING score",
             (subscriber_id, day),
         ).fetchone()[0]

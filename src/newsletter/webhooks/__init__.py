@@ -157,8 +157,11 @@ class WebhookReceiver:
         try:
             recorded = self.writer.record(verified.events, delivery)
         except events.AlreadySeen:
-            log.write(f"newsletter serve: webhooks/{name}: refused (a delivery seen before)\n")
-            return 403, b""
+            # Its events are kept already. A provider retries a delivery whose answer it lost
+            # (Svix keeps the id): a refusal would make it retry until it disables the
+            # endpoint. So the replay is acknowledged and changes nothing.
+            log.write(f"newsletter serve: webhooks/{name}: a delivery seen before; nothing done\n")
+            return 200, b'{"duplicate": true}'
         except StoreError as exc:
             log.write(f"newsletter serve: webhooks/{name}: {exc}\n")
             return 503, b""

@@ -126,8 +126,14 @@ def b64decode(value: str, why: str) -> bytes:
 
 
 def text(value: object, limit: int = 500) -> str:
-    """A provider's value as one line of text for the record."""
-    return " ".join(str(value if value is not None else "").split())[:limit]
+    """A provider's value as one line of printable text for the record.
+
+    Bounce diagnostics come from the recipient's mail server, which anyone can run: control
+    characters (terminal escapes) must not reach the admin's terminal through `show` or `report`.
+    """
+    raw = str(value if value is not None else "")
+    printable = "".join(c if c.isprintable() else " " for c in raw)
+    return " ".join(printable.split())[:limit]
 
 
 def iso_from_epoch(value: object, fallback: float) -> str:
