@@ -599,3 +599,27 @@ def test_serve_on_a_port_in_use_is_an_error_line(settings: Settings) -> None:
         )
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert f"Error: cannot listen on 127.0.0.1:{port}" in result.output
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "forgotten"])
+def test_a_name_typed_in_the_form_is_shown_on_the_confirm_page_and_kept_only_if_ticked(
+    settings: Settings, base: str, keep: bool
+) -> None:
+    hostile = "Your account is locked <see evil.example>"
+    requests.post(
+        f"{base}/subscribe", data={"email": "vic@example.org", "name": hostile}, timeout=5
+    )
+    [sent] = confirmation_emails(settings)
+    found = re.search(rf"{re.escape(PUBLIC_URL)}/confirm/\S+", text_of(sent))
+    assert found
+    url = local(found.group(0), base)
+    page = requests.get(url, timeout=5)
+    assert (
+        "Greet me as <strong>Your account is locked &lt;see evil.example&gt;</strong>" in page.text
+    )
+    assert 'name="keep_name" value="yes"' in page.text and " checked" in page.text
+    done = requests.post(url, data={"keep_name": "yes"} if keep else {}, timeout=5)
+    assert done.status_code == 200
+    vic = current(settings, "vic@example.org")
+    assert vic.status is Status.ACTIVE
+    assert vic.name == (hostile if keep else "")

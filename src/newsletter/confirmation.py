@@ -250,9 +250,27 @@ class ConfirmationWorker:
             self.log.write(f"newsletter serve: confirmation email: {error}\n")
 
 
-def confirm(conn: sqlite3.Connection, subscriber_id: int, issued: int) -> Subscriber | None:
-    """Apply a confirmation link issued at ``issued`` (Unix time); see store.confirm_subscriber."""
+def confirm(
+    conn: sqlite3.Connection, subscriber_id: int, issued: int, *, keep_name: bool = True
+) -> Subscriber | None:
+    """Apply a confirmation link issued at ``issued`` (Unix time); see store.confirm_subscriber.
+
+    The name was typed into a form anyone can fill in: the confirm page shows it to the
+    address's owner, and unless they keep it (``keep_name``) it is forgotten as they confirm,
+    so a stranger's words never become the greeting of every issue.
+    """
+    before = store.get_subscriber(conn, subscriber_id)
     requested_at = datetime.fromtimestamp(issued, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return store.confirm_subscriber(
+    after = store.confirm_subscriber(
         conn, subscriber_id, requested_at=requested_at, source=SOURCE_WEB
     )
+    just_confirmed = (
+        before is not None
+        and before.status is not Status.ACTIVE
+        and after is not None
+        and after.status is Status.ACTIVE
+    )
+    if just_confirmed and after is not None and after.name and not keep_name:
+        store.forget_name(conn, subscriber_id)
+        after = store.get_subscriber(conn, subscriber_id)
+    return after

@@ -968,6 +968,12 @@ def topic_history(
     return [(str(at), tuple(json.loads(str(topics))), str(source)) for at, topics, source in rows]
 
 
+def forget_name(conn: sqlite3.Connection, subscriber_id: int) -> None:
+    """Clear a subscriber's display name (one typed by whoever filled in the form)."""
+    with transaction(conn):
+        conn.execute("UPDATE subscribers SET name = '' WHERE id = ?", (subscriber_id,))
+
+
 def confirm_subscriber(
     conn: sqlite3.Connection, subscriber_id: int, *, requested_at: str, source: str
 ) -> Subscriber | None:

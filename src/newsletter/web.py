@@ -419,8 +419,14 @@ class WebApp:
 
     def _confirm_post(self, environ: dict[str, Any], token: str) -> Page:
         claims = self._verify(token, CONFIRM)
+        try:
+            keep_name = read_form(environ).get("keep_name") == "yes"
+        except _RequestRejected:
+            keep_name = False
         with self._store() as conn:
-            subscriber = confirmation.confirm(conn, claims.subscriber_id, claims.issued or 0)
+            subscriber = confirmation.confirm(
+                conn, claims.subscriber_id, claims.issued or 0, keep_name=keep_name
+            )
         if subscriber is None:
             return self._gone(environ)
         if subscriber.status is Status.ACTIVE:
