@@ -14,6 +14,7 @@ import requests
 
 from newsletter import store, subscribe_requests
 from newsletter.due import run_due
+from newsletter.errors import SettingsError
 from newsletter.settings import Settings
 from newsletter.store import Status
 from newsletter.web import WebApp
@@ -267,3 +268,28 @@ def test_every_kind_of_address_runs_the_same_statements(
     run_due(settings)
     emails = sorted(p.name for p in (settings.paths.build / "outbox").rglob("*.eml"))
     assert len(emails) == 2  # new and pending get a confirmation; the others are dropped
+
+
+def test_behind_a_proxy_on_a_unix_socket_clients_are_told_apart_only_when_trusted() -> None:
+    through_socket = {"REMOTE_ADDR": "", "HTTP_X_FORWARDED_FOR": "198.51.100.4"}
+    assert subscribe_requests.client_of(through_socket, ["unix"]) == "198.51.100.4"
+    # Not trusted: the header is anyone's to write, and everyone is the one unknown client.
+    assert subscribe_requests.client_of(through_socket, []) == "unknown"
+    direct = {"REMOTE_ADDR": "203.0.113.9", "HTTP_X_FORWARDED_FOR": "198.51.100.4"}
+    assert subscribe_requests.client_of(direct, ["unix"]) == "203.0.113.9"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('confirmations = "cron"', "web.confirmations: must be"),
+        ('subscribe_per_client = "ten"', "web.subscribe_per_client: must be an allowance"),
+        ("max_pending = 0", "web.max_pending: must be a whole number"),
+        ('trusted_proxies = ["proxy.local"]', "'proxy.local' is not an IP address"),
+    ],
+)
+def test_the_subscribe_forms_settings_are_checked_when_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str, message: str
+) -> None:
+    with pytest.raises(SettingsError, match=message):
+        web_settings(tmp_path, monkeypatch, line + "\n")

@@ -35,7 +35,6 @@ from newsletter.providers.base import AccountCheck
 from newsletter.schedule import schedule_settings
 from newsletter.settings import DEFAULTS, Settings, load_settings
 from newsletter.store import SCHEMA_VERSION
-from newsletter.subscribe_requests import limits_from_settings, trusted_proxies_from_settings
 from newsletter.tokens import SECRET_ENV, Signer, load_secret, secret_sources, web_url
 
 Level = Literal["ok", "warning", "error", "skipped"]
@@ -102,8 +101,6 @@ def _check_settings(settings: Settings, report: DoctorReport) -> None:
     validators: list[tuple[str, Callable[[Settings], object]]] = [
         ("[schedule]", schedule_settings),
         ("[dkim]", signer_from_settings),
-        ("[web]", limits_from_settings),
-        ("[web] trusted_proxies", trusted_proxies_from_settings),
         ("[doctor]", _doctor_table),
     ]
     failed = False

@@ -6,6 +6,7 @@ the key instead of surfacing later as a wrong email.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -384,6 +385,44 @@ def _check_web(table: dict[str, Any], where: Path) -> None:
         url = table["url"]
         url = url.strip().rstrip("/") if isinstance(url, str) else url
         table["url"] = check_url(url, where, "web.url", site=True)
+    try:
+        for key in ("subscribe_per_client", "subscribe_overall"):
+            if key in table:
+                Allowance.parse(table[key], f"web.{key}")
+    except SettingsError as exc:
+        raise SettingsError(str(exc).removeprefix("settings: "), path=where) from None
+    pending = table.get("max_pending", 1)
+    if isinstance(pending, bool) or not isinstance(pending, int) or pending < 1:
+        raise SettingsError(
+            f"must be a whole number above 0, not {pending!r}", path=where, key="web.max_pending"
+        )
+    _check_proxies(table.get("trusted_proxies", []), where)
+    mode = table.get("confirmations", "worker")
+    if mode not in ("worker", "run-due"):
+        raise SettingsError(
+            f'must be "worker" (the app sends them) or "run-due" (cron does), not {mode!r}',
+            path=where,
+            key="web.confirmations",
+        )
+
+
+def _check_proxies(value: object, where: Path) -> None:
+    key = "web.trusted_proxies"
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(
+            'must be a list of addresses or networks, e.g. ["127.0.0.1", "10.0.0.0/8"]',
+            path=where,
+            key=key,
+        )
+    for entry in value:
+        if entry == "unix":
+            continue  # a proxy on a unix socket: the peer has no address
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise SettingsError(
+                f"{entry!r} is not an IP address or network", path=where, key=key
+            ) from None
 
 
 def _check_sending(table: dict[str, Any], where: Path) -> None:
@@ -408,3 +447,26 @@ def _check_sending(table: dict[str, Any], where: Path) -> None:
     if not checked.isascii():
         raise SettingsError(f"{address!r} must be an ASCII address", path=where, key=key)
     table["unsubscribe_mailto"] = f"mailto:{checked}" + (f"?{query}" if query else "")
+
+
+_ALLOWANCE = re.compile(r"\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*")
+_UNIT_SECONDS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
+_UNIT_SECONDS |= {"h": 3600, "hour": 3600, "d": 86400, "day": 86400}
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """At most ``count`` requests per ``seconds``."""
+
+    count: int
+    seconds: int
+
+    @classmethod
+    def parse(cls, value: object, key: str) -> Allowance:
+        """``"10/hour"`` (also ``/s``, ``/min``, ``/h``, ``/day``); SettingsError naming ``key``."""
+        found = _ALLOWANCE.fullmatch(value) if isinstance(value, str) else None
+        if found is None or int(found[1]) < 1:
+            raise SettingsError(
+                f'must be an allowance such as "10/hour" or "300/day", not {value!r}', key=key
+            )
+        return cls(int(found[1]), _UNIT_SECONDS[found[2]])

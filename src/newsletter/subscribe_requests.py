@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from newsletter.errors import SettingsError
-from newsletter.settings import Settings
+from newsletter.settings import Allowance, Settings
 from newsletter.store import (
     SOURCE_WEB,
     email_key,
@@ -42,33 +40,18 @@ from newsletter.tokens import CONFIRM_MAX_AGE
 CONFIRMATION_INTERVAL_SECONDS = 3600
 # A client's network (IPv4 /24, IPv6 /48) may post this many clients' allowances together.
 NETWORK_CLIENTS = 5
-_ALLOWANCE = re.compile(r"\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*")
-_UNIT_SECONDS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
-_UNIT_SECONDS |= {"h": 3600, "hour": 3600, "d": 86400, "day": 86400}
+# In [web] trusted_proxies: the proxy reaches the app through a unix socket (no peer address).
+UNIX_PEER = "unix"
 
 
-@dataclass(frozen=True)
-class Allowance:
-    """At most ``count`` requests per ``seconds``."""
-
-    count: int
-    seconds: int
-
-    @classmethod
-    def parse(cls, value: object, key: str) -> Allowance:
-        """``"10/hour"`` (also ``/s``, ``/min``, ``/h``, ``/day``); SettingsError naming ``key``."""
-        found = _ALLOWANCE.fullmatch(value) if isinstance(value, str) else None
-        if found is None or int(found[1]) < 1:
-            raise SettingsError(
-                f'must be an allowance such as "10/hour" or "300/day", not {value!r}', key=key
-            )
-        return cls(int(found[1]), _UNIT_SECONDS[found[2]])
+DEFAULT_PER_CLIENT = Allowance(10, 3600)
+DEFAULT_OVERALL = Allowance(300, 3600)
 
 
 @dataclass(frozen=True)
 class SubscribeLimits:
-    per_client: Allowance = Allowance(10, 3600)
-    overall: Allowance = Allowance(300, 3600)
+    per_client: Allowance = DEFAULT_PER_CLIENT
+    overall: Allowance = DEFAULT_OVERALL
     max_pending: int = 5000
     # Unconfirmed subscribers of the form are forgotten after this long (the link expires).
     pending_seconds: int = CONFIRM_MAX_AGE
@@ -289,31 +272,20 @@ def expire(conn: sqlite3.Connection, *, now: float, limits: SubscribeLimits) -> 
 
 
 def limits_from_settings(settings: Settings) -> SubscribeLimits:
-    """The ``[web]`` keys ``subscribe_per_client``, ``subscribe_overall`` and ``max_pending``."""
+    """The ``[web]`` allowances and pending cap (checked when the settings were read)."""
     table = settings.section("web")
-    where = settings.source or "settings"
     defaults = SubscribeLimits()
-    try:
-        per_client = table.get("subscribe_per_client")
-        overall = table.get("subscribe_overall")
-        limits = SubscribeLimits(
-            per_client=defaults.per_client
-            if per_client is None
-            else Allowance.parse(per_client, "web.subscribe_per_client"),
-            overall=defaults.overall
-            if overall is None
-            else Allowance.parse(overall, "web.subscribe_overall"),
-            max_pending=_positive(table.get("max_pending", defaults.max_pending)),
-        )
-    except SettingsError as exc:
-        raise SettingsError(str(exc).removeprefix("settings: "), path=where) from None
-    return limits
-
-
-def _positive(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SettingsError(f"must be a whole number above 0, not {value!r}", key="web.max_pending")
-    return value
+    per_client = table.get("subscribe_per_client")
+    overall = table.get("subscribe_overall")
+    return SubscribeLimits(
+        per_client=defaults.per_client
+        if per_client is None
+        else Allowance.parse(per_client, "web.subscribe_per_client"),
+        overall=defaults.overall
+        if overall is None
+        else Allowance.parse(overall, "web.subscribe_overall"),
+        max_pending=int(table.get("max_pending", defaults.max_pending)),
+    )
 
 
 def client_of(environ: dict[str, object], trusted_proxies: Sequence[str]) -> str:
@@ -321,16 +293,18 @@ def client_of(environ: dict[str, object], trusted_proxies: Sequence[str]) -> str
 
     ``X-Forwarded-For`` counts only when the request came from a trusted proxy, and then its
     last address that is not itself a trusted proxy is the client: anything to the left of
-    that was written by the client and proves nothing.
+    that was written by the client and proves nothing. ``"unix"`` trusts a peer with no
+    address: a proxy on the same machine talking over a unix socket.
     """
-    trusted = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
+    trusted = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies if p != UNIX_PEER]
 
     def is_trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         return any(address in network for network in trusted)
 
     peer = _address(str(environ.get("REMOTE_ADDR") or ""))
     client = peer
-    if peer is not None and is_trusted(peer):
+    through_socket = peer is None and UNIX_PEER in trusted_proxies
+    if through_socket or (peer is not None and is_trusted(peer)):
         forwarded = str(environ.get("HTTP_X_FORWARDED_FOR") or "")
         for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
             address = _address(hop)
@@ -357,20 +331,5 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def trusted_proxies_from_settings(settings: Settings) -> list[str]:
-    """``[web] trusted_proxies``: addresses or networks of the reverse proxies in front."""
-    value = settings.section("web").get("trusted_proxies", [])
-    where = settings.source or "settings"
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise SettingsError(
-            'must be a list of addresses or networks, e.g. ["127.0.0.1", "10.0.0.0/8"]',
-            path=where,
-            key="web.trusted_proxies",
-        )
-    for entry in value:
-        try:
-            ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            raise SettingsError(
-                f"{entry!r} is not an IP address or network", path=where, key="web.trusted_proxies"
-            ) from None
-    return list(value)
+    """``[web] trusted_proxies`` (checked when the settings were read)."""
+    return list(settings.section("web").get("trusted_proxies", []))

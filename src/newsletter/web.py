@@ -48,7 +48,7 @@ from wsgiref.simple_server import make_server as _make_wsgiref_server
 
 from newsletter import confirmation, store, subscribe_requests
 from newsletter.confirmation import ConfirmationWorker, SendConfirmation, send_confirmation
-from newsletter.errors import InvalidInput, SettingsError, StoreError, TokenError, excerpt
+from newsletter.errors import InvalidInput, StoreError, TokenError, excerpt
 from newsletter.messages import ONE_CLICK
 from newsletter.render import render_template
 from newsletter.settings import Settings, find_settings, load_settings
@@ -176,13 +176,8 @@ class WebApp:
         self.webhooks = webhooks or WebhookReceiver(settings, clock=clock)
         self.limits = subscribe_requests.limits_from_settings(settings)
         self.trusted_proxies = subscribe_requests.trusted_proxies_from_settings(settings)
+        # (Checked when the settings were read.)
         mode = settings.section("web").get("confirmations", "worker")
-        if mode not in ("worker", "run-due"):
-            raise SettingsError(
-                f'must be "worker" (the app sends them) or "run-due" (cron does), not {mode!r}',
-                path=settings.source,
-                key="web.confirmations",
-            )
         self.worker = (
             ConfirmationWorker(
                 settings,
