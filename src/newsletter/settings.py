@@ -83,6 +83,30 @@ class Settings:
         """The List-Id header's identifier, e.g. ``practice-digest.example.org``."""
         return f"{slugify(self.name) or 'newsletter'}.{self.sender_domain}"
 
+    @property
+    def welcome_path(self) -> Path:
+        """The welcome email's file: ``[welcome] file`` (from the settings' folder), or
+        ``welcome.md`` in the issues folder."""
+        configured = self.section("welcome").get("file")
+        if configured is None:
+            return self.paths.issues / "welcome.md"
+        if not isinstance(configured, str) or not configured.strip():
+            raise SettingsError(
+                "must be the path of the welcome email's file, e.g. \"issues/welcome.md\"",
+                path=self.source,
+                key="welcome.file",
+            )
+        return self.root / configured.strip()
+
+    def reads_as_welcome(self, path: Path) -> bool:
+        """Whether ``path`` is the welcome email: named ``welcome.md``, or the settings' file."""
+        if path.stem == "welcome":
+            return True
+        try:
+            return path.resolve() == self.welcome_path.resolve()
+        except OSError:
+            return False
+
     def issue_url(self, month: str) -> str:
         """The web archive page of one issue (the "view in browser" target)."""
         return f"{self.base_url}/{month}/"
@@ -115,7 +139,10 @@ _KNOWN: dict[str, set[str] | None] = {
         "max_pending",
         "trusted_proxies",
         "confirmations",
+        "full_ip",
     },
+    # newsletter.welcome: the welcome email's file (default: issues/welcome.md).
+    "welcome": {"file"},
     "sending": {"unsubscribe_mailto"},
     "provider": None,  # provider modules check their own keys
     "crossref": {"base_url", "doi_base_url", "mailto", "timeout"},

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from newsletter import consent
+from newsletter.consent import ConsentEvent
 from newsletter.errors import SettingsError
 from newsletter.settings import Settings
 from newsletter.store import (
@@ -122,13 +124,15 @@ def record_request(
     client: str,
     limits: SubscribeLimits,
     now: float,
+    evidence: ConsentEvent | None = None,
 ) -> Verdict:
     """Record one request of the form (already validated and normalised) in one transaction.
 
     A new address is added as pending with ``name`` and ``topics``; an address already in the
     store keeps its row as it is (a form anyone can post must not change someone else's
     data). A confirmation is queued unless the address is active, bounced or complained, or
-    got one less than an hour ago.
+    got one less than an hour ago. ``evidence`` joins the subscriber's consent trail,
+    whatever their status, so that the work done says nothing about the address.
     """
     key = email_key(email)
     stamp = _stamp(now)
@@ -161,6 +165,8 @@ def record_request(
         subscriber_id, status = conn.execute(
             "SELECT id, status FROM subscribers WHERE email_key = ?", (key,)
         ).fetchone()
+        if evidence is not None:
+            consent.record(conn, int(subscriber_id), evidence)
         if Status(status) in (Status.ACTIVE, Status.BOUNCED, Status.COMPLAINED):
             return Verdict.ACCEPTED
         last = conn.execute(
@@ -238,6 +244,10 @@ def expire(conn: sqlite3.Connection, *, now: float, limits: SubscribeLimits) -> 
             )
         ]
         report.pending_forgotten = len(report.ids)
+        # Their consent trail (the request) goes with them.
+        conn.execute(
+            "DELETE FROM consent_events WHERE subscriber_id NOT IN (SELECT id FROM subscribers)"
+        )
         report.queue_dropped = conn.execute(
             "DELETE FROM confirmation_queue WHERE requested_at < ? OR subscriber_id NOT IN"
             " (SELECT id FROM subscribers)",
@@ -282,7 +292,17 @@ def _positive(value: object) -> int:
 
 
 def client_of(environ: dict[str, object], trusted_proxies: Sequence[str]) -> str:
-    """Who sent a request, for the per-client allowance: an IPv4 address or an IPv6 /64.
+    """Who sent a request, for the per-client allowance: an IPv4 address or an IPv6 /64."""
+    client = _address(client_address(environ, trusted_proxies))
+    if client is None:
+        return "unknown"
+    if client.version == 6:
+        return str(ipaddress.ip_network(f"{client}/64", strict=False))
+    return str(client)
+
+
+def client_address(environ: dict[str, object], trusted_proxies: Sequence[str]) -> str:
+    """The address a request came from, whole ("" when unknown); the consent trail cuts it.
 
     ``X-Forwarded-For`` counts only when the request came from a trusted proxy, and then its
     last address that is not itself a trusted proxy is the client: anything to the left of
@@ -304,11 +324,7 @@ def client_of(environ: dict[str, object], trusted_proxies: Sequence[str]) -> str
             client = address
             if not is_trusted(address):
                 break
-    if client is None:
-        return "unknown"
-    if client.version == 6:
-        return str(ipaddress.ip_network(f"{client}/64", strict=False))
-    return str(client)
+    return "" if client is None else str(client)
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
