@@ -145,9 +145,7 @@ def from_json(text: str) -> list[ConsentEvent]:
         raise InvalidInput("the consent cell must be a JSON array of events")
     events = []
     for item in items:
-        if not isinstance(item, dict) or not all(
-            isinstance(item.get(k, ""), str) for k in _FIELDS
-        ):
+        if not isinstance(item, dict) or not all(isinstance(item.get(k, ""), str) for k in _FIELDS):
             raise InvalidInput("each consent event must be an object of text fields")
         unknown = set(item) - set(_FIELDS)
         if unknown:

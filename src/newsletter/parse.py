@@ -62,6 +62,8 @@ WELCOME_REQUIRED_FRONT_MATTER = ("title", "subject")
 def is_welcome_file(path: Path) -> bool:
     """A file named ``welcome.md`` is read as the welcome email, wherever it is."""
     return path.stem == WELCOME
+
+
 # Citation fields as the author writes them (case and separators forgiven) -> our name.
 CITATION_FIELDS = {
     "authors": "authors",

@@ -88,7 +88,9 @@ def _context(issue: Issue, settings: Settings, relative: bool = False) -> dict[s
         "settings": settings,
         "style": settings.style,
         # The welcome is no archive page: its "read online" is the archive's front page.
-        "issue_url": f"{settings.base_url}/" if issue.is_welcome else settings.issue_url(issue.month),
+        "issue_url": f"{settings.base_url}/"
+        if issue.is_welcome
+        else settings.issue_url(issue.month),
         "topic_url": topic_url,
         "placeholders": PLACEHOLDERS,
     }

@@ -92,7 +92,7 @@ class Settings:
             return self.paths.issues / "welcome.md"
         if not isinstance(configured, str) or not configured.strip():
             raise SettingsError(
-                "must be the path of the welcome email's file, e.g. \"issues/welcome.md\"",
+                'must be the path of the welcome email\'s file, e.g. "issues/welcome.md"',
                 path=self.source,
                 key="welcome.file",
             )

@@ -30,8 +30,8 @@ library's server, and ``create_app`` is the factory for a production server, e.g
 from __future__ import annotations
 
 import email.parser
-import json
 import email.policy
+import json
 import os
 import re
 import socketserver
