@@ -137,9 +137,22 @@ def send_due(
         return report
     journal = SendJournal(conn, WELCOME_ISSUE)
     journal.record_issue((), prepared.subject)
-    with create_provider(settings) as provider:
+    provider = create_provider(settings)
+    try:
+        provider.open()
+    except NewsletterError as exc:
+        # The relay or the service cannot be reached: every due welcome waits its delay.
+        claimed = journal.mark_sending(due, provider.name)
+        journal.record(Outcome(i, JournalState.DEFERRED, reason=str(exc)[:500]) for i in claimed)
+        report.deferred += len(claimed)
+        report.errors.append(str(exc))
+        report.waiting = waiting(conn)
+        return report
+    try:
         for subscriber_id in due:
             _send_one(conn, journal, provider, prepared, settings, signer, subscriber_id, report)
+    finally:
+        provider.close()
     report.waiting = waiting(conn)
     return report
 

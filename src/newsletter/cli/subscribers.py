@@ -60,8 +60,20 @@ def _progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
 
 
 def _command_line() -> str:
-    """The admin's command as typed, for the consent trail of those it adds."""
-    return shlex.join(["newsletter", *sys.argv[1:]])
+    """The admin's command with its arguments, for the consent trail of those it adds."""
+    ctx = click.get_current_context()
+    words = ctx.command_path.split()
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if value is None or value is False or value == () or param.name == "encoding":
+            continue
+        if isinstance(param, click.Option):
+            values = value if isinstance(value, tuple) else (value,)
+            for one in values:
+                words += [param.opts[0]] if one is True else [param.opts[0], str(one)]
+        else:
+            words += [str(v) for v in (value if isinstance(value, tuple) else (value,))]
+    return shlex.join(words)
 
 
 def _refuse_erased(app: AppContext, conn: StoreConnection, email: str) -> None:
