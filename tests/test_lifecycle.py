@@ -570,3 +570,22 @@ def test_a_send_is_in_the_audit_log(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (entry,) = json.loads(output)
     assert entry["action"] == "send" and entry["count"] == 1
     assert entry["detail"].startswith("issue 2026-10 via outbox: 1 sent")
+
+
+def test_the_consent_text_version_changes_with_the_page_that_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = web_settings(tmp_path, monkeypatch)
+    with serving(WebApp(settings)) as base:
+        subscribe(base, "ana@example.org")
+    override = settings.paths.templates / "pages" / "subscribe.html"
+    override.parent.mkdir(parents=True)
+    packaged = Path(__import__("newsletter").__file__).parent / "templates/pages/subscribe.html"
+    override.write_text(
+        packaged.read_text("utf-8").replace("One email a month", "One email each month"), "utf-8"
+    )
+    with serving(WebApp(settings)) as base:
+        subscribe(base, "bo@example.org")
+    (first,) = trail_of(settings, "ana@example.org")
+    (second,) = trail_of(settings, "bo@example.org")
+    assert first.text_version != second.text_version

@@ -5,7 +5,8 @@ or the admin's ``subscribers add``. Each records the time, the form it came thro
 import, command, api), the client's IP address (truncated by default: /24 for IPv4, /48 for
 IPv6; ``[web] full_ip = true`` keeps it whole), the user agent, a version of the consent text
 the person was shown (the first 16 hex digits of the SHA-256 of the page template that shows
-it), and for imports the file name and the admin's command line.
+it, with the newsletter's name and ``reason`` it prints), and for imports the file name and the
+admin's command line.
 
 The trail goes with the subscriber: ``remove`` and erasure delete it, ``export --consent``
 writes it as one JSON cell per subscriber, and an import of that file puts it back.

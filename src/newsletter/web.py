@@ -203,9 +203,12 @@ class WebApp:
         store.open_store(settings.paths.database, create=False).close()
         self.clock = clock
         self.full_ip = consent.full_ip_from_settings(settings)
-        # The version of the consent text each page shows: a hash of its template as found.
+        # The version of the consent text each page shows: a hash of its template as found,
+        # with the settings it prints (the newsletter's name, why the reader gets it).
         self._text_versions = {
-            page: consent.text_version(template_source(settings, page))
+            page: consent.text_version(
+                "\0".join((template_source(settings, page), settings.name, settings.reason))
+            )
             for page in ("pages/subscribe.html", "pages/confirm.html")
         }
 
