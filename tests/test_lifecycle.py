@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from newsletter import consent, store, welcome
 from newsletter.cli import main
+from newsletter.errors import SettingsError
 from newsletter.settings import Settings
 from newsletter.store import Status
 from newsletter.web import WebApp
@@ -589,3 +590,67 @@ def test_the_consent_text_version_changes_with_the_page_that_shows_it(
     (first,) = trail_of(settings, "ana@example.org")
     (second,) = trail_of(settings, "bo@example.org")
     assert first.text_version != second.text_version
+
+
+@pytest.mark.parametrize(
+    ("days", "sent_days_ago", "topics", "expected"),
+    [
+        (30, 3, (), ["2026-10", "welcome"]),  # recent, and the reader wants every topic
+        (30, 3, ("Empathy",), ["welcome"]),  # recent, but about none of the reader's topics
+        (30, 40, (), ["welcome"]),  # too old
+        (0, 3, (), ["welcome"]),  # off (the default)
+    ],
+    ids=["recent-matching", "recent-other-topics", "too-old", "off"],
+)
+def test_the_latest_issue_comes_with_the_welcome_when_recent_and_on_topic(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sink: tuple[SinkHandler, int],
+    days: int,
+    sent_days_ago: int,
+    topics: tuple[str, ...],
+    expected: list[str],
+) -> None:
+    handler, port = sink
+    extra = f'confirmations = "run-due"\n[welcome]\nlatest_issue_days = {days}\n'
+    settings = smtp_settings(tmp_path, monkeypatch, port, extra)
+    with_welcome(settings)
+    shutil.copy(WELCOME_SAMPLE.parent / "2026-10.md", settings.paths.issues / "2026-10.md")
+    sent_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - sent_days_ago * 86400))
+    with closing(store.open_store(settings.paths.database)) as conn:
+        conn.execute(
+            "INSERT INTO journal_issues VALUES ('2026-10', ?, 'October', ?, ?)",
+            (json.dumps(["Efficacy of Treatments"]), sent_at, sent_at),
+        )
+    ana = add(settings, "ana@example.org", Status.PENDING, topics=topics)
+    with serving(WebApp(settings)) as base:
+        token = signer_for(settings).confirm_token(ana.id)
+        assert requests.post(f"{base}/confirm/{token}", timeout=10).status_code == 200
+    for _ in range(2):
+        code, output = invoke(settings, "run-due")
+        assert code == 0, output
+    got = sorted(
+        "welcome" if str(m["Subject"]).startswith("Welcome") else "2026-10"
+        for m in received(handler)
+    )
+    assert got == expected
+    if "2026-10" in expected:
+        assert journal_rows(settings, "2026-10") == [(ana.id, "sent")]
+
+
+def test_the_welcome_file_can_be_named_in_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = web_settings(tmp_path, monkeypatch, '[welcome]\nfile = "hello/first-mail.md"\n')
+    assert settings.welcome_path == tmp_path / "hello" / "first-mail.md"
+    path = with_welcome(settings)
+    code, output = invoke(settings, "check", "--offline", str(path))
+    assert code == 0, output  # read as the welcome: no month, no articles
+    code, output = invoke(settings, "preview", str(path))
+    assert code == 0 and str(settings.paths.build / "welcome" / "email.html") in output
+    code, output = invoke(settings, "subscribers", "add", "ana@example.org", "--welcome")
+    assert code == 0 and journal_rows(settings) == [(1, "queued")]
+    (tmp_path / "bad").mkdir()
+    bad = web_settings(tmp_path / "bad", monkeypatch, "[welcome]\nlatest_issue_days = -1\n")
+    with pytest.raises(SettingsError, match=r"welcome\.latest_issue_days: must be a whole number"):
+        welcome.latest_issue_days(bad)

@@ -142,14 +142,14 @@ _KNOWN: dict[str, set[str] | None] = {
         "full_ip",
     },
     # newsletter.welcome: the welcome email's file (default: issues/welcome.md).
-    "welcome": {"file"},
+    "welcome": {"file", "latest_issue_days"},
     "sending": {"unsubscribe_mailto"},
     "provider": None,  # provider modules check their own keys
     "crossref": {"base_url", "doi_base_url", "mailto", "timeout"},
 }
 # Tables other modules read through Settings.section(); the provider and dkim modules check
 # those tables' keys themselves, when they use them.
-_OPEN_TABLES = {"provider", "dkim", "sending", "web", "schedule", "doctor"}
+_OPEN_TABLES = {"provider", "dkim", "sending", "web", "schedule", "doctor", "welcome"}
 # What RFC 3986 allows in a URI, less the apostrophe; anything else (a space, a quote, <, >)
 # breaks the links and headers the URL is put in.
 _URI_CLASS = r"A-Za-z0-9\-._~:/?#\[\]@!$&()*+,;=%"

@@ -18,10 +18,15 @@ right after). So:
 - a provider that is down defers the row, retried with growing delays, never dropped;
 - a welcome file with errors sends nothing: the rows wait, and ``send_due`` reports the
   file's problems (``newsletter status welcome`` and ``check`` show them).
+
+With ``[welcome] latest_issue_days = N``, :func:`queue` also queues the latest issue, in its
+own journal, when its send started within N days and it is about one of the reader's topics;
+it goes out right after their welcome (or with the issue's own next run, whichever is first).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -30,7 +35,7 @@ from pathlib import Path
 
 from newsletter import store
 from newsletter.check import check_issue
-from newsletter.errors import MessageError, NewsletterError
+from newsletter.errors import MessageError, NewsletterError, SettingsError
 from newsletter.journal import JournalState, Outcome, SendJournal
 from newsletter.messages import PreparedIssue, Recipient, prepare_issue
 from newsletter.providers import create_provider
@@ -51,6 +56,7 @@ class WelcomeReport:
     waiting: int = 0  # queued or deferred rows left for a later pass
     problem: str = ""  # why nothing could be sent (the file's errors), "" when none
     errors: list[str] = field(default_factory=list)
+    latest_issue_sent: int = 0  # [welcome] latest_issue_days: issues sent with the welcomes
 
 
 def queue(conn: sqlite3.Connection, settings: Settings, subscriber_id: int) -> bool:
@@ -61,13 +67,57 @@ def queue(conn: sqlite3.Connection, settings: Settings, subscriber_id: int) -> b
     """
     if not settings.welcome_path.is_file():
         return False
+    if not _queue_row(conn, WELCOME_ISSUE, subscriber_id):
+        return False
+    latest = _latest_issue_for(conn, settings, subscriber_id, time.time())
+    if latest is not None:
+        _queue_row(conn, latest, subscriber_id)
+    return True
+
+
+def _queue_row(conn: sqlite3.Connection, issue: str, subscriber_id: int) -> bool:
     stamp = now_utc()
     cursor = conn.execute(
         "INSERT INTO journal (issue, subscriber_id, state, queued_at, updated_at)"
         " VALUES (?, ?, 'queued', ?, ?) ON CONFLICT (issue, subscriber_id) DO NOTHING",
-        (WELCOME_ISSUE, subscriber_id, stamp, stamp),
+        (issue, subscriber_id, stamp, stamp),
     )
     return cursor.rowcount > 0
+
+
+def latest_issue_days(settings: Settings) -> int:
+    """``[welcome] latest_issue_days``: also send the latest issue to a new reader when it went
+    out within this many days and is about one of their topics; 0 (the default) never does."""
+    value = settings.section("welcome").get("latest_issue_days", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SettingsError(
+            f"must be a whole number of days (0: never), not {value!r}",
+            path=settings.source,
+            key="welcome.latest_issue_days",
+        )
+    return value
+
+
+def _latest_issue_for(
+    conn: sqlite3.Connection, settings: Settings, subscriber_id: int, now: float
+) -> str | None:
+    """The latest issue to send a new reader with their welcome, or None (see above)."""
+    days = latest_issue_days(settings)
+    if not days:
+        return None
+    cutoff = datetime.fromtimestamp(now - days * 86400, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    row = conn.execute(
+        "SELECT issue, topics FROM journal_issues WHERE issue != ? AND first_run_at >= ?"
+        " ORDER BY first_run_at DESC LIMIT 1",
+        (WELCOME_ISSUE, cutoff),
+    ).fetchone()
+    if row is None:
+        return None
+    condition, params = store.audience(json.loads(str(row[1])))
+    wanted = conn.execute(
+        f"SELECT 1 FROM subscribers WHERE id = ? AND {condition}", (subscriber_id, *params)
+    ).fetchone()
+    return None if wanted is None else str(row[0])
 
 
 def prepare(settings: Settings, path: Path | None = None) -> PreparedIssue:
@@ -151,6 +201,7 @@ def send_due(
     try:
         for subscriber_id in due:
             _send_one(conn, journal, provider, prepared, settings, signer, subscriber_id, report)
+        _send_latest_issues(conn, settings, signer, provider, report)
     finally:
         provider.close()
     report.waiting = waiting(conn)
@@ -175,7 +226,7 @@ def _send_one(
         with transaction(conn):
             conn.execute(
                 "DELETE FROM journal WHERE issue = ? AND subscriber_id = ?",
-                (WELCOME_ISSUE, subscriber_id),
+                (journal.issue, subscriber_id),
             )
         return
     try:
@@ -211,3 +262,46 @@ def _send_one(
         journal.record([Outcome(subscriber_id, JournalState.DEFERRED, reason=result.reason)])
         report.deferred += 1
         report.errors.append(f"subscriber {subscriber_id}: {result.reason}")
+
+
+def _send_latest_issues(
+    conn: sqlite3.Connection,
+    settings: Settings,
+    signer: Signer,
+    provider: Provider,
+    report: WelcomeReport,
+) -> None:
+    """Send the latest issue to the readers just welcomed who were queued for it.
+
+    Those are the rows ``queue`` added after the issue's last run, of readers whose welcome
+    has gone out (the welcome comes first); the issue's own send would take them as well, and
+    the journal's claim keeps either from sending one twice.
+    """
+    with translate_errors(conn):
+        rows = conn.execute(
+            "SELECT j.issue, j.subscriber_id FROM journal AS j"
+            " JOIN journal_issues AS i ON i.issue = j.issue"
+            " JOIN journal AS w ON w.issue = ? AND w.subscriber_id = j.subscriber_id"
+            " WHERE j.issue != ? AND j.state = 'queued' AND j.queued_at > i.last_run_at"
+            " AND w.state = 'sent' ORDER BY j.issue, j.subscriber_id",
+            (WELCOME_ISSUE, WELCOME_ISSUE),
+        ).fetchall()
+    by_issue: dict[str, list[int]] = {}
+    for issue, subscriber_id in rows:
+        by_issue.setdefault(str(issue), []).append(int(subscriber_id))
+    for issue, ids in by_issue.items():
+        path = settings.paths.issues / f"{issue}.md"
+        try:
+            checked = check_issue(path, settings, offline=True, welcome=False)
+            if not checked.ok or checked.rendered is None:
+                raise NewsletterError(f"{path} cannot be sent as it is (`newsletter check {path}`)")
+            prepared = prepare_issue(checked.rendered, settings)
+        except NewsletterError as exc:
+            report.errors.append(f"the latest issue for new readers: {exc}")
+            continue
+        journal = SendJournal(conn, issue)
+        issued = WelcomeReport()
+        for subscriber_id in ids:
+            _send_one(conn, journal, provider, prepared, settings, signer, subscriber_id, issued)
+        report.latest_issue_sent += issued.sent
+        report.errors.extend(f"issue {issue}: {error}" for error in issued.errors)

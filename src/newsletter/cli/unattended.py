@@ -91,6 +91,11 @@ def run_due(app: AppContext) -> None:
     click.echo(
         f"welcome emails: {welcomed.sent} sent, {welcomed.deferred} to retry later, "
         f"{welcomed.failed} failed, {welcomed.waiting} waiting"
+        + (
+            f"; the latest issue sent to {welcomed.latest_issue_sent} of them"
+            if welcomed.latest_issue_sent
+            else ""
+        )
     )
     for error in welcomed.errors:
         click.echo(f"  {error}", err=True)
