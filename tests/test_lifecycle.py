@@ -654,3 +654,18 @@ def test_the_welcome_file_can_be_named_in_the_settings(
     bad = web_settings(tmp_path / "bad", monkeypatch, "[welcome]\nlatest_issue_days = -1\n")
     with pytest.raises(SettingsError, match=r"welcome\.latest_issue_days: must be a whole number"):
         welcome.latest_issue_days(bad)
+
+
+def test_an_unsubscribed_reader_can_still_download_and_erase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = web_settings(tmp_path, monkeypatch)
+    ana = add(settings, "ana@example.org")
+    token = signer_for(settings).unsubscribe_token(ana.id)
+    with serving(WebApp(settings)) as base:
+        left = requests.post(f"{base}/unsubscribe/{token}", timeout=10)
+        assert f'action="/data/{token}"' in left.text and 'id="erase-me"' in left.text
+        page = requests.get(f"{base}/unsubscribe/{token}", timeout=10)
+        assert f'action="/erase/{token}"' in page.text
+        data = requests.post(f"{base}/data/{token}", timeout=10).json()
+        assert data["profile"]["status"] == "unsubscribed"

@@ -286,7 +286,13 @@ class WebApp:
         if subscriber is None:
             return self._gone(environ)
         if subscriber.status in SUPPRESSED:
-            return self._done(environ, "unsubscribed", "You are unsubscribed", subscriber)
+            return self._done(
+                environ,
+                "unsubscribed",
+                "You are unsubscribed",
+                subscriber,
+                **self._data_actions(environ, token),
+            )
         return self._unsubscribe_page(environ, token, subscriber, 200)
 
     def _unsubscribe_post(self, environ: dict[str, Any], token: str) -> Page:
@@ -304,7 +310,8 @@ class WebApp:
                 )
         # A removed subscriber gets nothing either: the answer is the same, never an error
         # that would make a mail client retry or show a failure.
-        return self._done(environ, "unsubscribed", "You are unsubscribed", subscriber)
+        actions = self._data_actions(environ, token) if subscriber is not None else {}
+        return self._done(environ, "unsubscribed", "You are unsubscribed", subscriber, **actions)
 
     def _preferences_post(self, environ: dict[str, Any], token: str) -> Page:
         subscriber_id = self._verify(token, UNSUBSCRIBE).subscriber_id
@@ -357,9 +364,15 @@ class WebApp:
             error=error,
             unsubscribe_action=self._url(environ, f"/unsubscribe/{token}"),
             preferences_action=self._url(environ, f"/preferences/{token}"),
-            data_action=self._url(environ, f"/data/{token}"),
-            erase_action=self._url(environ, f"/erase/{token}"),
+            **self._data_actions(environ, token),
         )
+
+    def _data_actions(self, environ: dict[str, Any], token: str) -> dict[str, str]:
+        """Where the "Download my data" and "Erase me" buttons post."""
+        return {
+            "data_action": self._url(environ, f"/data/{token}"),
+            "erase_action": self._url(environ, f"/erase/{token}"),
+        }
 
     # --- the reader's data: download and erasure ---------------------------------------------
 
