@@ -367,7 +367,7 @@ class WebApp:
             **self._data_actions(environ, token),
         )
 
-    def _data_actions(self, environ: dict[str, Any], token: str) -> dict[str, str]:
+    def _data_actions(self, environ: dict[str, Any], token: str) -> dict[str, Any]:
         """Where the "Download my data" and "Erase me" buttons post."""
         return {
             "data_action": self._url(environ, f"/data/{token}"),
