@@ -534,7 +534,9 @@ def test_the_audit_log_records_what_the_admin_and_the_web_did(
     assert invoke(settings, "subscribers", "import", str(people))[0] == 0
     assert invoke(settings, "subscribers", "export", str(tmp_path / "out.csv"))[0] == 0
     assert invoke(settings, "subscribers", "unsubscribe", "a@example.org")[0] == 0
+    b = store.require_subscriber(store.open_store(settings.paths.database), "b@example.org")
     assert invoke(settings, "subscribers", "remove", "b@example.org", "--yes")[0] == 0
+    assert all(row[1] != b.id for row in snapshot(settings)["consent_events"])
     c = store.require_subscriber(store.open_store(settings.paths.database), "c@example.org")
     with serving(WebApp(settings)) as base:
         token = signer_for(settings).unsubscribe_token(c.id)
