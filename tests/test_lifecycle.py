@@ -671,3 +671,17 @@ def test_an_unsubscribed_reader_can_still_download_and_erase(
         assert f'action="/erase/{token}"' in page.text
         data = requests.post(f"{base}/data/{token}", timeout=10).json()
         assert data["profile"]["status"] == "unsubscribed"
+
+
+def test_a_one_click_unsubscribe_for_a_reader_who_is_gone_still_answers_200(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = web_settings(tmp_path, monkeypatch)
+    ana = add(settings, "ana@example.org")
+    assert invoke(settings, "subscribers", "erase", "ana@example.org", "--yes")[0] == 0
+    token = signer_for(settings).unsubscribe_token(ana.id)
+    with serving(WebApp(settings)) as base:
+        answer = requests.post(
+            f"{base}/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"}, timeout=10
+        )
+    assert answer.status_code == 200 and 'id="erase-me"' not in answer.text
