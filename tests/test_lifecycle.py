@@ -685,3 +685,21 @@ def test_a_one_click_unsubscribe_for_a_reader_who_is_gone_still_answers_200(
             f"{base}/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"}, timeout=10
         )
     assert answer.status_code == 200 and 'id="erase-me"' not in answer.text
+
+
+def test_an_expired_request_takes_its_consent_record_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from newsletter.due import run_due
+
+    settings = web_settings(tmp_path, monkeypatch)
+    week_ago = time.time() - 8 * 24 * 3600
+    with serving(WebApp(settings, clock=lambda: week_ago)) as base:
+        subscribe(base, "stale@example.org")
+    with serving(WebApp(settings)) as base:
+        subscribe(base, "fresh@example.org")
+    assert len(snapshot(settings)["consent_events"]) == 2
+    run_due(settings)
+    (kept,) = snapshot(settings)["consent_events"]
+    fresh = store.require_subscriber(store.open_store(settings.paths.database), "fresh@example.org")
+    assert kept[1] == fresh.id

@@ -245,8 +245,8 @@ def expire(conn: sqlite3.Connection, *, now: float, limits: SubscribeLimits) -> 
         ]
         report.pending_forgotten = len(report.ids)
         # Their consent trail (the request) goes with them.
-        conn.execute(
-            "DELETE FROM consent_events WHERE subscriber_id NOT IN (SELECT id FROM subscribers)"
+        conn.executemany(
+            "DELETE FROM consent_events WHERE subscriber_id = ?", [(i,) for i in report.ids]
         )
         report.queue_dropped = conn.execute(
             "DELETE FROM confirmation_queue WHERE requested_at < ? OR subscriber_id NOT IN"
