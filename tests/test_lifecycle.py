@@ -692,7 +692,7 @@ def test_an_expired_request_takes_its_consent_record_with_it(
 ) -> None:
     from newsletter.due import run_due
 
-    settings = web_settings(tmp_path, monkeypatch)
+    settings = web_settings(tmp_path, monkeypatch, 'confirmations = "run-due"\n')
     week_ago = time.time() - 8 * 24 * 3600
     with serving(WebApp(settings, clock=lambda: week_ago)) as base:
         subscribe(base, "stale@example.org")
