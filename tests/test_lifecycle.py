@@ -703,3 +703,21 @@ def test_an_expired_request_takes_its_consent_record_with_it(
     (kept,) = snapshot(settings)["consent_events"]
     fresh = store.require_subscriber(store.open_store(settings.paths.database), "fresh@example.org")
     assert kept[1] == fresh.id
+
+
+def test_an_import_into_a_list_with_erasures_needs_the_secret_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = web_settings(tmp_path, monkeypatch)
+    people = tmp_path / "people.csv"
+    people.write_text("email\nbo@example.org\n", "utf-8")
+    monkeypatch.delenv("NEWSLETTER_SECRET")
+    assert invoke(settings, "subscribers", "import", str(people))[0] == 0  # nobody erased yet
+    monkeypatch.setenv("NEWSLETTER_SECRET", "a-test-secret-of-enough-length-0123456789")
+    add(settings, "ana@example.org")
+    assert invoke(settings, "subscribers", "erase", "ana@example.org", "--yes")[0] == 0
+    monkeypatch.delenv("NEWSLETTER_SECRET")
+    code, output = invoke(settings, "subscribers", "import", str(people))
+    assert code == 1
+    assert "no secret for signing" in output
+    assert "This list has erased addresses, which an import must recognise" in output
