@@ -39,6 +39,14 @@ class Browser(DevTools):
             self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
         self.wait_for_event("Page.loadEventFired")
 
+    def allow_downloads(self, folder: str) -> None:
+        """Save what the pages download into ``folder`` (a browser-wide setting)."""
+        self._call("Browser.setDownloadBehavior", None, behavior="allow", downloadPath=folder)
+
+    def press(self, selector: str) -> None:
+        """Press a button without waiting for a page: for a form whose answer is a download."""
+        self.evaluate(f"document.querySelector({json.dumps(selector)}).click()")
+
     @property
     def url(self) -> str:
         return str(self.evaluate("location.href"))

@@ -13,7 +13,9 @@ from newsletter.messages import PreparedIssue, Recipient, prepare_issue
 from newsletter.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE_ISSUES = sorted((REPO / "issues").glob("*.md"))
+# The monthly sample issues; the welcome email (issues/welcome.md) is read the same way, apart.
+SAMPLE_ISSUES = sorted(p for p in (REPO / "issues").glob("*.md") if p.stem != "welcome")
+WELCOME_SAMPLE = REPO / "issues" / "welcome.md"
 
 VALID_ISSUE = """\
 ---

@@ -15,12 +15,12 @@ from newsletter.preview import LivePreview, build_preview, take_screenshots
 from newsletter.settings import Settings, load_settings
 
 from .cdp import Browser
-from .conftest import REPO, SAMPLE_ISSUES, VALID_ISSUE
+from .conftest import REPO, SAMPLE_ISSUES, VALID_ISSUE, WELCOME_SAMPLE
 from .pages import measure, require_chromium
 from .regenerate_goldens import CASES
 
 # The samples, and the golden cases (long unbreakable author names among them).
-LAYOUT_ISSUES = [*SAMPLE_ISSUES, *sorted(CASES.glob("*.md"))]
+LAYOUT_ISSUES = [*SAMPLE_ISSUES, WELCOME_SAMPLE, *sorted(CASES.glob("*.md"))]
 
 
 @pytest.mark.parametrize("path", LAYOUT_ISSUES, ids=[p.name for p in LAYOUT_ISSUES])

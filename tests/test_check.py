@@ -13,10 +13,12 @@ from newsletter.check import GMAIL_CLIP_BYTES, check_issue, check_links
 from newsletter.cli import main
 from newsletter.settings import Settings
 
-from .conftest import SAMPLE_ISSUES, VALID_ISSUE
+from .conftest import SAMPLE_ISSUES, VALID_ISSUE, WELCOME_SAMPLE
 
 
-@pytest.mark.parametrize("path", SAMPLE_ISSUES, ids=[p.name for p in SAMPLE_ISSUES])
+@pytest.mark.parametrize(
+    "path", [*SAMPLE_ISSUES, WELCOME_SAMPLE], ids=[p.name for p in [*SAMPLE_ISSUES, WELCOME_SAMPLE]]
+)
 def test_offline_check_passes_on_every_sample(path: Path, settings: Settings) -> None:
     report = check_issue(path, settings, offline=True)
     assert report.problems == []

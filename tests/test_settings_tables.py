@@ -26,7 +26,7 @@ from .sending_helpers import make_folder
     [
         (
             '[web]\nurll = "https://news.example.org"\n',
-            "web.urll: unknown key; [web] takes: confirmations, max_pending",
+            "web.urll: unknown key; [web] takes: confirmations, full_ip, max_pending",
         ),
         (
             '[sending]\nunsubscribe_mail = "x@example.org"\n',

@@ -52,6 +52,8 @@ def load_issues(settings: Settings, *, strict: bool = True) -> tuple[list[Issue]
     issues: list[Issue] = []
     problems: list[Problem] = []
     for path in sorted(folder.glob("*.md")):
+        if settings.reads_as_welcome(path):
+            continue  # the welcome email is no issue of the archive
         result = read_issue(path, settings.taxonomy)
         errors = [p for p in result.problems if p.severity == "error"]
         if errors or result.issue is None:

@@ -61,10 +61,17 @@ def check_issue(
     timeout: float = 10.0,
     concurrency: int = 8,
     session: requests.Session | None = None,
+    welcome: bool | None = None,
 ) -> CheckReport:
-    """Every problem of the issue file at ``path`` and of the email it makes, with its render."""
+    """Every problem of the issue file at ``path`` and of the email it makes, with its render.
+
+    ``welcome``: read it as the welcome email; by default when it is the settings' welcome
+    file (``settings.reads_as_welcome``).
+    """
     report = CheckReport(path)
-    result = read_issue(path, settings.taxonomy)
+    if welcome is None:
+        welcome = settings.reads_as_welcome(path)
+    result = read_issue(path, settings.taxonomy, welcome=welcome)
     report.problems.extend(result.problems)
     if result.issue is None:
         return report

@@ -1,5 +1,8 @@
 """Double opt-in: the confirmation email, and sending the queued ones outside any request.
 
+The same pass of the worker (and of ``run-due``) then sends the welcome emails that are due
+(``newsletter.welcome``): a confirmation only records the welcome, in its transaction.
+
 A request from the subscribe form is recorded and its confirmation queued in the store
 (``newsletter.subscribe_requests``); nothing is sent while the visitor waits. The queue is
 drained by :func:`send_due` — from the web app's own background thread
@@ -23,7 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TextIO
 
-from newsletter import store, subscribe_requests
+from newsletter import consent, erasure, store, subscribe_requests, welcome
+from newsletter.consent import ConsentEvent
 from newsletter.errors import NewsletterError, ProviderError
 from newsletter.messages import OutgoingMessage, Recipient, prepare_issue
 from newsletter.providers import create_provider
@@ -32,6 +36,7 @@ from newsletter.settings import Settings
 from newsletter.store import SOURCE_WEB, Status, Subscriber
 from newsletter.subscribe_requests import SubscribeLimits
 from newsletter.tokens import CONFIRM_MAX_AGE, Signer, unsubscribe_url, web_url
+from newsletter.welcome import WelcomeReport
 
 TEXT_TEMPLATE = "confirmation.txt"
 HTML_TEMPLATE = "confirmation.html"
@@ -65,6 +70,8 @@ class DrainReport:
     retried: int = 0
     dropped: int = 0  # no longer wanted: confirmed, suppressed, removed, or the link expired
     errors: list[str] = field(default_factory=list)
+    # The welcome emails sent in the same pass (newsletter.welcome).
+    welcome: WelcomeReport = field(default_factory=WelcomeReport)
 
 
 def confirmation_url(settings: Settings, signer: Signer, subscriber_id: int, now: float) -> str:
@@ -180,7 +187,9 @@ def drain(
             total.dropped += batch.dropped
             total.errors.extend(batch.errors)
             if not (batch.sent or batch.retried or batch.dropped):
-                return total
+                break
+        total.welcome = welcome.send_due(conn, settings, signer, now=moment)
+    return total
 
 
 class ConfirmationWorker:
@@ -248,27 +257,46 @@ class ConfirmationWorker:
             return
         for error in report.errors:
             self.log.write(f"newsletter serve: confirmation email: {error}\n")
+        for error in report.welcome.errors:
+            self.log.write(f"newsletter serve: welcome email: {error}\n")
+        if report.welcome.problem:
+            self.log.write(f"newsletter serve: {report.welcome.problem}\n")
 
 
 def confirm(
-    conn: sqlite3.Connection, subscriber_id: int, issued: int, *, keep_name: bool = True
+    conn: sqlite3.Connection,
+    subscriber_id: int,
+    issued: int,
+    *,
+    settings: Settings | None = None,
+    signer: Signer | None = None,
+    evidence: ConsentEvent | None = None,
+    keep_name: bool = True,
 ) -> Subscriber | None:
     """Apply a confirmation link issued at ``issued`` (Unix time); see store.confirm_subscriber.
+
+    When this makes the subscriber active, in the same transaction: ``evidence`` joins their
+    consent trail, their address is no longer refused as erased (they confirmed afresh), and
+    the welcome email is recorded as due (sent later, by the worker or ``run-due``).
 
     The name was typed into a form anyone can fill in: the confirm page shows it to the
     address's owner, and unless they keep it (``keep_name``) it is forgotten as they confirm,
     so a stranger's words never become the greeting of every issue.
     """
-    before = store.get_subscriber(conn, subscriber_id)
     requested_at = datetime.fromtimestamp(issued, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    just_confirmed: list[Subscriber] = []
+
+    def confirmed(subscriber: Subscriber) -> None:
+        just_confirmed.append(subscriber)
+        if evidence is not None:
+            consent.record(conn, subscriber.id, evidence)
+        if signer is not None:
+            erasure.lift(conn, signer, subscriber.email)
+        if settings is not None:
+            welcome.queue(conn, settings, subscriber.id)
+
     after = store.confirm_subscriber(
-        conn, subscriber_id, requested_at=requested_at, source=SOURCE_WEB
-    )
-    just_confirmed = (
-        before is not None
-        and before.status is not Status.ACTIVE
-        and after is not None
-        and after.status is Status.ACTIVE
+        conn, subscriber_id, requested_at=requested_at, source=SOURCE_WEB, on_confirmed=confirmed
     )
     if just_confirmed and after is not None and after.name and not keep_name:
         store.forget_name(conn, subscriber_id)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from newsletter import imports
+from newsletter import consent, imports
 from newsletter.errors import (
     ImportRejected,
     InvalidInput,
@@ -41,6 +41,7 @@ from newsletter.errors import (
 from newsletter.store import (
     SOURCE_IMPORT,
     SUPPRESSED,
+    WELCOME_ISSUE,
     Status,
     canonical_topics,
     clean_name,
@@ -54,6 +55,8 @@ from newsletter.store import (
 from newsletter.taxonomy import Taxonomy
 
 COLUMNS = ("email", "name", "topics", "status")
+# Written by ``export --consent`` and read back by import: the consent trail as JSON.
+CONSENT_COLUMN = "consent"
 TOPIC_SEPARATOR = ";"
 DEFAULT_ENCODING = "utf-8-sig"  # reads UTF-8 with or without a byte-order mark
 # A spreadsheet treats a cell that starts with one of these as a formula (OWASP, "CSV
@@ -103,6 +106,12 @@ class ImportReport:
     resumed: imports.ImportRecord | None = None
     # A dry run found this import interrupted: the store holds part of it.
     unfinished: imports.ImportRecord | None = None
+    # What the consent trail of each added subscriber says of this import: the admin's command.
+    command_line: str = ""
+    # Queue the welcome email for each subscriber this import adds as active.
+    welcome: bool = False
+    # The reason an address (by its store key) may not be imported, or None: erased ones.
+    refused: Callable[[str], str | None] | None = None
 
     def reject(self, line: int, email: str, reason: str) -> None:
         self.rejected_count += 1
@@ -123,6 +132,7 @@ class _Row:
     name: str | None  # None: the file has no such column
     topics: tuple[str, ...] | None
     status: Status | None
+    consent: str | None = None  # the consent column's trail, as checked JSON
 
 
 # --- Formula injection ---------------------------------------------------------------------
@@ -159,6 +169,9 @@ def import_csv(
     dry_run: bool = False,
     skip_invalid: bool = False,
     on_progress: Progress | None = None,
+    command_line: str = "",
+    welcome: bool = False,
+    refused: Callable[[str], str | None] | None = None,
 ) -> ImportReport:
     """Add and update subscribers from a CSV file; return what changed (or would have).
 
@@ -174,9 +187,17 @@ def import_csv(
     fails, what was applied is undone. If the process dies instead, ImportUnfinished stops
     every later import until this same import (same file, same options) is run again, which
     finishes it, or ``imports.undo_interrupted`` undoes it.
+
+    Each subscriber added gets an import event in their consent trail (the file name and
+    ``command_line``), plus the events of the file's ``consent`` column (an export made with
+    ``--consent``). ``welcome`` queues the welcome email for those added as active.
+    ``refused`` gives the reason an address may not be imported (an erased one), which
+    rejects its row.
     """
     path = Path(path)
-    report = ImportReport(path=path, dry_run=dry_run)
+    report = ImportReport(
+        path=path, dry_run=dry_run, command_line=command_line, welcome=welcome, refused=refused
+    )
     try:
         codecs.lookup(encoding)
     except LookupError:
@@ -305,7 +326,7 @@ class _Staging:
             self.db.execute(
                 "CREATE TABLE staged (line INTEGER PRIMARY KEY, email TEXT NOT NULL,"
                 " key TEXT NOT NULL UNIQUE, name TEXT, topics TEXT, status TEXT,"
-                " position INTEGER NOT NULL)"
+                " position INTEGER NOT NULL, consent TEXT)"
             )
 
     def __enter__(self) -> _Staging:
@@ -349,7 +370,7 @@ class _Staging:
                 unique.append(row)
         self.db.execute("BEGIN")
         self.db.executemany(
-            "INSERT INTO staged VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO staged VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     row.line,
@@ -361,6 +382,7 @@ class _Staging:
                     else json.dumps(list(row.topics), ensure_ascii=False),
                     None if row.status is None else row.status.value,
                     position,
+                    row.consent,
                 )
                 for row in unique
             ],
@@ -377,7 +399,7 @@ class _Staging:
         return [
             _Staged(*row)
             for row in self.db.execute(
-                "SELECT line, email, key, name, topics, status, position FROM staged"
+                "SELECT line, email, key, name, topics, status, position, consent FROM staged"
                 " WHERE line > ? ORDER BY line LIMIT ?",
                 (line, limit),
             )
@@ -393,6 +415,7 @@ class _Staged:
     topics: str | None  # as stored: JSON
     status: str | None
     position: int  # bytes of the file read when the row was staged
+    consent: str | None = None  # the consent column's trail (JSON)
 
 
 def _stage(
@@ -507,7 +530,7 @@ def _header(path: Path, header: list[str], report: ImportReport) -> _Header:
         name = cell.strip().casefold()
         if name in columns:
             raise _file_problem(path, 1, f"the header names the column '{name}' twice")
-        if name in COLUMNS:
+        if name in COLUMNS or name == CONSENT_COLUMN:
             columns[name] = index
         else:
             report.ignored_columns.append(_shown(cell.strip()))
@@ -555,10 +578,17 @@ def _parse_row(
             else canonical_topics(topics_cell.split(TOPIC_SEPARATOR), taxonomy)
         )
         status = _status(cell("status"))
+        trail = cell(CONSENT_COLUMN)
+        trail = consent.to_json(consent.from_json(trail)) if trail else None
     except InvalidInput as exc:
         report.reject(line, email, str(exc))
         return None
-    return _Row(line, normalized, email_key(normalized), name, topics, status)
+    key = email_key(normalized)
+    refusal = report.refused(key) if report.refused is not None else None
+    if refusal is not None:
+        report.reject(line, normalized, refusal)
+        return None
+    return _Row(line, normalized, key, name, topics, status, trail)
 
 
 def _status(value: str | None) -> Status | None:
@@ -744,6 +774,7 @@ def _apply_batch(
         inserts,
     )
     imports.log_added(conn, import_id, len(inserts))
+    _record_consent(conn, rows, report, {str(i[1]) for i in inserts}, stamp)
     conn.executemany(
         "UPDATE subscribers SET name = ?, topics = ?, status = ?, confirmed_at = ?,"
         " status_changed_at = ?, status_reason = ?, status_source = ? WHERE id = ?",
@@ -755,14 +786,59 @@ def _apply_batch(
 # --- Export --------------------------------------------------------------------------------
 
 
+def _record_consent(
+    conn: sqlite3.Connection,
+    rows: Sequence[_Staged],
+    report: ImportReport,
+    added_keys: set[str],
+    stamp: str,
+) -> None:
+    """The consent trail of this batch: the file's own trails, and an import event (and the
+    welcome, when asked) for each subscriber the batch added."""
+    wanted = [row for row in rows if row.key in added_keys or row.consent]
+    if not wanted:
+        return
+    marks = ",".join("?" * len(wanted))
+    ids = {
+        str(key): (int(row_id), str(status))
+        for key, row_id, status in conn.execute(
+            f"SELECT email_key, id, status FROM subscribers WHERE email_key IN ({marks})",
+            [row.key for row in wanted],
+        )
+    }
+    detail = f"file {report.path.name}"
+    if report.command_line:
+        detail += f"; command: {report.command_line}"
+    for row in wanted:
+        row_id, status = ids[row.key]
+        if row.consent:
+            consent.restore(conn, row_id, consent.from_json(row.consent))
+        if row.key not in added_keys:
+            continue
+        event = consent.ConsentEvent(
+            consent.EVENT_IMPORT, consent.FORM_IMPORT, stamp, detail=f"{detail}, line {row.line}"
+        )
+        consent.record(conn, row_id, event)
+        if report.welcome and status == Status.ACTIVE.value:
+            conn.execute(
+                "INSERT INTO journal (issue, subscriber_id, state, queued_at, updated_at)"
+                " VALUES (?, ?, 'queued', ?, ?) ON CONFLICT (issue, subscriber_id) DO NOTHING",
+                (WELCOME_ISSUE, row_id, stamp, stamp),
+            )
+
+
 def export_csv(
     conn: sqlite3.Connection,
     path: Path,
     *,
     statuses: Sequence[Status] = (),
     on_progress: Progress | None = None,
+    with_consent: bool = False,
 ) -> int:
     """Write subscribers (all, or those with one of ``statuses``) to ``path``; return how many.
+
+    ``with_consent`` adds a ``consent`` column: each subscriber's consent trail as JSON,
+    which an import puts back.
 
     The file appears only when complete: a failed export leaves any earlier file in place.
     ``on_progress`` receives the number of rows written so far.
@@ -779,7 +855,7 @@ def export_csv(
     try:
         with open(handle, "w", encoding="utf-8", newline="") as out:
             writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(COLUMNS)
+            writer.writerow((*COLUMNS, CONSENT_COLUMN) if with_consent else COLUMNS)
             for batch in iter_subscriber_batches(conn, status=only, batch_size=5000):
                 rows = [s for s in batch if not wanted or s.status in wanted]
                 writer.writerows(
@@ -788,6 +864,7 @@ def export_csv(
                         neutralize_cell(s.name),
                         neutralize_cell(f"{TOPIC_SEPARATOR} ".join(s.topics)),
                         s.status.value,
+                        *([consent.to_json(consent.trail(conn, s.id))] if with_consent else []),
                     ]
                     for s in rows
                 )

@@ -371,6 +371,15 @@ def undo(conn: sqlite3.Connection, import_id: int) -> int:
                         " WHERE id = ?",
                         (now_utc(), import_id),
                     )
+                    # The consent events and welcomes of the rows it added go with them.
+                    conn.execute(
+                        "DELETE FROM consent_events"
+                        " WHERE subscriber_id NOT IN (SELECT id FROM subscribers)"
+                    )
+                    conn.execute(
+                        "DELETE FROM journal WHERE state = 'queued'"
+                        " AND subscriber_id NOT IN (SELECT id FROM subscribers)"
+                    )
                     return kept
                 kept += step
                 if time.monotonic() >= deadline:

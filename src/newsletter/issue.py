@@ -98,6 +98,10 @@ class Article:
         return slugify(self.title)[:60].strip("-")
 
 
+# The label of the welcome email where an issue has its month (its "issue" in the journal).
+WELCOME = "welcome"
+
+
 @dataclass(frozen=True)
 class Issue:
     path: Path
@@ -107,6 +111,10 @@ class Issue:
     intro: str  # Markdown: the teaser
     articles: tuple[Article, ...]
     preheader: str = ""
+
+    @property
+    def is_welcome(self) -> bool:
+        return self.month == WELCOME
 
     @property
     def topics(self) -> tuple[str, ...]:

@@ -43,7 +43,7 @@ from markdown_it import MarkdownIt
 
 from newsletter.english import counted
 from newsletter.errors import IssueFileError, Problem, describe_character
-from newsletter.issue import Article, Citation, Issue
+from newsletter.issue import WELCOME, Article, Citation, Issue
 from newsletter.taxonomy import Taxonomy
 
 MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -54,6 +54,16 @@ PRACTICE_HEADING = "practice implications"
 
 FRONT_MATTER_KEYS = {"month", "title", "subject", "preheader"}
 REQUIRED_FRONT_MATTER = ("month", "title", "subject")
+# The welcome email (issues/welcome.md) has no month, and its articles are optional.
+WELCOME_FRONT_MATTER_KEYS = {"title", "subject", "preheader"}
+WELCOME_REQUIRED_FRONT_MATTER = ("title", "subject")
+
+
+def is_welcome_file(path: Path) -> bool:
+    """A file named ``welcome.md`` is read as the welcome email, wherever it is."""
+    return path.stem == WELCOME
+
+
 # Citation fields as the author writes them (case and separators forgiven) -> our name.
 CITATION_FIELDS = {
     "authors": "authors",
@@ -112,17 +122,27 @@ class ParseResult:
     problems: tuple[Problem, ...]
 
 
-def parse_issue(path: Path, taxonomy: Taxonomy | None = None) -> Issue:
+def parse_issue(
+    path: Path, taxonomy: Taxonomy | None = None, *, welcome: bool | None = None
+) -> Issue:
     """Read and check an issue file; raise IssueFileError listing every error found."""
-    result = read_issue(path, taxonomy)
+    result = read_issue(path, taxonomy, welcome=welcome)
     errors = [p for p in result.problems if p.severity == "error"]
     if errors or result.issue is None:
         raise IssueFileError(errors or [Problem(str(path), 0, "could not be read")])
     return result.issue
 
 
-def read_issue(path: Path, taxonomy: Taxonomy | None = None) -> ParseResult:
-    """Read an issue file, returning the Issue (when error-free) and every problem found."""
+def read_issue(
+    path: Path, taxonomy: Taxonomy | None = None, *, welcome: bool | None = None
+) -> ParseResult:
+    """Read an issue file, returning the Issue (when error-free) and every problem found.
+
+    ``welcome``: read it as the welcome email (no month, articles optional); by default a
+    file named ``welcome.md`` is one.
+    """
+    if welcome is None:
+        welcome = is_welcome_file(path)
     taxonomy = taxonomy or Taxonomy.default()
     found = _Collector(str(path))
     try:
@@ -130,11 +150,13 @@ def read_issue(path: Path, taxonomy: Taxonomy | None = None) -> ParseResult:
     except OSError as exc:
         found.error(0, f"cannot read the file: {exc.strerror}")
         return ParseResult(None, tuple(found.problems))
-    issue = parse_text(data, path, taxonomy, found)
+    issue = parse_text(data, path, taxonomy, found, welcome=welcome)
     return ParseResult(issue if not found.errors else None, tuple(sorted(found.problems)))
 
 
-def parse_text(data: bytes, path: Path, taxonomy: Taxonomy, found: _Collector) -> Issue | None:
+def parse_text(
+    data: bytes, path: Path, taxonomy: Taxonomy, found: _Collector, *, welcome: bool = False
+) -> Issue | None:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
@@ -158,10 +180,10 @@ def parse_text(data: bytes, path: Path, taxonomy: Taxonomy, found: _Collector) -
         found.error(1, "the front matter opened here is never closed with a '---' line")
         return None
 
-    meta = _front_matter(lines[1:end], found, first_line=2)
+    meta = _front_matter(lines[1:end], found, first_line=2, welcome=welcome)
     body_start = end + 1  # index into lines of the body's first line
     _control_characters(lines, body_start, found)
-    intro, articles = _body(lines, body_start, taxonomy, found)
+    intro, articles = _body(lines, body_start, taxonomy, found, articles_optional=welcome)
 
     month = meta.get("month", ("", 0))
     if month[0] and MONTH.match(month[0]):
@@ -172,7 +194,7 @@ def parse_text(data: bytes, path: Path, taxonomy: Taxonomy, found: _Collector) -
         return None
     return Issue(
         path=path,
-        month=meta["month"][0],
+        month=WELCOME if welcome else meta["month"][0],
         title=meta["title"][0],
         subject=meta["subject"][0],
         preheader=meta.get("preheader", ("", 0))[0],
@@ -206,9 +228,11 @@ def _field_of(line: str) -> str:
 
 
 def _front_matter(
-    block: list[str], found: _Collector, first_line: int
+    block: list[str], found: _Collector, first_line: int, *, welcome: bool = False
 ) -> dict[str, tuple[str, int]]:
     """Front matter keys -> (value, line). Values are one-line strings."""
+    known_keys = WELCOME_FRONT_MATTER_KEYS if welcome else FRONT_MATTER_KEYS
+    required = WELCOME_REQUIRED_FRONT_MATTER if welcome else REQUIRED_FRONT_MATTER
     source = "\n".join(block)
     try:
         node = yaml.compose(source, Loader=_YamlLoader)
@@ -224,7 +248,7 @@ def _front_matter(
         found.error(line, _yaml_advice(block, mark.line if mark else 0, problem))
         return {}
     if node is None:
-        for key in REQUIRED_FRONT_MATTER:
+        for key in required:
             found.error(first_line - 1, f"front matter is missing '{key}'")
         return {}
     if not isinstance(node, yaml.MappingNode):
@@ -237,10 +261,15 @@ def _front_matter(
         line = first_line + key_node.start_mark.line
         key = str(key_node.value)
         present.add(key)
-        if key not in FRONT_MATTER_KEYS:
-            hint = _did_you_mean(key, FRONT_MATTER_KEYS)
-            allowed = ", ".join(sorted(FRONT_MATTER_KEYS))
-            found.error(line, f"unknown front matter key '{key}'{hint} (allowed: {allowed})")
+        if key not in known_keys:
+            hint = _did_you_mean(key, known_keys)
+            allowed = ", ".join(sorted(known_keys))
+            what = "the welcome email has no month" if welcome and key == "month" else ""
+            found.error(
+                line,
+                f"unknown front matter key '{key}'{hint} (allowed: {allowed})"
+                + (f"; {what}" if what else ""),
+            )
             continue
         if key in values:
             found.error(line, f"'{key}' is given twice (first on line {values[key][1]})")
@@ -286,7 +315,7 @@ def _front_matter(
             continue
         values[key] = (value, line)
 
-    for key in REQUIRED_FRONT_MATTER:
+    for key in required:
         if key not in present:
             found.error(first_line - 1, f"front matter is missing '{key}'")
         elif key in values and not values[key][0]:
@@ -324,7 +353,12 @@ def _construct(node: yaml.Node) -> Any:
 
 
 def _body(
-    lines: list[str], start: int, taxonomy: Taxonomy, found: _Collector
+    lines: list[str],
+    start: int,
+    taxonomy: Taxonomy,
+    found: _Collector,
+    *,
+    articles_optional: bool = False,
 ) -> tuple[str, list[Article]]:
     body = lines[start:]
     tokens = _markdown.parse("\n".join(body))
@@ -365,6 +399,8 @@ def _body(
             "and the first article",
         )
     if not article_heads:
+        if articles_optional:
+            return intro, []
         found.error(
             start + 1,
             "no articles: start each article with a '# Headline' line, followed by its "
@@ -380,7 +416,7 @@ def _body(
         if article is not None:
             articles.append(article)
     count = len(article_heads)
-    if count == 1 or count > 3:
+    if not articles_optional and (count == 1 or count > 3):
         found.warning(
             start + article_heads[0][1] + 1,
             f"this issue has {counted(count, 'article')}; the digest usually has two or three",

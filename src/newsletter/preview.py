@@ -29,7 +29,9 @@ class Preview:
 
 def build_preview(issue_path: Path, settings: Settings) -> Preview:
     """Parse, render and write build/<month>/email.html and email.txt."""
-    issue = parse_issue(issue_path, settings.taxonomy)
+    issue = parse_issue(
+        issue_path, settings.taxonomy, welcome=settings.reads_as_welcome(issue_path)
+    )
     rendered = render_issue(issue, settings)
     html_path, text_path = write_preview(rendered, settings)
     return Preview(rendered, html_path, text_path)

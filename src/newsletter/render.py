@@ -87,7 +87,10 @@ def _context(issue: Issue, settings: Settings, relative: bool = False) -> dict[s
         "issue": issue,
         "settings": settings,
         "style": settings.style,
-        "issue_url": settings.issue_url(issue.month),
+        # The welcome is no archive page: its "read online" is the archive's front page.
+        "issue_url": f"{settings.base_url}/"
+        if issue.is_welcome
+        else settings.issue_url(issue.month),
         "topic_url": topic_url,
         "placeholders": PLACEHOLDERS,
     }
@@ -111,6 +114,15 @@ def template_errors(name: str) -> Iterator[None]:
 def _render_template(env: jinja2.Environment, name: str, context: Mapping[str, object]) -> str:
     with template_errors(name):
         return env.get_template(name).render(context)
+
+
+def template_source(settings: Settings, name: str) -> str:
+    """The text of template ``name`` as the settings find it (the user's, or the packaged one)."""
+    env = template_environment(settings)
+    assert env.loader is not None
+    with template_errors(name):
+        source, _, _ = env.loader.get_source(env, name)
+    return source
 
 
 def render_template(settings: Settings, name: str, context: Mapping[str, object]) -> str:

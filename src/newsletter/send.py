@@ -19,6 +19,7 @@ Memory does not grow with the list: recipients are read from the store one batch
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -26,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from newsletter import audit
 from newsletter.check import check_issue
 from newsletter.english import counted
 from newsletter.errors import IssueFileError, MessageError, ProviderError, SendError, StoreError
@@ -210,10 +212,24 @@ class Sender:
                 self._dry_run(conn)
             else:
                 with send_lock(self.job.settings.paths.database, self.job.month):
-                    self._send(conn)
+                    try:
+                        self._send(conn)
+                    finally:
+                        self._audit(conn)
         finally:
             conn.close()
         return self.report
+
+    def _audit(self, conn: StoreConnection) -> None:
+        """One row in the audit log for this run, however it ended."""
+        report = self.report
+        detail = (
+            f"issue {self.job.month} via {self.provider.name}: {report.sent} sent, "
+            f"{report.failed} failed, {report.deferred} deferred"
+        )
+        # The store failing is what the caller is already told about.
+        with contextlib.suppress(StoreError):
+            audit.record(conn, "send", detail, report.sent)
 
     def _send(self, conn: StoreConnection) -> None:
         journal = SendJournal(conn, self.job.month)

@@ -86,6 +86,30 @@ class Settings:
         """The List-Id header's identifier, e.g. ``practice-digest.example.org``."""
         return f"{slugify(self.name) or 'newsletter'}.{self.sender_domain}"
 
+    @property
+    def welcome_path(self) -> Path:
+        """The welcome email's file: ``[welcome] file`` (from the settings' folder), or
+        ``welcome.md`` in the issues folder."""
+        configured = self.section("welcome").get("file")
+        if configured is None:
+            return self.paths.issues / "welcome.md"
+        if not isinstance(configured, str) or not configured.strip():
+            raise SettingsError(
+                'must be the path of the welcome email\'s file, e.g. "issues/welcome.md"',
+                path=self.source,
+                key="welcome.file",
+            )
+        return self.root / configured.strip()
+
+    def reads_as_welcome(self, path: Path) -> bool:
+        """Whether ``path`` is the welcome email: named ``welcome.md``, or the settings' file."""
+        if path.stem == "welcome":
+            return True
+        try:
+            return path.resolve() == self.welcome_path.resolve()
+        except OSError:
+            return False
+
     def issue_url(self, month: str) -> str:
         """The web archive page of one issue (the "view in browser" target)."""
         return f"{self.base_url}/{month}/"
@@ -118,7 +142,10 @@ _KNOWN: dict[str, set[str] | None] = {
         "max_pending",
         "trusted_proxies",
         "confirmations",
+        "full_ip",
     },
+    # newsletter.welcome: the welcome email's file (default: issues/welcome.md).
+    "welcome": {"file", "latest_issue_days"},
     "sending": {"unsubscribe_mailto"},
     "provider": None,  # provider modules check their own keys
     "crossref": {"base_url", "doi_base_url", "mailto", "timeout"},
@@ -131,7 +158,7 @@ _KNOWN: dict[str, set[str] | None] = {
 }
 # Tables other modules read through Settings.section(); the provider module checks its own
 # keys, when it is loaded.
-_OPEN_TABLES = {"provider", "dkim", "sending", "web", "schedule", "doctor"}
+_OPEN_TABLES = {"provider", "dkim", "sending", "web", "schedule", "doctor", "welcome"}
 # What RFC 3986 allows in a URI, less the apostrophe; anything else (a space, a quote, <, >)
 # breaks the links and headers the URL is put in.
 _URI_CLASS = r"A-Za-z0-9\-._~:/?#\[\]@!$&()*+,;=%"
@@ -397,6 +424,10 @@ def _check_web(table: dict[str, Any], where: Path) -> None:
             f"must be a whole number above 0, not {pending!r}", path=where, key="web.max_pending"
         )
     _check_proxies(table.get("trusted_proxies", []), where)
+    if not isinstance(table.get("full_ip", False), bool):
+        raise SettingsError(
+            f"must be true or false, not {table['full_ip']!r}", path=where, key="web.full_ip"
+        )
     mode = table.get("confirmations", "worker")
     if mode not in ("worker", "run-due"):
         raise SettingsError(

@@ -2,6 +2,10 @@
 
 The audience is the one the send recorded when it ran (``journal_issues``), never the issue
 file as it is now: the file may have been edited, moved or deleted since.
+
+``status welcome`` reports the welcome email the same way (its journal rows, one per reader
+welcomed), and is the one report that reads its file: welcomes wait while the file is
+missing or has errors, and the admin must hear why.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from newsletter.errors import NewsletterError, SendError
+from newsletter.issue import WELCOME
 from newsletter.journal import JournalEntry, JournalState, SendJournal
 from newsletter.parse import MONTH, parse_issue
 from newsletter.settings import Settings
@@ -27,6 +32,8 @@ class IssueStatus:
     # last run, or the run was stopped before queueing); None when no run was recorded.
     not_yet_queued: int | None
     topics: tuple[str, ...] | None
+    # For the welcome: why the waiting welcomes are not being sent, "" when nothing stops them.
+    problem: str = ""
 
     @property
     def started(self) -> bool:
@@ -54,6 +61,7 @@ class IssueStatus:
             "failed": rows(self.failed),
             "uncertain": rows(self.uncertain),
             "deferred": rows(self.deferred),
+            **({"problem": self.problem} if self.problem else {}),
         }
 
 
@@ -63,6 +71,17 @@ def issue_status(settings: Settings, month: str, *, limit: int | None = 1000) ->
     try:
         journal = SendJournal(conn, month)
         topics = journal.recorded_topics()
+        if month == WELCOME:
+            return IssueStatus(
+                month,
+                journal.counts(),
+                journal.entries(JournalState.FAILED, limit=limit),
+                journal.entries(JournalState.SENDING, limit=limit),
+                journal.entries(JournalState.DEFERRED, limit=limit),
+                None,
+                topics,
+                _welcome_problem(settings),
+            )
         return IssueStatus(
             month,
             journal.counts(),
@@ -76,10 +95,25 @@ def issue_status(settings: Settings, month: str, *, limit: int | None = 1000) ->
         conn.close()
 
 
+def _welcome_problem(settings: Settings) -> str:
+    path = settings.welcome_path
+    if not path.is_file():
+        return f"there is no welcome email ({path} does not exist): nobody is welcomed"
+    from newsletter.welcome import prepare  # (the send path; only this report needs it)
+
+    try:
+        prepare(settings, path)
+    except NewsletterError as exc:
+        return str(exc)
+    return ""
+
+
 def month_of(settings: Settings, issue: str) -> str:
-    """An issue given as a file path or as YYYY-MM, as the month."""
-    if MONTH.match(issue):
+    """An issue given as a file path or as YYYY-MM, as the month (``welcome`` for the welcome)."""
+    if MONTH.match(issue) or issue == WELCOME:
         return issue
+    if settings.reads_as_welcome(Path(issue)):
+        return WELCOME
     path = Path(issue)
     if path.suffix == ".md" and MONTH.match(path.stem):
         return path.stem

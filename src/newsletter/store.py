@@ -18,7 +18,7 @@ import os
 import re
 import sqlite3
 import string
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +35,7 @@ from newsletter.errors import (
     describe_character,
     excerpt,
 )
+from newsletter.issue import WELCOME
 from newsletter.private_files import create_private
 from newsletter.taxonomy import Taxonomy
 
@@ -58,6 +59,10 @@ SOURCE_COMMAND = "command"
 SOURCE_WEB = "web"
 SOURCE_PROVIDER = "provider"
 SOURCE_IMPORT = "import"
+
+
+# The send journal's key for the welcome email: one row per subscriber under this "issue".
+WELCOME_ISSUE = WELCOME
 
 
 def import_source(path: Path | str) -> str:
@@ -339,6 +344,43 @@ MIGRATIONS: list[tuple[str, ...]] = [
         """,
         "CREATE INDEX journal_by_provider_message_id ON journal (provider_message_id)"
         " WHERE provider_message_id != ''",
+    ),
+    # 9 -> 10: the subscriber's lifecycle (newsletter.consent, newsletter.erasure,
+    # newsletter.audit). consent_events: how and when each person consented, by subscriber id
+    # (deleted with the subscriber). erased_addresses: a keyed hash of each erased address,
+    # so that no import brings it back. audit_log: what the admin (or the web) did to the list.
+    (
+        """
+        CREATE TABLE consent_events (
+            id INTEGER PRIMARY KEY,
+            subscriber_id INTEGER NOT NULL,
+            event TEXT NOT NULL,
+            form TEXT NOT NULL,
+            at TEXT NOT NULL,
+            ip TEXT NOT NULL DEFAULT '',
+            user_agent TEXT NOT NULL DEFAULT '',
+            text_version TEXT NOT NULL DEFAULT '',
+            detail TEXT NOT NULL DEFAULT ''
+        )
+        """,
+        "CREATE INDEX consent_events_by_subscriber ON consent_events (subscriber_id, id)",
+        """
+        CREATE TABLE erased_addresses (
+            address_hash TEXT PRIMARY KEY,
+            erased_at TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            who TEXT NOT NULL,
+            action TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '',
+            count INTEGER
+        )
+        """,
+        "CREATE INDEX audit_log_by_time ON audit_log (at, id)",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -918,6 +960,13 @@ def remove_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subsc
         conn.execute("DELETE FROM subscribers WHERE id = ?", (current.id,))
         conn.execute("DELETE FROM topic_changes WHERE subscriber_id = ?", (current.id,))
         conn.execute("DELETE FROM confirmation_queue WHERE subscriber_id = ?", (current.id,))
+        conn.execute("DELETE FROM consent_events WHERE subscriber_id = ?", (current.id,))
+        # A welcome not sent yet must not go to an address that is gone.
+        conn.execute(
+            "DELETE FROM journal WHERE subscriber_id = ? AND issue = ?"
+            " AND state IN ('queued', 'deferred')",
+            (current.id, WELCOME_ISSUE),
+        )
         # An unfinished import's undo log holds the row as it was: forget that copy too.
         conn.execute("DELETE FROM import_undo WHERE email_key = ?", (email_key(current.email),))
         conn.execute(
@@ -975,14 +1024,21 @@ def forget_name(conn: sqlite3.Connection, subscriber_id: int) -> None:
 
 
 def confirm_subscriber(
-    conn: sqlite3.Connection, subscriber_id: int, *, requested_at: str, source: str
+    conn: sqlite3.Connection,
+    subscriber_id: int,
+    *,
+    requested_at: str,
+    source: str,
+    on_confirmed: Callable[[Subscriber], None] | None = None,
 ) -> Subscriber | None:
     """Make a subscriber active after they confirmed a link issued at ``requested_at``.
 
     A pending subscriber becomes active. An unsubscribed one becomes active again only when
     they left before asking for the link: an old link must not undo a later unsubscribe.
     Bounced and complained addresses, and active ones, stay as they are. None if the
-    subscriber no longer exists.
+    subscriber no longer exists. ``on_confirmed`` runs in the same transaction, with the
+    subscriber as it now is, when this call made them active (the consent record, the
+    welcome), so that both happen or neither does.
     """
     with transaction(conn):
         current = get_subscriber(conn, subscriber_id)
@@ -999,4 +1055,8 @@ def confirm_subscriber(
                 " confirmed_at = ? WHERE id = ?",
                 (stamp, source, stamp, current.id),
             )
+            if on_confirmed is not None:
+                confirmed = get_subscriber(conn, subscriber_id)
+                assert confirmed is not None
+                on_confirmed(confirmed)
     return get_subscriber(conn, subscriber_id)

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from newsletter import consent
+from newsletter.consent import ConsentEvent
 from newsletter.settings import Allowance, Settings
 from newsletter.store import (
     SOURCE_WEB,
@@ -114,6 +116,7 @@ def record_request(
     client: str,
     limits: SubscribeLimits,
     now: float,
+    evidence: ConsentEvent | None = None,
 ) -> Verdict:
     """Record one request of the form (already validated and normalised) in one transaction.
 
@@ -122,7 +125,8 @@ def record_request(
     data). A confirmation is queued unless the address got one less than an hour ago; the
     worker drops it for an address that is active, bounced or complained. So the statements
     run are the same whatever the store holds about the address: the answer's timing tells
-    nothing. A refused request changes nothing, not even the counters.
+    nothing. A refused request changes nothing, not even the counters. ``evidence`` joins the
+    subscriber's consent trail, whatever their status, for the same reason.
     """
     key = email_key(email)
     stamp = _stamp(now)
@@ -151,6 +155,8 @@ def record_request(
             (subscriber_id,) = conn.execute(
                 "SELECT id FROM subscribers WHERE email_key = ?", (key,)
             ).fetchone()
+            if evidence is not None:
+                consent.record(conn, int(subscriber_id), evidence)
             queued = conn.execute(
                 "INSERT INTO confirmation_sends (email_key, sent_at) VALUES (?, ?)"
                 " ON CONFLICT (email_key) DO UPDATE SET sent_at = excluded.sent_at"
@@ -256,6 +262,10 @@ def expire(conn: sqlite3.Connection, *, now: float, limits: SubscribeLimits) -> 
             )
         ]
         report.pending_forgotten = len(report.ids)
+        # Their consent trail (the request) goes with them.
+        conn.executemany(
+            "DELETE FROM consent_events WHERE subscriber_id = ?", [(i,) for i in report.ids]
+        )
         report.queue_dropped = conn.execute(
             "DELETE FROM confirmation_queue WHERE requested_at < ? OR subscriber_id NOT IN"
             " (SELECT id FROM subscribers)",
@@ -289,7 +299,17 @@ def limits_from_settings(settings: Settings) -> SubscribeLimits:
 
 
 def client_of(environ: dict[str, object], trusted_proxies: Sequence[str]) -> str:
-    """Who sent a request, for the per-client allowance: an IPv4 address or an IPv6 /64.
+    """Who sent a request, for the per-client allowance: an IPv4 address or an IPv6 /64."""
+    client = _address(client_address(environ, trusted_proxies))
+    if client is None:
+        return "unknown"
+    if client.version == 6:
+        return str(ipaddress.ip_network(f"{client}/64", strict=False))
+    return str(client)
+
+
+def client_address(environ: dict[str, object], trusted_proxies: Sequence[str]) -> str:
+    """The address a request came from, whole ("" when unknown); the consent trail cuts it.
 
     ``X-Forwarded-For`` counts only when the request came from a trusted proxy, and then its
     last address that is not itself a trusted proxy is the client: anything to the left of
@@ -313,11 +333,7 @@ def client_of(environ: dict[str, object], trusted_proxies: Sequence[str]) -> str
             client = address
             if not is_trusted(address):
                 break
-    if client is None:
-        return "unknown"
-    if client.version == 6:
-        return str(ipaddress.ip_network(f"{client}/64", strict=False))
-    return str(client)
+    return "" if client is None else str(client)
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

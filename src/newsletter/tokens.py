@@ -130,6 +130,16 @@ class Signer:
             secret, b"newsletter-token\0" + newsletter_id.encode(), hashlib.sha256
         ).digest()
 
+        # Erased addresses are kept only as this keyed hash (newsletter.erasure): without the
+        # secret nobody can tell whether an address was ever on the list.
+        self._erasure_key = hmac.new(
+            secret, b"newsletter-erasure\0" + newsletter_id.encode(), hashlib.sha256
+        ).digest()
+
+    def address_hash(self, email_key: str) -> str:
+        """The keyed hash (HMAC-SHA256, hex) of an address's store key."""
+        return hmac.new(self._erasure_key, email_key.encode("utf-8"), hashlib.sha256).hexdigest()
+
     @classmethod
     def for_settings(cls, settings: Settings) -> Signer:
         return cls(load_secret(settings), settings.list_id)

@@ -3,6 +3,8 @@
     GET  /unsubscribe/<token>   a page with an Unsubscribe button and the topic choices
     POST /unsubscribe/<token>   unsubscribes; also the RFC 8058 one-click POST of mail clients
     POST /preferences/<token>   saves the chosen topics
+    POST /data/<token>          "Download my data": everything kept about the reader, as JSON
+    POST /erase/<token>         "Erase me": a confirmation page; with confirm=yes, erases
     GET  /subscribe  (and /)    the subscribe form
     POST /subscribe             records a pending subscriber and queues a confirmation email
     GET  /confirm/<token>       a page with a Confirm button
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import json
 import os
 import re
 import socketserver
@@ -46,11 +49,12 @@ from urllib.parse import parse_qsl
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.simple_server import make_server as _make_wsgiref_server
 
-from newsletter import confirmation, store, subscribe_requests
+from newsletter import audit, confirmation, consent, erasure, store, subscribe_requests
 from newsletter.confirmation import ConfirmationWorker, SendConfirmation, send_confirmation
+from newsletter.consent import ConsentEvent
 from newsletter.errors import InvalidInput, StoreError, TokenError, excerpt
 from newsletter.messages import ONE_CLICK
-from newsletter.render import render_template
+from newsletter.render import render_template, template_source
 from newsletter.settings import Settings, find_settings, load_settings
 from newsletter.store import SOURCE_WEB, SUPPRESSED, Status, Subscriber
 from newsletter.subscribe_requests import Verdict
@@ -61,15 +65,19 @@ from newsletter.webhooks import WebhookReceiver
 CONFIG_ENV = "NEWSLETTER_CONFIG"
 MAX_BODY_BYTES = 64 * 1024
 _TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,200}")
-_TOKEN_IN_PATH = re.compile(r"/(unsubscribe|preferences|confirm)/[^ ?]+")
+_TOKEN_IN_PATH = re.compile(r"/(unsubscribe|preferences|confirm|data|erase)/[^ ?]+")
 # The request's path without its token, set in the WSGI environ for access logs.
 LOG_PATH_KEY = "newsletter.log_path"
 _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"/unsubscribe/([^/]*)/?"), "unsubscribe"),
     (re.compile(r"/preferences/([^/]*)/?"), "preferences"),
     (re.compile(r"/confirm/([^/]*)/?"), "confirm"),
+    (re.compile(r"/data/([^/]*)/?"), "data"),
+    (re.compile(r"/erase/([^/]*)/?"), "erase"),
     (re.compile(r"/(?:subscribe/?)?()"), "subscribe"),
 ]
+# Pages that only act, so only a POST (a person's button) reaches them: link scanners GET.
+_POST_ONLY = frozenset({"preferences", "data", "erase"})
 # Tokens in the URL must not leak to other sites (Referer) or be cached on the way.
 _SECURITY_HEADERS = [
     ("Cache-Control", "no-store"),
@@ -194,6 +202,15 @@ class WebApp:
         # the real list keeps mailing the reader. This also migrates it once, up front.
         store.open_store(settings.paths.database, create=False).close()
         self.clock = clock
+        self.full_ip = consent.full_ip_from_settings(settings)
+        # The version of the consent text each page shows: a hash of its template as found,
+        # with the settings it prints (the newsletter's name, why the reader gets it).
+        self._text_versions = {
+            page: consent.text_version(
+                "\0".join((template_source(settings, page), settings.name, settings.reason))
+            )
+            for page in ("pages/subscribe.html", "pages/confirm.html")
+        }
 
     def close(self) -> None:
         """Stop the background thread; what it had not sent yet stays queued in the store."""
@@ -220,8 +237,9 @@ class WebApp:
                 "Something went wrong",
                 "The page could not be shown. Please try again later.",
             )
+        own_type = any(name.lower() == "content-type" for name, _ in page.headers)
         headers = [
-            ("Content-Type", "text/html; charset=utf-8"),
+            *([] if own_type else [("Content-Type", "text/html; charset=utf-8")]),
             ("Content-Length", str(len(page.body))),
             *_SECURITY_HEADERS,
             *page.headers,
@@ -235,7 +253,7 @@ class WebApp:
             found = pattern.fullmatch(path)
             if found is None:
                 continue
-            allowed = ("GET", "HEAD", "POST") if name != "preferences" else ("POST",)
+            allowed = ("POST",) if name in _POST_ONLY else ("GET", "HEAD", "POST")
             if method not in allowed:
                 page = self._error(
                     environ, 405, "Not allowed", "This address does not take that request."
@@ -270,7 +288,13 @@ class WebApp:
         if subscriber is None:
             return self._gone(environ)
         if subscriber.status in SUPPRESSED:
-            return self._done(environ, "unsubscribed", "You are unsubscribed", subscriber)
+            return self._done(
+                environ,
+                "unsubscribed",
+                "You are unsubscribed",
+                subscriber,
+                **self._data_actions(environ, token),
+            )
         return self._unsubscribe_page(environ, token, subscriber, 200)
 
     def _unsubscribe_post(self, environ: dict[str, Any], token: str) -> Page:
@@ -293,7 +317,8 @@ class WebApp:
                 )
         # A removed subscriber gets nothing either: the answer is the same, never an error
         # that would make a mail client retry or show a failure.
-        return self._done(environ, "unsubscribed", "You are unsubscribed", subscriber)
+        actions = self._data_actions(environ, token) if subscriber is not None else {}
+        return self._done(environ, "unsubscribed", "You are unsubscribed", subscriber, **actions)
 
     def _preferences_post(self, environ: dict[str, Any], token: str) -> Page:
         subscriber_id = self._verify(token, UNSUBSCRIBE).subscriber_id
@@ -346,7 +371,53 @@ class WebApp:
             error=error,
             unsubscribe_action=self._url(environ, f"/unsubscribe/{token}"),
             preferences_action=self._url(environ, f"/preferences/{token}"),
+            **self._data_actions(environ, token),
         )
+
+    def _data_actions(self, environ: dict[str, Any], token: str) -> dict[str, Any]:
+        """Where the "Download my data" and "Erase me" buttons post."""
+        return {
+            "data_action": self._url(environ, f"/data/{token}"),
+            "erase_action": self._url(environ, f"/erase/{token}"),
+        }
+
+    # --- the reader's data: download and erasure ---------------------------------------------
+
+    def _data_post(self, environ: dict[str, Any], token: str) -> Page:
+        subscriber_id = self._verify(token, UNSUBSCRIBE).subscriber_id
+        read_form(environ)  # (bounded like every body; it carries nothing)
+        with self._store() as conn:
+            document = erasure.data_of(conn, subscriber_id)
+        if document is None:
+            return self._gone(environ)
+        body = json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8")
+        filename = f"{self.settings.list_id}-my-data.json"
+        return Page(
+            200,
+            body,
+            [
+                ("Content-Type", "application/json; charset=utf-8"),
+                ("Content-Disposition", f'attachment; filename="{filename}"'),
+            ],
+        )
+
+    def _erase_post(self, environ: dict[str, Any], token: str) -> Page:
+        subscriber_id = self._verify(token, UNSUBSCRIBE).subscriber_id
+        form = read_form(environ)
+        with self._store() as conn:
+            if form.get("confirm") != "yes":
+                subscriber = store.get_subscriber(conn, subscriber_id)
+                if subscriber is None:
+                    return self._gone(environ)
+                return self._render(
+                    200,
+                    "pages/erase.html",
+                    subscriber=subscriber,
+                    erase_action=self._url(environ, f"/erase/{token}"),
+                )
+            if not erasure.erase(conn, subscriber_id, self.signer, who=audit.WHO_WEB):
+                return self._gone(environ)
+        return self._done(environ, "erased", "Your data is erased", None)
 
     # --- subscribe and confirm ------------------------------------------------------------
 
@@ -375,6 +446,7 @@ class WebApp:
                 client=subscribe_requests.client_of(environ, self.trusted_proxies),
                 limits=self.limits,
                 now=self.clock(),
+                evidence=self._evidence(environ, consent.EVENT_SUBSCRIBE, "pages/subscribe.html"),
             )
         if verdict is not Verdict.ACCEPTED:
             return self._too_many(environ, verdict)
@@ -420,8 +492,16 @@ class WebApp:
             keep_name = False
         with self._store() as conn:
             subscriber = confirmation.confirm(
-                conn, claims.subscriber_id, claims.issued or 0, keep_name=keep_name
+                conn,
+                claims.subscriber_id,
+                claims.issued or 0,
+                settings=self.settings,
+                signer=self.signer,
+                evidence=self._evidence(environ, consent.EVENT_CONFIRM, "pages/confirm.html"),
+                keep_name=keep_name,
             )
+        if self.worker is not None:
+            self.worker.wake()  # the welcome, if this made the reader active
         if subscriber is None:
             return self._gone(environ)
         if subscriber.status is Status.ACTIVE:
@@ -452,6 +532,18 @@ class WebApp:
         return self._done(environ, "check-inbox", "Check your inbox", None, email=address)
 
     # --- helpers --------------------------------------------------------------------------
+
+    def _evidence(self, environ: dict[str, Any], event: str, page: str) -> ConsentEvent:
+        """What the consent trail keeps of this request: time, client, agent, text shown."""
+        client = subscribe_requests.client_address(environ, self.trusted_proxies)
+        return ConsentEvent(
+            event=event,
+            form=consent.FORM_WEB,
+            at=store.now_utc(),
+            ip=consent.truncated_ip(client, full=self.full_ip),
+            user_agent=str(environ.get("HTTP_USER_AGENT") or ""),
+            text_version=self._text_versions[page],
+        )
 
     def _verify(self, token: str, purpose: str) -> TokenClaims:
         if not _TOKEN.fullmatch(token):

@@ -73,6 +73,7 @@ def _register() -> None:
     for command in author.COMMANDS:
         main.add_command(command)
     main.add_command(subscribers.subscribers)
+    main.add_command(subscribers.audit_command)
     for command in sending.COMMANDS:
         main.add_command(command)
     main.add_command(web.serve)

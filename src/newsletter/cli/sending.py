@@ -12,6 +12,7 @@ import click
 from newsletter.cli import AppContext, pass_app
 from newsletter.english import counted
 from newsletter.errors import SendError
+from newsletter.issue import WELCOME
 from newsletter.rate import parse_rate
 from newsletter.send import (
     UNCERTAIN_LISTED,
@@ -223,17 +224,23 @@ def send(
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @pass_app
 def status(app: AppContext, issue: str, as_json: bool) -> None:
-    """Where the send of ISSUE (a file or YYYY-MM) stands, from the journal.
+    """Where the send of ISSUE (a file, YYYY-MM, or `welcome`) stands, from the journal.
 
-    Counts by state, the failed recipients with reasons, and the uncertain ones.
+    Counts by state, the failed recipients with reasons, and the uncertain ones. For
+    `welcome`: the welcome emails, and why waiting ones are not sent (a missing file, errors).
     """
     month = month_of(app.settings, issue)
     found = issue_status(app.settings, month)
     if as_json:
         click.echo(json.dumps(found.as_json(), ensure_ascii=False, indent=2))
         return
+    if found.problem:
+        click.echo(f"Warning: {found.problem}", err=True)
     if not found.started:
-        click.echo(f"{month}: no send of this issue has started")
+        if month == WELCOME:
+            click.echo(f"{month}: no welcome email has been queued yet")
+        else:
+            click.echo(f"{month}: no send of this issue has started")
         return
     counts = ", ".join(f"{n:,} {state.value}" for state, n in found.counts.items())
     if found.not_yet_queued is None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,12 +13,13 @@ from pathlib import Path
 
 import click
 
-from newsletter import csvio, imports, store, suppressions
+from newsletter import audit, consent, csvio, erasure, imports, store, suppressions, welcome
 from newsletter.cli import AppContext, pass_app
 from newsletter.english import counted
-from newsletter.errors import NewsletterError
+from newsletter.errors import NewsletterError, StoreError
 from newsletter.store import Status, StoreConnection, Subscriber
 
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2})?Z?)?")
 _STATUS_CHOICE = click.Choice([s.value for s in Status], case_sensitive=False)
 
 
@@ -56,6 +59,32 @@ def _progress(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
         yield advance
 
 
+def _command_line() -> str:
+    """The admin's command with its arguments, for the consent trail of those it adds."""
+    ctx = click.get_current_context()
+    words = ctx.command_path.split()
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if value is None or value is False or value == () or param.name == "encoding":
+            continue
+        if isinstance(param, click.Option):
+            values = value if isinstance(value, tuple) else (value,)
+            for one in values:
+                words += [param.opts[0]] if one is True else [param.opts[0], str(one)]
+        else:
+            words += [str(v) for v in (value if isinstance(value, tuple) else (value,))]
+    return shlex.join(words)
+
+
+def _refuse_erased(app: AppContext, conn: StoreConnection, email: str) -> None:
+    refused = erasure.refusal_check(conn, app.settings)
+    if refused is None:
+        return
+    reason = refused(store.email_key(store.normalize_email(email)))
+    if reason is not None:
+        raise NewsletterError(f"{store.normalize_email(email)}: {reason}")
+
+
 def _topics_text(subscriber: Subscriber) -> str:
     return "; ".join(subscriber.topics) or "(all topics)"
 
@@ -79,10 +108,24 @@ def subscribers() -> None:
     is_flag=True,
     help="Add as pending (awaiting double opt-in) instead of active.",
 )
+@click.option(
+    "--welcome",
+    "send_welcome",
+    is_flag=True,
+    help="Queue the welcome email for them (sent by `run-due` or the web app's thread).",
+)
 @pass_app
-def add(app: AppContext, email: str, name: str, topics: tuple[str, ...], pending: bool) -> None:
-    """Add one subscriber."""
+def add(
+    app: AppContext,
+    email: str,
+    name: str,
+    topics: tuple[str, ...],
+    pending: bool,
+    send_welcome: bool,
+) -> None:
+    """Add one subscriber; their consent trail records this command."""
     conn = _open(app, create=True)
+    _refuse_erased(app, conn, email)
     added = store.add_subscriber(
         conn,
         email,
@@ -92,7 +135,24 @@ def add(app: AppContext, email: str, name: str, topics: tuple[str, ...], pending
         source=store.SOURCE_COMMAND,
         taxonomy=app.settings.taxonomy,
     )
+    event = consent.ConsentEvent(
+        consent.EVENT_ADD,
+        consent.FORM_COMMAND,
+        store.now_utc(),
+        detail=f"by {audit.current_user()}; command: {_command_line()}",
+    )
+    queued = False
+    with store.transaction(conn):
+        consent.record(conn, added.id, event)
+        if send_welcome and added.status is Status.ACTIVE:
+            queued = welcome.queue(conn, app.settings, added.id)
     click.echo(f"Added {added.email} ({added.status}; topics: {_topics_text(added)}).")
+    if send_welcome and not queued:
+        click.echo(
+            f"No welcome queued: {app.settings.welcome_path} does not exist"
+            if added.status is Status.ACTIVE
+            else "No welcome queued: they are pending until they confirm."
+        )
 
 
 @subscribers.command()
@@ -114,7 +174,42 @@ def remove(app: AppContext, email: str, yes: bool) -> None:
             abort=True,
         )
     store.remove_subscriber(conn, found.id)
+    audit.record(conn, "remove", f"subscriber {found.id}", 1)
     click.echo(f"Deleted {found.email}.")
+
+
+@subscribers.command()
+@click.argument("email")
+@click.option("--yes", "-y", is_flag=True, help="Erase without asking.")
+@pass_app
+def erase(app: AppContext, email: str, yes: bool) -> None:
+    """Erase a subscriber at their request, as the preferences page's "Erase me" does.
+
+    Deletes the row, the consent trail, topic history and the personal data in the send
+    journal, and keeps only a keyed hash of the address, so that no import adds it back.
+    """
+    conn = _open(app)
+    found = store.require_subscriber(conn, email)
+    if not yes:
+        click.confirm(
+            f"Erase {found.email} ({found.status}) and everything kept about them? "
+            "No import can add the address back; only they can, by subscribing again.",
+            abort=True,
+        )
+    from newsletter.tokens import Signer
+
+    erasure.erase(conn, found.id, Signer.for_settings(app.settings), who=audit.current_user())
+    click.echo(f"Erased {found.email}.")
+
+
+@subscribers.command()
+@click.argument("email")
+@pass_app
+def data(app: AppContext, email: str) -> None:
+    """Print everything kept about one subscriber as JSON (to answer a data request)."""
+    conn = _open(app, readonly=True)
+    found = store.require_subscriber(conn, email)
+    click.echo(json.dumps(erasure.data_of(conn, found.id), indent=2, ensure_ascii=False))
 
 
 @subscribers.command()
@@ -126,6 +221,8 @@ def unsubscribe(app: AppContext, email: str, reason: str) -> None:
     conn = _open(app)
     before = store.require_subscriber(conn, email)
     after = store.set_status(conn, before.id, Status.UNSUBSCRIBED, reason, store.SOURCE_COMMAND)
+    if before.status is not Status.UNSUBSCRIBED:
+        audit.record(conn, "unsubscribe", f"subscriber {before.id} ({reason})", 1)
     if before.status is Status.UNSUBSCRIBED:
         click.echo(
             f"{after.email} was already unsubscribed ({after.status_changed_at}, "
@@ -179,8 +276,9 @@ def list_(app: AppContext, status: str | None, topic: str | None, as_json: bool)
 @click.argument("email")
 @pass_app
 def show(app: AppContext, email: str) -> None:
-    """Everything the store holds about one subscriber."""
-    found = store.require_subscriber(_open(app, readonly=True), email)
+    """Everything the store holds about one subscriber, with their consent trail."""
+    conn = _open(app, readonly=True)
+    found = store.require_subscriber(conn, email)
     fields = [
         ("email", found.email),
         ("name", found.name or "-"),
@@ -196,6 +294,10 @@ def show(app: AppContext, email: str) -> None:
     ]
     for label, value in fields:
         click.echo(f"{label + ':':<16}{value}")
+    events = consent.trail(conn, found.id)
+    click.echo("consent:" + ("" if events else "      (no record)"))
+    for event in events:
+        click.echo(f"  {event.describe()}")
 
 
 @subscribers.command()
@@ -247,6 +349,12 @@ def stats(app: AppContext, as_json: bool) -> None:
     is_flag=True,
     help="Undo what an interrupted import applied, instead of importing FILE.",
 )
+@click.option(
+    "--welcome",
+    "send_welcome",
+    is_flag=True,
+    help="Queue the welcome email for each subscriber added as active.",
+)
 @pass_app
 def import_(
     app: AppContext,
@@ -255,18 +363,22 @@ def import_(
     dry_run: bool,
     skip_invalid: bool,
     undo_interrupted: bool,
+    send_welcome: bool,
 ) -> None:
     """Add and update subscribers from a CSV file (columns: email,name,topics,status).
 
     Every row is checked first; by default one bad row means nothing is imported. An address
-    that unsubscribed, bounced or complained is never made active again by an import. An
-    import that was interrupted is finished by running the same command again, or undone
-    with --undo-interrupted.
+    that unsubscribed, bounced or complained is never made active again by an import, and
+    an erased address is refused. An import that was interrupted is finished by running the
+    same command again, or undone with --undo-interrupted. A `consent` column (from
+    `export --consent`) restores each consent trail; nobody is welcomed without --welcome.
     """
     if undo_interrupted:
         if file is not None or dry_run or skip_invalid:
             raise click.UsageError("--undo-interrupted takes no FILE and no other option")
-        record, kept = imports.undo_interrupted(_open(app))
+        conn = _open(app)
+        record, kept = imports.undo_interrupted(conn)
+        audit.record(conn, "import undone", record.file, record.applied)
         click.echo(f"Undid the interrupted import of {record.file} ({record.applied:,} rows).")
         if kept:
             click.echo(
@@ -287,12 +399,23 @@ def import_(
                 dry_run=dry_run,
                 skip_invalid=skip_invalid,
                 on_progress=advance,
+                command_line=_command_line(),
+                welcome=send_welcome and app.settings.welcome_path.is_file(),
+                refused=erasure.refusal_check(conn, app.settings),
             )
     except KeyboardInterrupt:
         left = None if dry_run else imports.unfinished(conn)
         if left is None:
             raise click.ClickException("interrupted; the list was not changed") from None
         raise click.ClickException(f"interrupted: {imports.advice(left)}") from None
+    if not dry_run:
+        audit.record(
+            conn,
+            "import",
+            f"{file.name}: {report.added} added, {report.updated} updated, "
+            f"{report.rejected_count} rejected",
+            report.added + report.updated,
+        )
     _print_report(report)
 
 
@@ -342,11 +465,18 @@ def _print_report(report: csvio.ImportReport) -> None:
     multiple=True,
     help="Only subscribers with this status; repeat for more. Default: everyone.",
 )
+@click.option(
+    "--consent",
+    "with_consent",
+    is_flag=True,
+    help="Add a `consent` column: each subscriber's consent trail as JSON.",
+)
 @pass_app
-def export(app: AppContext, file: Path, statuses: tuple[str, ...]) -> None:
+def export(app: AppContext, file: Path, statuses: tuple[str, ...], with_consent: bool) -> None:
     """Write subscribers to a CSV file that `import` reads back unchanged.
 
-    Cells that a spreadsheet would run as a formula are prefixed with an apostrophe.
+    Cells that a spreadsheet would run as a formula are prefixed with an apostrophe. With
+    --consent, an import of the file on another store restores each consent trail.
     """
     conn = _open(app, readonly=True)
     _warn_if_an_import_is_unfinished(conn)
@@ -356,7 +486,14 @@ def export(app: AppContext, file: Path, statuses: tuple[str, ...]) -> None:
     else:
         total = store.count_subscribers(conn)
     with _progress(total, f"Exporting to {file.name}") as advance:
-        written = csvio.export_csv(conn, file, statuses=wanted, on_progress=advance)
+        written = csvio.export_csv(
+            conn, file, statuses=wanted, on_progress=advance, with_consent=with_consent
+        )
+    try:
+        audit.record(conn, "export", file.name + (" with consent" if with_consent else ""), written)
+    except StoreError as exc:
+        # A user who may only read the store can still export; the log cannot say so.
+        click.echo(f"Warning: the export is not in the audit log ({exc})", err=True)
     noun = "subscriber" if written == 1 else "subscribers"
     click.echo(f"Exported {written} {noun} to {file}.")
 
@@ -406,3 +543,30 @@ def sync(app: AppContext, dry_run: bool) -> None:
         f"{report.already_suppressed} already suppressed, "
         f"{report.not_on_the_list} not on the list."
     )
+
+
+@click.command("audit")
+@click.option(
+    "--since",
+    default="",
+    metavar="DATE",
+    help="Only what happened from this date or time on (UTC), e.g. 2026-11-01.",
+)
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of objects, for scripts.")
+@pass_app
+def audit_command(app: AppContext, since: str, as_json: bool) -> None:
+    """Print the admin audit log: imports, exports, removals, erasures, status changes, sends."""
+    if since and not _DATE.match(since):
+        raise click.BadParameter(
+            f"{since!r} is not a date or time such as 2026-11-01 or 2026-11-01T08:00",
+            param_hint="--since",
+        )
+    entries = audit.entries(_open(app, readonly=True), since=since)
+    if as_json:
+        click.echo(json.dumps([asdict(e) for e in entries], indent=2, ensure_ascii=False))
+        return
+    for entry in entries:
+        count = "" if entry.count is None else f"  [{entry.count:,}]"
+        click.echo(f"{entry.at}  {entry.who:<12} {entry.action:<14} {entry.detail}{count}")
+    if not entries:
+        click.echo("(nothing recorded" + (f" since {since})" if since else ")"))

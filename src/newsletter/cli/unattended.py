@@ -75,7 +75,7 @@ def unschedule(app: AppContext, issue: str) -> None:
 @click.command("run-due")
 @pass_app
 def run_due(app: AppContext) -> None:
-    """Do what is due now: queued confirmation emails and scheduled sends.
+    """Do what is due now: queued confirmation and welcome emails, and scheduled sends.
 
     For cron or a systemd timer every few minutes. Safe to run from several places at once;
     exits 1 when something could not be sent.
@@ -87,6 +87,18 @@ def run_due(app: AppContext) -> None:
         f"{sent.dropped} no longer needed"
     )
     for error in sent.errors:
+        click.echo(f"  {error}", err=True)
+    welcomed = sent.welcome
+    click.echo(
+        f"welcome emails: {welcomed.sent} sent, {welcomed.deferred} to retry later, "
+        f"{welcomed.failed} failed, {welcomed.waiting} waiting"
+        + (
+            f"; the latest issue sent to {welcomed.latest_issue_sent} of them"
+            if welcomed.latest_issue_sent
+            else ""
+        )
+    )
+    for error in welcomed.errors:
         click.echo(f"  {error}", err=True)
     for item in report.sends:
         if item.report is not None:
@@ -101,6 +113,8 @@ def run_due(app: AppContext) -> None:
             "some confirmation emails could not be sent; they stay queued and are retried by "
             "the next run"
         )
+    if welcomed.problem:
+        problems.append(welcomed.problem)
     blocked = [item.issue for item in report.sends if item.failed]
     if blocked:
         problems.append(
