@@ -71,25 +71,18 @@ def issue_status(settings: Settings, month: str, *, limit: int | None = 1000) ->
     try:
         journal = SendJournal(conn, month)
         topics = journal.recorded_topics()
-        if month == WELCOME:
-            return IssueStatus(
-                month,
-                journal.counts(),
-                journal.entries(JournalState.FAILED, limit=limit),
-                journal.entries(JournalState.SENDING, limit=limit),
-                journal.entries(JournalState.DEFERRED, limit=limit),
-                None,
-                topics,
-                _welcome_problem(settings),
-            )
+        welcome = month == WELCOME
+        # The welcome has no audience to queue: it is queued reader by reader as they confirm.
+        unqueued = None if welcome or topics is None else journal.count_not_yet_queued(topics)
         return IssueStatus(
             month,
             journal.counts(),
             journal.entries(JournalState.FAILED, limit=limit),
             journal.entries(JournalState.SENDING, limit=limit),
             journal.entries(JournalState.DEFERRED, limit=limit),
-            None if topics is None else journal.count_not_yet_queued(topics),
+            unqueued,
             topics,
+            _welcome_problem(settings) if welcome else "",
         )
     finally:
         conn.close()
