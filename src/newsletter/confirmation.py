@@ -283,7 +283,7 @@ def confirm(
     address's owner, and unless they keep it (``keep_name``) it is forgotten as they confirm,
     so a stranger's words never become the greeting of every issue.
     """
-    requested_at = datetime.fromtimestamp(issued, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    requested_at = store.stamp_of(issued)
     just_confirmed: list[Subscriber] = []
 
     def confirmed(subscriber: Subscriber) -> None:

@@ -703,8 +703,17 @@ def clean_name(name: str) -> str:
     return name
 
 
+# How the store writes a moment: ISO 8601 in UTC to the second, which sorts as text.
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def stamp_of(moment: float) -> str:
+    """Unix time ``moment`` as the store writes times."""
+    return datetime.fromtimestamp(moment, UTC).strftime(TIME_FORMAT)
+
+
 def now_utc() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime(TIME_FORMAT)
 
 
 # --- Reading ------------------------------------------------------------------------------

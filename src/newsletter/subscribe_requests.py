@@ -25,7 +25,6 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 
 from newsletter import consent
@@ -34,6 +33,7 @@ from newsletter.settings import Allowance, Settings
 from newsletter.store import (
     SOURCE_WEB,
     email_key,
+    stamp_of,
     transaction,
     translate_errors,
 )
@@ -78,10 +78,6 @@ class ExpiryReport:
     queue_dropped: int = 0
     windows_dropped: int = 0
     ids: list[int] = field(default_factory=list)
-
-
-def _stamp(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _take(conn: sqlite3.Connection, bucket: str, allowance: Allowance, now: float) -> bool:
@@ -129,7 +125,7 @@ def record_request(
     subscriber's consent trail, whatever their status, for the same reason.
     """
     key = email_key(email)
-    stamp = _stamp(now)
+    stamp = stamp_of(now)
     try:
         with transaction(conn):
             _count_request(conn, client, limits, now)
@@ -161,7 +157,7 @@ def record_request(
                 "INSERT INTO confirmation_sends (email_key, sent_at) VALUES (?, ?)"
                 " ON CONFLICT (email_key) DO UPDATE SET sent_at = excluded.sent_at"
                 " WHERE sent_at <= ? RETURNING 1",
-                (key, stamp, _stamp(now - CONFIRMATION_INTERVAL_SECONDS)),
+                (key, stamp, stamp_of(now - CONFIRMATION_INTERVAL_SECONDS)),
             ).fetchall()
             conn.execute(
                 "INSERT INTO confirmation_queue (subscriber_id, requested_at, attempts,"
@@ -250,7 +246,7 @@ def expire(conn: sqlite3.Connection, *, now: float, limits: SubscribeLimits) -> 
     """Forget what has outlived its use: unconfirmed subscribers of the form whose link has
     expired (with their queued emails), and spent rate windows."""
     report = ExpiryReport()
-    cutoff = _stamp(now - limits.pending_seconds)
+    cutoff = stamp_of(now - limits.pending_seconds)
     with transaction(conn):
         # status_changed_at of a pending row of the form is its latest request.
         report.ids = [
@@ -276,7 +272,7 @@ def expire(conn: sqlite3.Connection, *, now: float, limits: SubscribeLimits) -> 
         ).rowcount
         conn.execute(
             "DELETE FROM confirmation_sends WHERE sent_at < ?",
-            (_stamp(now - CONFIRMATION_INTERVAL_SECONDS),),
+            (stamp_of(now - CONFIRMATION_INTERVAL_SECONDS),),
         )
     return report
 

@@ -105,7 +105,7 @@ def _latest_issue_for(
     days = latest_issue_days(settings)
     if not days:
         return None
-    cutoff = datetime.fromtimestamp(now - days * 86400, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cutoff = store.stamp_of(now - days * 86400)
     row = conn.execute(
         "SELECT issue, topics FROM journal_issues WHERE issue != ? AND first_run_at >= ?"
         " ORDER BY first_run_at DESC LIMIT 1",
@@ -144,7 +144,7 @@ def _due(conn: sqlite3.Connection, now: float, limit: int) -> list[int]:
     for subscriber_id, state, attempts, updated_at in rows:
         if state == JournalState.DEFERRED.value:
             delay = RETRY_DELAYS[min(int(attempts), len(RETRY_DELAYS)) - 1]
-            changed = datetime.strptime(str(updated_at), "%Y-%m-%dT%H:%M:%SZ")
+            changed = datetime.strptime(str(updated_at), store.TIME_FORMAT)
             if changed.replace(tzinfo=UTC).timestamp() + delay > now:
                 continue
         due.append(int(subscriber_id))

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from newsletter.errors import WebhookConfigError
 from newsletter.events import DeliveryEvent
+from newsletter.store import TIME_FORMAT, stamp_of
 from newsletter.webhook_settings import WebhookSource
 
 
@@ -141,7 +142,7 @@ def iso_from_epoch(value: object, fallback: float) -> str:
         when = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         when = fallback
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return stamp_of(when)
 
 
 _FRACTION = re.compile(r"(\.\d{1,6})\d*")
@@ -157,7 +158,7 @@ def iso_from_text(value: object, fallback: float) -> str:
         else:
             if when.tzinfo is None:
                 when = when.replace(tzinfo=UTC)
-            return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return when.astimezone(UTC).strftime(TIME_FORMAT)
     return iso_from_epoch(fallback, fallback)
 
 
