@@ -20,7 +20,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from newsletter import consent, store, welcome
+from newsletter import consent, events, store, welcome
 from newsletter.cli import main
 from newsletter.errors import SettingsError
 from newsletter.settings import Settings
@@ -381,6 +381,42 @@ def test_download_my_data_is_a_post_that_answers_the_json_of_everything_kept(
     assert [c["event"] for c in data["consent"]] == ["subscribe"]
     assert data["topic_changes"][0]["topics"] == ["Empathy"]
     assert data["emails_sent"] == [] and data["events"] == []
+
+
+def test_the_providers_events_about_a_person_are_in_their_download_and_go_with_the_erase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = web_settings(tmp_path, monkeypatch)
+    with closing(store.open_store(settings.paths.database)) as conn:
+        ana = store.add_subscriber(conn, "ana@example.org")
+        store.add_subscriber(conn, "bo@example.org")
+        events.record_events(
+            conn,
+            [
+                events.DeliveryEvent(
+                    "mailgun",
+                    f"e-{who}",
+                    events.EventKind.SOFT_BOUNCE,
+                    who,
+                    "2026-11-02T10:00:00Z",
+                    reason=f"mailbox of {who} full",
+                )
+                for who in ("ana@example.org", "bo@example.org")
+            ],
+            via=events.VIA_WEBHOOK,
+        )
+    token = signer_for(settings).unsubscribe_token(ana.id)
+    with serving(WebApp(settings)) as base:
+        data = requests.post(f"{base}/data/{token}", timeout=10).json()
+        assert [(e["kind"], e["reason"]) for e in data["events"]] == [
+            ("soft_bounce", "mailbox of ana@example.org full")
+        ]
+        done = requests.post(f"{base}/erase/{token}", data={"confirm": "yes"}, timeout=10)
+        assert done.status_code == 200
+    kept = snapshot(settings)
+    assert "ana@example.org" not in repr(kept).casefold()
+    assert [row[4] for row in kept["delivery_events"]] == ["bo@example.org"]
+    assert ana.id not in [row[0] for row in kept["soft_bounce_scores"]]
 
 
 def test_erase_asks_first_then_forgets_everything_and_an_import_is_refused(

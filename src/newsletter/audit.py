@@ -9,10 +9,9 @@ action, a short detail (a file name, an address, an issue) and a count when one 
 from __future__ import annotations
 
 import getpass
-import sqlite3
 from dataclasses import dataclass
 
-from newsletter.store import now_utc, transaction, translate_errors
+from newsletter.store import StoreConnection, now_utc, transaction, translate_errors
 
 WHO_WEB = "web"
 
@@ -35,7 +34,7 @@ def current_user() -> str:
 
 
 def record(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     action: str,
     detail: str = "",
     count: int | None = None,
@@ -53,7 +52,7 @@ def record(
         conn.execute(sql, values)
 
 
-def entries(conn: sqlite3.Connection, *, since: str = "") -> list[AuditEntry]:
+def entries(conn: StoreConnection, *, since: str = "") -> list[AuditEntry]:
     """Rows at or after ``since`` (an ISO 8601 date or time, UTC; "" for all), oldest first."""
     with translate_errors(conn):
         rows = conn.execute(

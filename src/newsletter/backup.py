@@ -20,7 +20,7 @@ from pathlib import Path
 from newsletter.errors import StoreError
 from newsletter.private_files import create_private
 from newsletter.settings import Settings
-from newsletter.store import open_store, translate_errors
+from newsletter.store import SqliteConnection, open_store, translate_errors
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,13 @@ def backup_store(settings: Settings, target: Path) -> BackupReport:
         raise StoreError(f"{target.parent}: no such folder; create it or choose another FILE")
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     source = open_store(settings.paths.database, create=False)
+    if not isinstance(source, SqliteConnection):
+        source.close()
+        raise StoreError(
+            f"{settings.paths.database} is on a PostgreSQL server: back it up with the "
+            "server's own tools (pg_dump), or copy it to a SQLite file with "
+            "`newsletter store copy`."
+        )
     try:
         # The copy holds every address: owner-only, like the store (the rename keeps it).
         try:
@@ -71,7 +78,7 @@ def backup_store(settings: Settings, target: Path) -> BackupReport:
     return BackupReport(target, target.stat().st_size, *counts)
 
 
-def _copy_failed(source: sqlite3.Connection, partial: Path, exc: sqlite3.Error) -> StoreError:
+def _copy_failed(source: SqliteConnection, partial: Path, exc: sqlite3.Error) -> StoreError:
     """Say which side failed: the store being read, or the disk the copy goes to."""
     code = getattr(exc, "sqlite_errorname", "")
     if code.startswith(("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_READONLY")):

@@ -16,7 +16,6 @@ from a form anyone can fill in, and must not put a stranger's words into someone
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 import threading
 import time
@@ -33,7 +32,7 @@ from newsletter.messages import OutgoingMessage, Recipient, prepare_issue
 from newsletter.providers import create_provider
 from newsletter.render import render_template
 from newsletter.settings import Settings
-from newsletter.store import SOURCE_WEB, Status, Subscriber
+from newsletter.store import SOURCE_WEB, Status, StoreConnection, Subscriber
 from newsletter.subscribe_requests import SubscribeLimits
 from newsletter.tokens import CONFIRM_MAX_AGE, Signer, unsubscribe_url, web_url
 from newsletter.welcome import WelcomeReport
@@ -121,7 +120,7 @@ def send_confirmation(settings: Settings, message: OutgoingMessage) -> None:
 
 
 def send_due(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     settings: Settings,
     signer: Signer,
     *,
@@ -264,7 +263,7 @@ class ConfirmationWorker:
 
 
 def confirm(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     subscriber_id: int,
     issued: int,
     *,

@@ -17,13 +17,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from newsletter.errors import InvalidInput
 from newsletter.settings import Settings
-from newsletter.store import now_utc, translate_errors
+from newsletter.store import StoreConnection, now_utc, translate_errors
 
 FORM_WEB = "web"
 FORM_IMPORT = "import"
@@ -92,7 +91,7 @@ def text_version(source: str) -> str:
     return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
 
 
-def record(conn: sqlite3.Connection, subscriber_id: int, event: ConsentEvent) -> None:
+def record(conn: StoreConnection, subscriber_id: int, event: ConsentEvent) -> None:
     """Add one event to a subscriber's trail, in the caller's transaction (if any)."""
     if event.form not in FORMS:
         raise InvalidInput(f"consent form {event.form!r} is not one of {', '.join(FORMS)}")
@@ -112,7 +111,7 @@ def record(conn: sqlite3.Connection, subscriber_id: int, event: ConsentEvent) ->
     )
 
 
-def trail(conn: sqlite3.Connection, subscriber_id: int) -> list[ConsentEvent]:
+def trail(conn: StoreConnection, subscriber_id: int) -> list[ConsentEvent]:
     """A subscriber's consent events, oldest first."""
     with translate_errors(conn):
         rows = conn.execute(
@@ -151,7 +150,7 @@ def from_json(text: str) -> list[ConsentEvent]:
     return events
 
 
-def restore(conn: sqlite3.Connection, subscriber_id: int, events: Iterable[ConsentEvent]) -> int:
+def restore(conn: StoreConnection, subscriber_id: int, events: Iterable[ConsentEvent]) -> int:
     """Add the events of an imported trail that the subscriber's trail lacks; return how many."""
     have = set(trail(conn, subscriber_id))
     added = 0

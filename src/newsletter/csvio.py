@@ -43,6 +43,7 @@ from newsletter.store import (
     SUPPRESSED,
     WELCOME_ISSUE,
     Status,
+    StoreConnection,
     canonical_topics,
     clean_name,
     email_key,
@@ -161,7 +162,7 @@ def _looks_neutralized(value: str) -> bool:
 
 
 def import_csv(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     path: Path,
     taxonomy: Taxonomy,
     *,
@@ -602,7 +603,7 @@ def _status(value: str | None) -> Status | None:
 
 
 def _apply_or_undo(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     staging: _Staging,
     report: ImportReport,
     progress: _Halves,
@@ -630,7 +631,7 @@ def _apply_or_undo(
 
 
 def _apply_staged(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     staging: _Staging,
     report: ImportReport,
     progress: _Halves,
@@ -676,7 +677,7 @@ def _apply_staged(
 
 
 def _apply_batch(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     rows: Sequence[_Staged],
     report: ImportReport,
     import_id: int | None,
@@ -787,7 +788,7 @@ def _apply_batch(
 
 
 def _record_consent(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     rows: Sequence[_Staged],
     report: ImportReport,
     added_keys: set[str],
@@ -828,7 +829,7 @@ def _record_consent(
 
 
 def export_csv(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     path: Path,
     *,
     statuses: Sequence[Status] = (),

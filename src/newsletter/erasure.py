@@ -14,14 +14,20 @@ fresh double opt-in (a confirmed link) lifts it.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 from newsletter import audit, consent, store
 from newsletter.errors import TokenError
 from newsletter.settings import Settings
-from newsletter.store import WELCOME_ISSUE, email_key, now_utc, transaction, translate_errors
+from newsletter.store import (
+    WELCOME_ISSUE,
+    StoreConnection,
+    email_key,
+    now_utc,
+    transaction,
+    translate_errors,
+)
 from newsletter.tokens import Signer
 
 ERASED_REASON = (
@@ -30,12 +36,13 @@ ERASED_REASON = (
 )
 
 
-def _has_events_table(conn: sqlite3.Connection) -> bool:
-    columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(events)")}
-    return "subscriber_id" in columns
+# The delivery events the providers reported about one person (newsletter.events): by id,
+# or by address for events that came before the address was (again) a subscriber.
+_THEIR_EVENTS = "FROM delivery_events WHERE subscriber_id = ? OR email_key = ?"
+_EVENT_COLUMNS = ("provider", "kind", "email", "occurred_at", "received_at", "reason", "issue")
 
 
-def data_of(conn: sqlite3.Connection, subscriber_id: int) -> dict[str, Any] | None:
+def data_of(conn: StoreConnection, subscriber_id: int) -> dict[str, Any] | None:
     """Everything the store keeps about one subscriber, as a JSON-ready document; None if gone."""
     subscriber = store.get_subscriber(conn, subscriber_id)
     if subscriber is None:
@@ -49,13 +56,13 @@ def data_of(conn: sqlite3.Connection, subscriber_id: int) -> dict[str, Any] | No
                 (subscriber_id,),
             )
         ]
-        events: list[dict[str, Any]] = []
-        if _has_events_table(conn):
-            cursor = conn.execute(
-                "SELECT * FROM events WHERE subscriber_id = ? ORDER BY rowid", (subscriber_id,)
+        events = [
+            dict(zip(_EVENT_COLUMNS, row, strict=True))
+            for row in conn.execute(
+                f"SELECT {', '.join(_EVENT_COLUMNS)} {_THEIR_EVENTS} ORDER BY id",
+                (subscriber_id, email_key(subscriber.email)),
             )
-            names = [d[0] for d in cursor.description]
-            events = [dict(zip(names, row, strict=True)) for row in cursor]
+        ]
     return {
         "profile": {
             "email": subscriber.email,
@@ -79,7 +86,7 @@ def data_of(conn: sqlite3.Connection, subscriber_id: int) -> dict[str, Any] | No
     }
 
 
-def erase(conn: sqlite3.Connection, subscriber_id: int, signer: Signer, *, who: str) -> bool:
+def erase(conn: StoreConnection, subscriber_id: int, signer: Signer, *, who: str) -> bool:
     """Forget the subscriber (see the module doc); False when there is none."""
     with transaction(conn):
         current = store.get_subscriber(conn, subscriber_id)
@@ -101,8 +108,8 @@ def erase(conn: sqlite3.Connection, subscriber_id: int, signer: Signer, *, who: 
         )
         conn.execute("DELETE FROM import_undo WHERE email_key = ?", (key,))
         conn.execute("DELETE FROM confirmation_sends WHERE email_key = ?", (key,))
-        if _has_events_table(conn):
-            conn.execute("DELETE FROM events WHERE subscriber_id = ?", (current.id,))
+        conn.execute(f"DELETE {_THEIR_EVENTS}", (current.id, key))
+        conn.execute("DELETE FROM soft_bounce_scores WHERE subscriber_id = ?", (current.id,))
         conn.execute(
             "INSERT INTO erased_addresses (address_hash, erased_at) VALUES (?, ?)"
             " ON CONFLICT (address_hash) DO NOTHING",
@@ -113,7 +120,7 @@ def erase(conn: sqlite3.Connection, subscriber_id: int, signer: Signer, *, who: 
     return True
 
 
-def lift(conn: sqlite3.Connection, signer: Signer, address: str) -> None:
+def lift(conn: StoreConnection, signer: Signer, address: str) -> None:
     """The person confirmed a fresh subscription: their address is no longer refused.
 
     Runs in the caller's transaction.
@@ -124,9 +131,7 @@ def lift(conn: sqlite3.Connection, signer: Signer, address: str) -> None:
     )
 
 
-def refusal_check(
-    conn: sqlite3.Connection, settings: Settings
-) -> Callable[[str], str | None] | None:
+def refusal_check(conn: StoreConnection, settings: Settings) -> Callable[[str], str | None] | None:
     """For an import: a function that gives the reason an address key is refused, or None.
 
     None when no address was ever erased (no secret is needed then). Otherwise the secret

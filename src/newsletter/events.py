@@ -21,12 +21,11 @@ one id covers a whole batch (Mailgun, SendGrid) the event's address picks the ro
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from newsletter.store import Status, email_key, now_utc, transaction
+from newsletter.store import Status, StoreConnection, email_key, now_utc, transaction
 
 DEFAULT_SOFT_BOUNCE_THRESHOLD = 3
 _OUR_MESSAGE_ID = re.compile(r"<?nl\.(\d{4}-\d{2})\.(\d+)\.[^@>\s]*@[^>\s]+>?")
@@ -82,7 +81,7 @@ class AlreadySeen(Exception):
 
 
 def record_events(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     events: Sequence[DeliveryEvent],
     *,
     via: str,
@@ -107,7 +106,7 @@ def record_events(
 
 
 def record_in_transaction(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     events: Sequence[DeliveryEvent],
     *,
     via: str,
@@ -155,7 +154,7 @@ _ROWS_PER_INSERT = 500  # 11 values each, well under SQLite's limit on parameter
 
 
 def _insert(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     rows: list[tuple[DeliveryEvent, str, str | None, int | None]],
     via: str,
     received: str,
@@ -195,7 +194,7 @@ class _Lookups:
     A SendGrid batch names hundreds of addresses, and one message id for a whole send batch.
     """
 
-    def __init__(self, conn: sqlite3.Connection, events: Sequence[DeliveryEvent]):
+    def __init__(self, conn: StoreConnection, events: Sequence[DeliveryEvent]):
         self.conn = conn
         keys = list({email_key(e.email.strip()) for e in events})
         # email key -> (subscriber id, address, status), kept current as events change it
@@ -234,7 +233,7 @@ class _Lookups:
 
 
 def _apply_and_note(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     event: DeliveryEvent,
     key: str,
     known: tuple[int, str, Status],
@@ -256,7 +255,7 @@ def _apply_and_note(
 
 
 def _apply(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     event: DeliveryEvent,
     subscriber_id: int,
     threshold: int,
@@ -297,7 +296,7 @@ def _apply(
 
 
 def _issue_of(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     event: DeliveryEvent,
     subscriber_id: int | None,
     lookups: _Lookups,

@@ -27,7 +27,6 @@ import fcntl
 import json
 import os
 import random
-import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from newsletter.errors import ImportUnfinished, InvalidInput
-from newsletter.store import SOURCE_IMPORT, now_utc, transaction, translate_errors
+from newsletter.store import SOURCE_IMPORT, StoreConnection, now_utc, transaction, translate_errors
 
 # A slice stops taking more rows once its transaction has been open this long.
 SLICE_SECONDS = 0.08
@@ -123,7 +122,7 @@ def _record(row: Sequence[object]) -> ImportRecord:
     )
 
 
-def unfinished(conn: sqlite3.Connection) -> ImportRecord | None:
+def unfinished(conn: StoreConnection) -> ImportRecord | None:
     """The import that was interrupted (or is running), if any."""
     with translate_errors(conn):
         row = conn.execute(f"SELECT {_RECORD_COLUMNS} FROM imports WHERE finished = 0").fetchone()
@@ -142,7 +141,7 @@ def advice(record: ImportRecord) -> str:
     return f"{record.describe()}, so the list holds part of it. {action}"
 
 
-def note_for_readers(conn: sqlite3.Connection) -> str | None:
+def note_for_readers(conn: StoreConnection) -> str | None:
     """What a command that shows the list should say first, if an import is unfinished."""
     record = unfinished(conn)
     if record is None:
@@ -162,7 +161,7 @@ def refuse_because_of(record: ImportRecord) -> ImportUnfinished:
 # --- One import at a time -------------------------------------------------------------------
 
 
-def database_path(conn: sqlite3.Connection) -> Path:
+def database_path(conn: StoreConnection) -> Path:
     with translate_errors(conn):
         row = conn.execute("PRAGMA database_list").fetchone()
     return Path(str(row[2]))
@@ -219,7 +218,7 @@ def import_lock(database: Path) -> Iterator[None]:
 
 
 def begin(
-    conn: sqlite3.Connection, file: str, options: str, fingerprint: str, staged: int
+    conn: StoreConnection, file: str, options: str, fingerprint: str, staged: int
 ) -> ImportRecord:
     """Record a new import as applying; purge what finished imports left in the undo log."""
     purge_undo_log(conn)
@@ -241,7 +240,7 @@ class _Pacing:
 
 
 @contextmanager
-def slice_of(conn: sqlite3.Connection) -> Iterator[float]:
+def slice_of(conn: StoreConnection) -> Iterator[float]:
     """One short write transaction, after a pause since the last; yields its deadline.
 
     A writer that began waiting during a slice of ``held`` seconds sleeps at most about
@@ -258,7 +257,7 @@ def slice_of(conn: sqlite3.Connection) -> Iterator[float]:
     _Pacing.next_at = time.monotonic() + pause
 
 
-def log_changes(conn: sqlite3.Connection, import_id: int, changes: Sequence[Change]) -> None:
+def log_changes(conn: StoreConnection, import_id: int, changes: Sequence[Change]) -> None:
     """Inside a slice: remember the subscribers the import is updating, for the undo."""
     conn.executemany(
         "INSERT INTO import_undo (import_id, line, email_key, before, status,"
@@ -279,7 +278,7 @@ def log_changes(conn: sqlite3.Connection, import_id: int, changes: Sequence[Chan
     )
 
 
-def log_added(conn: sqlite3.Connection, import_id: int, count: int) -> None:
+def log_added(conn: StoreConnection, import_id: int, count: int) -> None:
     """Inside a slice, right after inserting ``count`` subscribers: remember their ids.
 
     Under the write lock AUTOINCREMENT gives one insert after another consecutive ids, and
@@ -294,7 +293,7 @@ def log_added(conn: sqlite3.Connection, import_id: int, count: int) -> None:
 
 
 def record_progress(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     import_id: int,
     *,
     applied_line: int,
@@ -324,7 +323,7 @@ def record_progress(
     )
 
 
-def purge_undo_log(conn: sqlite3.Connection) -> None:
+def purge_undo_log(conn: StoreConnection) -> None:
     """Delete the undo log of finished imports, a slice at a time."""
     finished = "import_id IN (SELECT id FROM imports WHERE finished)"
     with translate_errors(conn):
@@ -353,7 +352,7 @@ def purge_undo_log(conn: sqlite3.Connection) -> None:
 # --- Undoing -----------------------------------------------------------------------------------
 
 
-def undo(conn: sqlite3.Connection, import_id: int) -> int:
+def undo(conn: StoreConnection, import_id: int) -> int:
     """Put back what the import changed, a slice at a time; return how many subscribers kept
     a later change (someone unsubscribed or chose topics meanwhile) instead."""
     with transaction(conn):
@@ -386,7 +385,7 @@ def undo(conn: sqlite3.Connection, import_id: int) -> int:
                     break
 
 
-def _undo_added(conn: sqlite3.Connection, import_id: int) -> int | None:
+def _undo_added(conn: StoreConnection, import_id: int) -> int | None:
     """Delete up to STEP_ROWS subscribers the import added; None when none are left.
 
     A subscriber whose status or topics changed since (an unsubscribe through the web, a
@@ -416,10 +415,10 @@ def _undo_added(conn: sqlite3.Connection, import_id: int) -> int | None:
             "UPDATE import_added SET first_id = ? WHERE import_id = ? AND first_id = ?",
             (last + 1, import_id, first),
         )
-    return int(present) - deleted
+    return int(present) - int(deleted)
 
 
-def _undo_updated(conn: sqlite3.Connection, import_id: int) -> int | None:
+def _undo_updated(conn: StoreConnection, import_id: int) -> int | None:
     """Put back up to STEP_ROWS subscribers the import updated; None when none are left."""
     rows = conn.execute(
         "SELECT line, email_key, before, status, status_changed_at, name, topics"
@@ -435,7 +434,7 @@ def _undo_updated(conn: sqlite3.Connection, import_id: int) -> int | None:
     return kept
 
 
-def _undo_one(conn: sqlite3.Connection, logged: Sequence[object]) -> bool:
+def _undo_one(conn: StoreConnection, logged: Sequence[object]) -> bool:
     """Put one updated subscriber back; False if a later change was kept instead."""
     key, before, *after = logged
     current = conn.execute(
@@ -459,7 +458,7 @@ def _undo_one(conn: sqlite3.Connection, logged: Sequence[object]) -> bool:
     return bool(now == after)
 
 
-def undo_interrupted(conn: sqlite3.Connection) -> tuple[ImportRecord, int]:
+def undo_interrupted(conn: StoreConnection) -> tuple[ImportRecord, int]:
     """Undo the interrupted import (or finish undoing it); return it and how many subscribers
     kept a change someone else made meanwhile. InvalidInput if no import is unfinished."""
     database = database_path(conn)

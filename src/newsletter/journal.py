@@ -25,12 +25,11 @@ loop and used alike by the run's writes (``start_run``), by the count shown befo
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from newsletter.store import audience, now_utc, transaction, translate_errors
+from newsletter.store import StoreConnection, audience, now_utc, transaction, translate_errors
 
 
 class JournalState(StrEnum):
@@ -97,7 +96,7 @@ class Resend:
 class SendJournal:
     """The journal rows of one issue (``YYYY-MM``) in one store."""
 
-    def __init__(self, conn: sqlite3.Connection, issue: str):
+    def __init__(self, conn: StoreConnection, issue: str):
         self.conn = conn
         self.issue = issue
 
@@ -220,7 +219,7 @@ class SendJournal:
                 "ON CONFLICT (issue, subscriber_id) DO NOTHING",
                 (self.issue, now, now, *params),
             )
-            return cursor.rowcount
+            return int(cursor.rowcount)
 
     def requeue(self, state: JournalState) -> int:
         """Put every row in ``state`` back in the queue (``--retry-failed``, ``--resend-uncertain``)."""
@@ -229,7 +228,7 @@ class SendJournal:
                 "UPDATE journal SET state = 'queued', updated_at = ? WHERE issue = ? AND state = ?",
                 (now_utc(), self.issue, state.value),
             )
-            return cursor.rowcount
+            return int(cursor.rowcount)
 
     def providers_used(self) -> list[str]:
         with translate_errors(self.conn):
@@ -250,7 +249,7 @@ class SendJournal:
                 f"reason = '', sent_at = NULL, updated_at = ? WHERE issue = ? AND provider IN ({marks})",
                 (now_utc(), self.issue, *providers),
             )
-            return cursor.rowcount
+            return int(cursor.rowcount)
 
     def pending_batches(
         self, batch_size: int, *, after_id: int = 0
@@ -367,4 +366,4 @@ class SendJournal:
                 "subscriber_id NOT IN (SELECT id FROM subscribers WHERE status = 'active')",
                 (self.issue,),
             )
-            return cursor.rowcount
+            return int(cursor.rowcount)

@@ -1,13 +1,15 @@
-"""The subscriber store: one SQLite file shared by the CLI, the send path and the web endpoints.
+"""The subscriber store, shared by the CLI, the send path and the web endpoints: one SQLite
+file (the default), or a database on a PostgreSQL server (newsletter.postgres).
 
 Open it with :func:`open_store`; every other function takes the connection it returns. Writes
-run in :func:`transaction` (``BEGIN IMMEDIATE``), so a writer waits for the busy timeout
-instead of failing half-way, and a failed write leaves the file as it was. Any SQLite failure
-surfaces as :class:`~newsletter.errors.StoreError` naming the file and what to do.
+run in :func:`transaction` (``BEGIN IMMEDIATE`` on SQLite, an advisory lock on PostgreSQL), so
+a writer waits for the busy timeout instead of failing half-way, and a failed write leaves the
+store as it was. Any database failure surfaces as :class:`~newsletter.errors.StoreError`
+naming the store and what to do.
 
-The schema is versioned with ``PRAGMA user_version``: ``MIGRATIONS[n]`` takes a store from
-version ``n`` to ``n + 1``. Later features (the send journal) append steps; never edit a step
-that has shipped.
+The schema is versioned (``PRAGMA user_version`` on SQLite, the table ``newsletter_schema`` on
+PostgreSQL): ``MIGRATIONS[n]`` takes a store from version ``n`` to ``n + 1`` on both. Later
+features append steps; never edit a step that has shipped.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from email_validator import EmailNotValidError, validate_email
 
+from newsletter.database_url import DatabaseUrl, StoreLocation, is_database_url
 from newsletter.errors import (
     InvalidInput,
     StoreError,
@@ -96,16 +99,54 @@ class StoreStats:
         return sum(self.by_status.values())
 
 
-class StoreConnection(sqlite3.Connection):
-    """A connection that remembers its file, so that errors can name it."""
+class StoreConnection(Protocol):
+    """What the store's functions need of a connection, on SQLite and on PostgreSQL alike."""
 
+    dialect: str  # "sqlite" or "postgresql"
+
+    @property
+    def path(self) -> Path | DatabaseUrl: ...  # where the store is, for messages
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, seq: Any, /) -> Any: ...
+
+    def begin(self, *, exclusive: bool = True) -> None: ...
+
+    def describe_error(self, exc: BaseException) -> StoreError | None: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteConnection(sqlite3.Connection):
+    """A connection to a SQLite store that remembers its file, so that errors can name it."""
+
+    dialect = "sqlite"
     path: Path
+
+    def begin(self, *, exclusive: bool = True) -> None:
+        # One writer at a time is SQLite's only way; ``exclusive`` matters on PostgreSQL.
+        self.execute("BEGIN IMMEDIATE")
+
+    def describe_error(self, exc: BaseException) -> StoreError | None:
+        return _store_error(self, exc) if isinstance(exc, sqlite3.Error) else None
+
+
+class SqliteOnly(str):
+    """A migration statement with no counterpart on PostgreSQL (see step 5)."""
+
+    __slots__ = ()
 
 
 # --- Schema -------------------------------------------------------------------------------
 
 _STATUS_CHECK = ", ".join(f"'{s.value}'" for s in Status)
 
+# On PostgreSQL, newsletter.postgres.translate_ddl gives each statement that server's types,
+# and statements marked SqliteOnly are left out.
 MIGRATIONS: list[tuple[str, ...]] = [
     # 0 -> 1: subscribers
     (
@@ -183,9 +224,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # 4 -> 5: subscriber ids are never used twice. Signed links and journal rows name a
     # subscriber by id, so a removed person's id given to a newcomer would let the old links
     # act on the newcomer and count them as already sent. AUTOINCREMENT never hands out an id
-    # again; the sequence starts above every id any table has seen.
+    # again; the sequence starts above every id any table has seen. (On PostgreSQL the id is
+    # an identity column from step 1, whose sequence never goes back: nothing to do there.)
     (
-        """
+        SqliteOnly(
+            """
         CREATE TABLE subscribers_v5 (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             email TEXT NOT NULL,
@@ -200,19 +243,22 @@ MIGRATIONS: list[tuple[str, ...]] = [
             status_reason TEXT NOT NULL DEFAULT '',
             status_source TEXT NOT NULL
         )
-        """.replace("{_STATUS_CHECK}", _STATUS_CHECK),
-        "INSERT INTO subscribers_v5 SELECT * FROM subscribers",
-        "DROP TABLE subscribers",
-        "ALTER TABLE subscribers_v5 RENAME TO subscribers",
-        "CREATE INDEX subscribers_by_status ON subscribers (status, id)",
+        """.replace("{_STATUS_CHECK}", _STATUS_CHECK)
+        ),
+        SqliteOnly("INSERT INTO subscribers_v5 SELECT * FROM subscribers"),
+        SqliteOnly("DROP TABLE subscribers"),
+        SqliteOnly("ALTER TABLE subscribers_v5 RENAME TO subscribers"),
+        SqliteOnly("CREATE INDEX subscribers_by_status ON subscribers (status, id)"),
         # (The copy above made a sequence row already; there must be only one.)
-        "DELETE FROM sqlite_sequence WHERE name = 'subscribers'",
-        """
+        SqliteOnly("DELETE FROM sqlite_sequence WHERE name = 'subscribers'"),
+        SqliteOnly(
+            """
         INSERT INTO sqlite_sequence (name, seq) SELECT 'subscribers', max(
             (SELECT coalesce(max(id), 0) FROM subscribers),
             (SELECT coalesce(max(subscriber_id), 0) FROM journal),
             (SELECT coalesce(max(subscriber_id), 0) FROM topic_changes))
-        """,
+        """
+        ),
     ),
     # 5 -> 6: the subscribe form's allowances (per client and overall, in fixed windows) and
     # the queue of confirmation emails, sent outside the request; see subscribe_requests.
@@ -395,21 +441,26 @@ _COLUMNS = (
 
 
 def open_store(
-    path: Path,
+    location: StoreLocation | str,
     *,
     timeout: float = BUSY_TIMEOUT_SECONDS,
     create: bool = True,
     readonly: bool = False,
 ) -> StoreConnection:
-    """Open (creating on first use, unless ``create`` is False) and migrate the store at ``path``.
+    """Open (creating on first use, unless ``create`` is False) and migrate the store.
 
-    ``timeout`` is how long a write waits for another writer (a send, the web endpoints)
-    before giving up with a StoreError. Commands that only read or send pass
-    ``create=False``: a mistyped path must not look like an empty list. Commands that only
-    read pass ``readonly=True`` (implies ``create=False``): they work on a store this user
-    cannot write, which they read without its write-ahead log's shared memory.
+    ``location`` is the SQLite file's path or a :class:`DatabaseUrl` (a ``postgresql://``
+    string is taken as one). ``timeout`` is how long a write waits for another writer (a
+    send, the web endpoints) before giving up with a StoreError. Commands that only read or
+    send pass ``create=False``: a mistyped path must not look like an empty list. Commands
+    that only read pass ``readonly=True`` (implies ``create=False``): they work on a store
+    this user cannot write, which they read without its write-ahead log's shared memory.
     """
-    path = Path(path)
+    if isinstance(location, str):
+        location = as_location(location)
+    if isinstance(location, DatabaseUrl):
+        return _open_postgres(location, timeout, create=create and not readonly)
+    path = Path(location)
     if not create or readonly:
         _require_existing(path)
     if readonly:
@@ -420,6 +471,30 @@ def open_store(
     return _open_writable(path, timeout)
 
 
+def as_location(value: str) -> StoreLocation:
+    """A store's location as the settings or the command line give it."""
+    return DatabaseUrl(value) if is_database_url(value) else Path(value)
+
+
+def _open_postgres(location: DatabaseUrl, timeout: float, *, create: bool) -> StoreConnection:
+    # Imported here: the driver costs a tenth of a second, which SQLite users need not pay.
+    from newsletter.postgres import PostgresConnection
+
+    conn = PostgresConnection.connect(location, timeout=timeout)
+    try:
+        if not create and _schema_version(conn) == 0:
+            raise StoreError(
+                f"{location}: there is no subscriber store in this database. Check [paths] "
+                "database (or NEWSLETTER_DATABASE_URL), or create it first (`newsletter "
+                "subscribers import FILE.csv`, or `newsletter store copy` from a SQLite store)."
+            )
+        _migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def _open_writable(path: Path, timeout: float) -> StoreConnection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -428,7 +503,9 @@ def _open_writable(path: Path, timeout: float) -> StoreConnection:
     try:
         # Personal data: owner-only from the first byte (SQLite gives -wal and -shm the same).
         create_private(path)
-        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, factory=StoreConnection)
+        conn = sqlite3.connect(
+            path, timeout=timeout, isolation_level=None, factory=SqliteConnection
+        )
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"{path}: cannot open the subscriber store ({exc})") from None
     conn.path = path
@@ -459,13 +536,13 @@ def _open_readonly(path: Path) -> StoreConnection:
         )
     uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
     try:
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, factory=StoreConnection)
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, factory=SqliteConnection)
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: cannot open the subscriber store ({exc})") from None
     conn.path = path
     try:
         with translate_errors(conn):
-            version = _user_version(conn)
+            version = _schema_version(conn)
     except BaseException:
         conn.close()
         raise
@@ -499,7 +576,8 @@ def _require_existing(path: Path) -> None:
 
 
 def _migrate(conn: StoreConnection) -> None:
-    version = _user_version(conn)
+    with translate_errors(conn):
+        version = _schema_version(conn)
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"{conn.path}: the store has schema version {version}, but this version of "
@@ -507,32 +585,55 @@ def _migrate(conn: StoreConnection) -> None:
         )
     if version == SCHEMA_VERSION:
         return
+    postgres = conn.dialect == "postgresql"
+    if postgres:
+        from newsletter.postgres import MIGRATION_LOCK, translate_ddl
     with transaction(conn):
+        if postgres:
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS newsletter_schema (version INTEGER NOT NULL)")
         # Another process may have migrated while this one waited for the lock.
-        version = _user_version(conn)
+        version = _schema_version(conn)
         for step in MIGRATIONS[version:]:
             for statement in step:
-                conn.execute(statement)
-        # user_version is transactional: a failed migration leaves the old number.
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                if not postgres:
+                    conn.execute(statement)
+                elif not isinstance(statement, SqliteOnly):
+                    conn.execute(translate_ddl(statement))
+        # Both keep the number in the transaction: a failed migration leaves the old one.
+        if postgres:
+            conn.execute("DELETE FROM newsletter_schema")
+            conn.execute("INSERT INTO newsletter_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+        else:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def _user_version(conn: sqlite3.Connection) -> int:
+def _schema_version(conn: StoreConnection) -> int:
+    if conn.dialect == "postgresql":
+        if conn.execute("SELECT to_regclass('newsletter_schema')").fetchone()[0] is None:
+            return 0
+        row = conn.execute("SELECT max(version) FROM newsletter_schema").fetchone()
+        return int(row[0] or 0)
     row = conn.execute("PRAGMA user_version").fetchone()
     return int(row[0])
 
 
-def _where(conn: sqlite3.Connection) -> str:
+def _where(conn: StoreConnection | sqlite3.Connection) -> str:
     return str(getattr(conn, "path", "the subscriber store"))
 
 
 @contextmanager
-def translate_errors(conn: sqlite3.Connection) -> Iterator[None]:
-    """Turn SQLite's errors into StoreErrors a person can act on."""
+def translate_errors(conn: StoreConnection) -> Iterator[None]:
+    """Turn the database's errors into StoreErrors a person can act on."""
     try:
         yield
-    except sqlite3.Error as exc:
-        raise _store_error(conn, exc) from exc
+    except StoreError:
+        raise
+    except Exception as exc:
+        described = conn.describe_error(exc)
+        if described is None:
+            raise
+        raise described from exc
 
 
 def _damaged(where: str, detail: str) -> StoreError:
@@ -551,7 +652,8 @@ def _disk_full(path: str) -> bool:
     return disk.f_bavail == 0 or (disk.f_files > 0 and disk.f_favail == 0)
 
 
-def _store_error(conn: sqlite3.Connection, exc: sqlite3.Error) -> StoreError:
+def _store_error(conn: StoreConnection, exc: sqlite3.Error) -> StoreError:
+    """What a SQLite error means, for a person."""
     where = _where(conn)
     code = getattr(exc, "sqlite_errorname", "")
     if code.startswith("SQLITE_BUSY") or code.startswith("SQLITE_LOCKED"):
@@ -589,10 +691,15 @@ def _store_error(conn: sqlite3.Connection, exc: sqlite3.Error) -> StoreError:
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A write transaction: everything inside commits together or not at all."""
+def transaction(conn: StoreConnection, *, exclusive: bool = True) -> Iterator[StoreConnection]:
+    """A write transaction: everything inside commits together or not at all.
+
+    ``exclusive`` (the default) keeps every other writer out, as SQLite always does, so what
+    the transaction read stays true until it commits. The send journal's claims pass False:
+    on PostgreSQL they then run beside each other, kept apart by their rows' locks.
+    """
     with translate_errors(conn):
-        conn.execute("BEGIN IMMEDIATE")
+        conn.begin(exclusive=exclusive)
         try:
             yield conn
             conn.execute("COMMIT")
@@ -744,7 +851,7 @@ def _subscriber_from(row: tuple[Any, ...]) -> Subscriber:
     )
 
 
-def get_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subscriber | None:
+def get_subscriber(conn: StoreConnection, email_or_id: str | int) -> Subscriber | None:
     """The subscriber with this id or address (any case, any valid spelling), or None."""
     with translate_errors(conn):
         if isinstance(email_or_id, int):
@@ -759,7 +866,7 @@ def get_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subscrib
     return None if row is None else _row_to_subscriber(row)
 
 
-def require_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subscriber:
+def require_subscriber(conn: StoreConnection, email_or_id: str | int) -> Subscriber:
     found = get_subscriber(conn, email_or_id)
     if found is None:
         raise InvalidInput(
@@ -791,7 +898,7 @@ def audience(topics: Sequence[str] | None, table: str = "subscribers") -> tuple[
 
 
 def iter_subscriber_batches(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     *,
     status: Status | None = None,
     topic: str | None = None,
@@ -828,14 +935,14 @@ def iter_subscriber_batches(
 
 
 def iter_subscribers(
-    conn: sqlite3.Connection, *, status: Status | None = None, topic: str | None = None
+    conn: StoreConnection, *, status: Status | None = None, topic: str | None = None
 ) -> Iterator[Subscriber]:
     """Every matching subscriber in id order, streamed."""
     for batch in iter_subscriber_batches(conn, status=status, topic=topic):
         yield from batch
 
 
-def count_subscribers(conn: sqlite3.Connection, *, status: Status | None = None) -> int:
+def count_subscribers(conn: StoreConnection, *, status: Status | None = None) -> int:
     with translate_errors(conn):
         if status is None:
             row = conn.execute("SELECT count(*) FROM subscribers").fetchone()
@@ -846,7 +953,7 @@ def count_subscribers(conn: sqlite3.Connection, *, status: Status | None = None)
     return int(row[0])
 
 
-def stats(conn: sqlite3.Connection) -> StoreStats:
+def stats(conn: StoreConnection) -> StoreStats:
     """Counts by status and by topic, and how the list grew month by month."""
     with translate_errors(conn):
         by_status = {s: 0 for s in Status}
@@ -879,7 +986,7 @@ def stats(conn: sqlite3.Connection) -> StoreStats:
 
 
 def add_subscriber(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     email: str,
     *,
     name: str = "",
@@ -927,7 +1034,7 @@ def add_subscriber(
 
 
 def set_status(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     email_or_id: str | int,
     status: Status,
     reason: str = "",
@@ -955,7 +1062,7 @@ def set_status(
     return require_subscriber(conn, current.id)
 
 
-def remove_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subscriber:
+def remove_subscriber(conn: StoreConnection, email_or_id: str | int) -> Subscriber:
     """Forget a subscriber and return what their row held.
 
     Unlike an unsubscribe, nothing of the address is kept: the row, the history of topic
@@ -989,7 +1096,7 @@ def remove_subscriber(conn: sqlite3.Connection, email_or_id: str | int) -> Subsc
 
 
 def set_topics(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     email_or_id: str | int,
     topics: Sequence[str],
     *,
@@ -1014,7 +1121,7 @@ def set_topics(
 
 
 def topic_history(
-    conn: sqlite3.Connection, subscriber_id: int
+    conn: StoreConnection, subscriber_id: int
 ) -> list[tuple[str, tuple[str, ...], str]]:
     """Each recorded change of a subscriber's topics as (time, topics, source), oldest first."""
     with translate_errors(conn):
@@ -1026,14 +1133,14 @@ def topic_history(
     return [(str(at), tuple(json.loads(str(topics))), str(source)) for at, topics, source in rows]
 
 
-def forget_name(conn: sqlite3.Connection, subscriber_id: int) -> None:
+def forget_name(conn: StoreConnection, subscriber_id: int) -> None:
     """Clear a subscriber's display name (one typed by whoever filled in the form)."""
     with transaction(conn):
         conn.execute("UPDATE subscribers SET name = '' WHERE id = ?", (subscriber_id,))
 
 
 def confirm_subscriber(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     subscriber_id: int,
     *,
     requested_at: str,

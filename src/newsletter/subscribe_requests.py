@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -32,6 +31,7 @@ from newsletter.consent import ConsentEvent
 from newsletter.settings import Allowance, Settings
 from newsletter.store import (
     SOURCE_WEB,
+    StoreConnection,
     email_key,
     stamp_of,
     transaction,
@@ -80,7 +80,7 @@ class ExpiryReport:
     ids: list[int] = field(default_factory=list)
 
 
-def _take(conn: sqlite3.Connection, bucket: str, allowance: Allowance, now: float) -> bool:
+def _take(conn: StoreConnection, bucket: str, allowance: Allowance, now: float) -> bool:
     """Count one request against ``bucket``; False (and nothing counted) when it is spent."""
     window = int(now // allowance.seconds)
     row = conn.execute(
@@ -104,7 +104,7 @@ class _Refused(Exception):
 
 
 def record_request(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     *,
     email: str,
     name: str,
@@ -171,9 +171,7 @@ def record_request(
     return Verdict.ACCEPTED
 
 
-def _count_request(
-    conn: sqlite3.Connection, client: str, limits: SubscribeLimits, now: float
-) -> None:
+def _count_request(conn: StoreConnection, client: str, limits: SubscribeLimits, now: float) -> None:
     """Count the request against its client, its client's network and everyone; _Refused when
     one is spent or too many of the form's subscribers wait unconfirmed."""
     if not _take(conn, f"client:{client}", limits.per_client, now):
@@ -203,7 +201,7 @@ def network_of(client: str) -> str:
 
 
 def claim_due(
-    conn: sqlite3.Connection, *, now: float, lease_seconds: float, limit: int = 20
+    conn: StoreConnection, *, now: float, lease_seconds: float, limit: int = 20
 ) -> list[QueuedConfirmation]:
     """Take up to ``limit`` due confirmations for ``lease_seconds``.
 
@@ -222,13 +220,13 @@ def claim_due(
     return [QueuedConfirmation(int(r[0]), float(r[1]), int(r[2])) for r in rows]
 
 
-def finish(conn: sqlite3.Connection, subscriber_id: int) -> None:
+def finish(conn: StoreConnection, subscriber_id: int) -> None:
     """The confirmation was sent (or is no longer wanted): out of the queue."""
     with transaction(conn):
         conn.execute("DELETE FROM confirmation_queue WHERE subscriber_id = ?", (subscriber_id,))
 
 
-def retry_later(conn: sqlite3.Connection, subscriber_id: int, *, at: float, error: str) -> None:
+def retry_later(conn: StoreConnection, subscriber_id: int, *, at: float, error: str) -> None:
     with transaction(conn):
         conn.execute(
             "UPDATE confirmation_queue SET next_attempt_at = ?, last_error = ?"
@@ -237,12 +235,12 @@ def retry_later(conn: sqlite3.Connection, subscriber_id: int, *, at: float, erro
         )
 
 
-def queued_count(conn: sqlite3.Connection) -> int:
+def queued_count(conn: StoreConnection) -> int:
     with translate_errors(conn):
         return int(conn.execute("SELECT count(*) FROM confirmation_queue").fetchone()[0])
 
 
-def expire(conn: sqlite3.Connection, *, now: float, limits: SubscribeLimits) -> ExpiryReport:
+def expire(conn: StoreConnection, *, now: float, limits: SubscribeLimits) -> ExpiryReport:
     """Forget what has outlived its use: unconfirmed subscribers of the form whose link has
     expired (with their queued emails), and spent rate windows."""
     report = ExpiryReport()

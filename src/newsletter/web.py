@@ -35,7 +35,6 @@ import json
 import os
 import re
 import socketserver
-import sqlite3
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -56,7 +55,7 @@ from newsletter.errors import InvalidInput, StoreError, TokenError, excerpt
 from newsletter.messages import ONE_CLICK
 from newsletter.render import render_template, template_source
 from newsletter.settings import Settings, find_settings, load_settings
-from newsletter.store import SOURCE_WEB, SUPPRESSED, Status, Subscriber
+from newsletter.store import SOURCE_WEB, SUPPRESSED, Status, StoreConnection, Subscriber
 from newsletter.subscribe_requests import Verdict
 from newsletter.tokens import CONFIRM, UNSUBSCRIBE, Signer, TokenClaims
 from newsletter.webhooks import PREFIX as WEBHOOKS_PREFIX
@@ -555,7 +554,7 @@ class WebApp:
             raise _RequestRejected(400, message[:1].upper() + message[1:] + ".") from None
 
     @contextmanager
-    def _store(self) -> Iterator[sqlite3.Connection]:
+    def _store(self) -> Iterator[StoreConnection]:
         # One short-lived connection per request: SQLite connections are cheap, and this keeps
         # threads (or worker processes) from sharing one.
         with closing(store.open_store(self.settings.paths.database, create=False)) as conn:

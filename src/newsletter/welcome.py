@@ -27,7 +27,6 @@ it goes out right after their welcome (or with the issue's own next run, whichev
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,7 +40,7 @@ from newsletter.messages import PreparedIssue, Recipient, prepare_issue
 from newsletter.providers import create_provider
 from newsletter.providers.base import Provider
 from newsletter.settings import Settings
-from newsletter.store import WELCOME_ISSUE, now_utc, transaction, translate_errors
+from newsletter.store import WELCOME_ISSUE, StoreConnection, now_utc, transaction, translate_errors
 from newsletter.tokens import Signer, unsubscribe_url
 
 # Waits before each retry of a deferred welcome; the last one repeats.
@@ -59,7 +58,7 @@ class WelcomeReport:
     latest_issue_sent: int = 0  # [welcome] latest_issue_days: issues sent with the welcomes
 
 
-def queue(conn: sqlite3.Connection, settings: Settings, subscriber_id: int) -> bool:
+def queue(conn: StoreConnection, settings: Settings, subscriber_id: int) -> bool:
     """Record the welcome as due for ``subscriber_id``, in the caller's transaction.
 
     Only when the welcome file exists; a subscriber who has a row already (welcomed, or
@@ -75,14 +74,14 @@ def queue(conn: sqlite3.Connection, settings: Settings, subscriber_id: int) -> b
     return True
 
 
-def _queue_row(conn: sqlite3.Connection, issue: str, subscriber_id: int) -> bool:
+def _queue_row(conn: StoreConnection, issue: str, subscriber_id: int) -> bool:
     stamp = now_utc()
     cursor = conn.execute(
         "INSERT INTO journal (issue, subscriber_id, state, queued_at, updated_at)"
         " VALUES (?, ?, 'queued', ?, ?) ON CONFLICT (issue, subscriber_id) DO NOTHING",
         (issue, subscriber_id, stamp, stamp),
     )
-    return cursor.rowcount > 0
+    return bool(cursor.rowcount > 0)
 
 
 def latest_issue_days(settings: Settings) -> int:
@@ -99,7 +98,7 @@ def latest_issue_days(settings: Settings) -> int:
 
 
 def _latest_issue_for(
-    conn: sqlite3.Connection, settings: Settings, subscriber_id: int, now: float
+    conn: StoreConnection, settings: Settings, subscriber_id: int, now: float
 ) -> str | None:
     """The latest issue to send a new reader with their welcome, or None (see above)."""
     days = latest_issue_days(settings)
@@ -133,7 +132,7 @@ def prepare(settings: Settings, path: Path | None = None) -> PreparedIssue:
     return prepare_issue(report.rendered, settings)
 
 
-def _due(conn: sqlite3.Connection, now: float, limit: int) -> list[int]:
+def _due(conn: StoreConnection, now: float, limit: int) -> list[int]:
     with translate_errors(conn):
         rows = conn.execute(
             "SELECT subscriber_id, state, attempts, updated_at FROM journal"
@@ -153,7 +152,7 @@ def _due(conn: sqlite3.Connection, now: float, limit: int) -> list[int]:
     return due
 
 
-def waiting(conn: sqlite3.Connection) -> int:
+def waiting(conn: StoreConnection) -> int:
     """Welcome rows not sent yet (queued or deferred)."""
     with translate_errors(conn):
         return int(
@@ -165,7 +164,7 @@ def waiting(conn: sqlite3.Connection) -> int:
 
 
 def send_due(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     settings: Settings,
     signer: Signer,
     *,
@@ -209,7 +208,7 @@ def send_due(
 
 
 def _send_one(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     journal: SendJournal,
     provider: Provider,
     prepared: PreparedIssue,
@@ -265,7 +264,7 @@ def _send_one(
 
 
 def _send_latest_issues(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     settings: Settings,
     signer: Signer,
     provider: Provider,

@@ -17,7 +17,6 @@ An address on several lists takes the gravest: complained, then bounced, then un
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -26,7 +25,7 @@ from newsletter.errors import InvalidInput, ProviderConfigError
 from newsletter.providers import Provider, create_provider, installed_providers, load_provider
 from newsletter.providers.base import Suppression
 from newsletter.settings import Settings
-from newsletter.store import SOURCE_PROVIDER, Status
+from newsletter.store import SOURCE_PROVIDER, Status, StoreConnection
 
 __all__ = ["Suppression", "SyncChange", "SyncReport", "fetch_suppressions", "sync"]
 
@@ -70,7 +69,7 @@ def fetch_suppressions(settings: Settings) -> Iterator[Suppression]:
 
 
 def sync(
-    conn: sqlite3.Connection,
+    conn: StoreConnection,
     settings: Settings,
     *,
     dry_run: bool = False,

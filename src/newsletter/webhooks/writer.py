@@ -10,7 +10,6 @@ answered only after the commit that holds its events: an acknowledged event is o
 from __future__ import annotations
 
 import queue
-import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from newsletter import events, store
 from newsletter.errors import StoreError
+from newsletter.store import StoreConnection
 
 MAX_GROUP = 256
 IDLE_SECONDS = 2.0
@@ -71,7 +71,7 @@ class EventWriter:
         return result
 
     def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
+        conn: StoreConnection | None = None
         while True:
             try:
                 # The connection is closed when no event came for a while: an idle app holds
@@ -102,7 +102,7 @@ class EventWriter:
                 for job in jobs:
                     job.done.release()
 
-    def _write(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+    def _write(self, conn: StoreConnection, jobs: list[_Job]) -> None:
         with store.transaction(conn):
             for job in jobs:
                 try:
