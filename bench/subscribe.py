@@ -64,6 +64,7 @@ def main() -> None:
             "utf-8",
         )
         settings = load_settings(root / "newsletter.toml")
+        assert isinstance(settings.paths.database, Path)  # this benchmark's store is SQLite
         make_store(settings.paths.database, args.subscribers)
         app = WebApp(settings)
         server = make_server(app, "127.0.0.1", 0, log=False)

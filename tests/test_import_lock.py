@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -251,8 +252,8 @@ def test_a_killed_import_can_be_undone_keeping_later_unsubscribes(tmp_path: Path
     database = tmp_path / "newsletter.db"
     before = comparable(database)
     kill_when_applied(tmp_path, path, 0.5)
-    with imports.import_lock(database):  # as if the import were still running
-        running = run_cli(tmp_path, "stats").stderr
+    with closing(store.open_store(database)) as held, imports.import_lock(held):
+        running = run_cli(tmp_path, "stats").stderr  # as if the import were still running
     assert "Warning: an import of " in running and "is in progress (" in running
     assert "was interrupted" in run_cli(tmp_path, "stats").stderr
     # Someone the import added unsubscribes before the undo: that must not be lost.

@@ -42,8 +42,12 @@ def states(journal: SendJournal) -> dict[int, str]:
     return {int(i): str(s) for i, s in rows}
 
 
-def pending_ids(journal: SendJournal, size: int = 100) -> list[int]:
-    return [row[0] for batch in journal.pending_batches(size) for row in batch]
+def claim_all(journal: SendJournal, size: int = 100) -> list[int]:
+    """Claim every row a run would hand over, as the send loop does; their ids in order."""
+    ids: list[int] = []
+    while batch := journal.claim_batch(size, "smtp", after_id=ids[-1] if ids else 0):
+        ids += [row[0] for row in batch]
+    return ids
 
 
 def test_start_run_queues_the_audience_of_the_issues_topics_once(
@@ -81,7 +85,8 @@ def test_a_row_moves_queued_sending_then_one_outcome_and_never_back(
     assert counts[JournalState.SENT] == 1 and counts[JournalState.SENDING] == 1
     (sent,) = [e for e in journal.entries(JournalState.SENT)]
     assert sent.provider_message_id == "<id-1@x>" and sent.attempts == 1
-    assert pending_ids(journal) == [3, 6]
+    assert claim_all(journal) == [3, 6]
+    assert journal.claim_batch(100, "smtp") == []  # claimed rows are never handed out twice
 
 
 def test_uncertain_and_failed_rows_are_sent_again_only_when_asked(
@@ -134,7 +139,7 @@ def test_the_count_and_the_dry_run_select_exactly_what_the_run_hands_over(
     dry_run = [row[0] for batch in journal.batches_to_send(TOPICS, resend, 2) for row in batch]
     assert states(journal) == before  # neither the count nor the dry run wrote anything
     journal.start_run(TOPICS, resend)
-    real = pending_ids(journal)
+    real = claim_all(journal, 2)
     assert dry_run == real
     assert expected_before == len(real)
 
@@ -145,11 +150,25 @@ def test_who_left_before_their_turn_is_dropped_and_never_marked(
     journal = SendJournal(conn, ISSUE)
     journal.start_run(TOPICS, Resend())
     store.set_status(conn, 2, Status.UNSUBSCRIBED)
-    assert 2 not in pending_ids(journal)
-    assert journal.mark_sending([1, 2], "smtp") == {1}
-    store.set_status(conn, 3, Status.BOUNCED)
-    assert journal.drop_inactive_queued() == 2  # 2 and 3
-    assert set(states(journal)) == {1, 5, 6}
+    assert [row[0] for row in journal.claim_batch(2, "smtp")] == [1, 3]  # 2 passed over
+    assert journal.mark_sending([2], "smtp") == set()
+    store.set_status(conn, 5, Status.BOUNCED)
+    assert journal.drop_inactive_queued() == 2  # 2 and 5
+    assert set(states(journal)) == {1, 3, 6}
+
+
+def test_a_claim_marks_what_it_returns_and_moves_on_from_after_id(
+    conn: store.StoreConnection,
+) -> None:
+    journal = SendJournal(conn, ISSUE)
+    journal.start_run(TOPICS, Resend())
+    first = journal.claim_batch(2, "mailgun")
+    assert first == [(1, "r1@example.org", ""), (2, "r2@example.org", "")]
+    assert states(journal) == {1: "sending", 2: "sending", 3: "queued", 5: "queued", 6: "queued"}
+    assert [row[0] for row in journal.claim_batch(2, "mailgun", after_id=3)] == [5, 6]
+    assert journal.any_to_send(after_id=0) and not journal.any_to_send(after_id=3)
+    (entry, _) = journal.entries(JournalState.SENDING, limit=2)
+    assert entry.attempts == 1 and journal.providers_used() == ["mailgun"]
 
 
 def test_the_issue_records_the_topics_its_latest_run_used(conn: store.StoreConnection) -> None:

@@ -4,6 +4,7 @@ import email
 import email.policy
 import json
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -660,7 +661,11 @@ def test_two_sends_of_one_issue_cannot_run_at_once(tmp_path: Path) -> None:
 
     settings, issue = make_folder(tmp_path, NULL, 3)
     running = r"another send of 2026-10 is running \(process \d+\)"
-    with send_lock(settings.paths.database, "2026-10"), pytest.raises(SendError, match=running):
+    with (
+        closing(open_store(settings.paths.database)) as other,
+        send_lock(other, "2026-10"),
+        pytest.raises(SendError, match=running),
+    ):
         run_send(settings, issue, SendOptions())
     assert run_send(settings, issue, SendOptions()).sent == 3  # released
 

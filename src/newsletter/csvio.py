@@ -211,7 +211,7 @@ def import_csv(
             _stage(path, encoding, taxonomy, staging, report, progress, skip_invalid)
             _apply_staged(conn, staging, report, progress, None)
         return report
-    with imports.import_lock(imports.database_path(conn)):
+    with imports.import_lock(conn):
         record = imports.unfinished(conn)
         if record is not None and (record.fingerprint != fingerprint or record.state != "applying"):
             raise imports.refuse_because_of(record)

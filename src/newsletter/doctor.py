@@ -28,13 +28,14 @@ import dns.exception
 import dns.resolver
 import requests
 
+from newsletter.database_url import DatabaseUrl
 from newsletter.dkim_signing import signer_from_settings
-from newsletter.errors import NewsletterError, SettingsError, TokenError
+from newsletter.errors import NewsletterError, SettingsError, StoreError, TokenError
 from newsletter.providers import create_provider
 from newsletter.providers.base import AccountCheck
 from newsletter.schedule import schedule_settings
 from newsletter.settings import DEFAULTS, Settings, load_settings
-from newsletter.store import SCHEMA_VERSION
+from newsletter.store import SCHEMA_VERSION, open_store, schema_version
 from newsletter.tokens import SECRET_ENV, Signer, load_secret, secret_sources, web_url
 
 Level = Literal["ok", "warning", "error", "skipped"]
@@ -527,6 +528,10 @@ def _check_unsubscribe(
 
 def _check_store(settings: Settings, report: DoctorReport) -> None:
     path = settings.paths.database
+    if isinstance(path, DatabaseUrl):
+        for level, message in _server_findings(path):
+            report.add(level, "store", message)
+        return
     if not path.exists():
         report.add(
             "warning",
@@ -545,6 +550,20 @@ def _check_store(settings: Settings, report: DoctorReport) -> None:
         report.add("warning", "store", f"{size}: less than 1 GB")
     else:
         report.add("ok", "store", size)
+
+
+def _server_findings(location: DatabaseUrl) -> Iterator[tuple[Level, str]]:
+    """A PostgreSQL store: reachable, and at this version's schema (its disk is the server's)."""
+    try:
+        conn = open_store(location, readonly=True)
+    except StoreError as exc:
+        yield "error", str(exc)
+        return
+    try:
+        version = schema_version(conn)
+    finally:
+        conn.close()
+    yield "ok", f"{location}: PostgreSQL store, schema version {version}"
 
 
 def _store_findings(path: Path) -> Iterator[tuple[Level, str]]:

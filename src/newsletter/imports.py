@@ -23,6 +23,7 @@ unsubscribed. The log is purged once the import is done.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -33,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from newsletter.errors import ImportUnfinished, InvalidInput
+from newsletter.errors import ImportUnfinished, InvalidInput, StoreError
 from newsletter.store import SOURCE_IMPORT, StoreConnection, now_utc, transaction, translate_errors
 
 # A slice stops taking more rows once its transaction has been open this long.
@@ -146,7 +147,7 @@ def note_for_readers(conn: StoreConnection) -> str | None:
     record = unfinished(conn)
     if record is None:
         return None
-    if is_running(database_path(conn)):
+    if is_running(conn):
         return (
             f"an import of {record.file} is in progress ({record.applied:,} of its "
             f"{record.staged:,} rows so far), so the list holds part of it."
@@ -161,18 +162,18 @@ def refuse_because_of(record: ImportRecord) -> ImportUnfinished:
 # --- One import at a time -------------------------------------------------------------------
 
 
-def database_path(conn: StoreConnection) -> Path:
-    with translate_errors(conn):
-        row = conn.execute("PRAGMA database_list").fetchone()
-    return Path(str(row[2]))
-
-
 def _lock_path(database: Path) -> Path:
     return database.with_name(f"{database.name}.import.lock")
 
 
-def is_running(database: Path) -> bool:
-    """Whether a process holds the import lock of ``database`` (an import or undo is running)."""
+def is_running(conn: StoreConnection) -> bool:
+    """Whether a process holds the import lock of the store (an import or undo is running)."""
+    if conn.dialect == "postgresql":
+        from newsletter import postgres
+
+        with translate_errors(conn):
+            return postgres.held_by_another(conn, postgres.IMPORT_LOCK)
+    database = Path(str(conn.path))
     try:
         descriptor = os.open(_lock_path(database), os.O_RDONLY)
     except OSError:
@@ -187,11 +188,30 @@ def is_running(database: Path) -> bool:
 
 
 @contextmanager
-def import_lock(database: Path) -> Iterator[None]:
-    """Hold the operating system's lock that keeps two imports into ``database`` apart.
+def import_lock(conn: StoreConnection) -> Iterator[None]:
+    """Hold the lock that keeps two imports into the store apart: the operating system's
+    beside a SQLite file, an advisory lock of the connection's session on PostgreSQL.
 
     A killed import releases it by dying, and leaves its record to say how far it got.
     """
+    busy = ImportUnfinished(
+        f"another import into {conn.path} is running; nothing was changed. Wait for "
+        "it to finish, then run this command again."
+    )
+    if conn.dialect == "postgresql":
+        from newsletter import postgres
+
+        with translate_errors(conn):
+            if not postgres.try_lock(conn, postgres.IMPORT_LOCK):
+                raise busy
+        try:
+            yield
+        finally:
+            # A connection that broke has lost the lock with its session anyway.
+            with contextlib.suppress(StoreError), translate_errors(conn):
+                postgres.unlock(conn, postgres.IMPORT_LOCK)
+        return
+    database = Path(str(conn.path))
     path = _lock_path(database)
     try:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -204,10 +224,7 @@ def import_lock(database: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ImportUnfinished(
-                f"another import into {database} is running; nothing was changed. Wait for "
-                "it to finish, then run this command again."
-            ) from None
+            raise busy from None
         try:
             yield
         finally:
@@ -461,12 +478,11 @@ def _undo_one(conn: StoreConnection, logged: Sequence[object]) -> bool:
 def undo_interrupted(conn: StoreConnection) -> tuple[ImportRecord, int]:
     """Undo the interrupted import (or finish undoing it); return it and how many subscribers
     kept a change someone else made meanwhile. InvalidInput if no import is unfinished."""
-    database = database_path(conn)
-    with import_lock(database):
+    with import_lock(conn):
         record = unfinished(conn)
         if record is None:
             raise InvalidInput(
-                f"{database}: no import was interrupted, so there is nothing to undo"
+                f"{conn.path}: no import was interrupted, so there is nothing to undo"
             )
         kept = undo(conn, record.id)
         purge_undo_log(conn)

@@ -251,31 +251,50 @@ class SendJournal:
             )
             return int(cursor.rowcount)
 
-    def pending_batches(
-        self, batch_size: int, *, after_id: int = 0
-    ) -> Iterator[list[tuple[int, str, str]]]:
-        """(id, email, name) of queued and deferred rows whose subscriber is still active.
+    def claim_batch(
+        self, size: int, provider: str, *, after_id: int = 0
+    ) -> list[tuple[int, str, str]]:
+        """Mark ``sending`` (committed) and return as (id, email, name) up to ``size`` queued or
+        deferred rows after ``after_id`` whose subscriber is still active, in id order.
 
-        Each batch is a fresh short query, so an unsubscribe committed meanwhile is seen by
-        the next batch, and no read transaction blocks the web endpoints' writes.
+        The claim is one statement, so no row is handed out twice: on SQLite the write lock
+        keeps senders apart; on PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets several senders
+        claim side by side, each passing over the rows another is claiming. Each claim is a
+        fresh short transaction, so an unsubscribe committed meanwhile is seen by the next.
         """
-        last = after_id
-        while True:
-            with translate_errors(self.conn):
-                rows = self.conn.execute(
-                    "SELECT s.id, s.email, s.name FROM journal AS j "
-                    "JOIN subscribers AS s ON s.id = j.subscriber_id "
-                    "WHERE j.issue = ? AND j.state IN ('queued', 'deferred') "
-                    "AND s.id > ? AND s.status = 'active' "
-                    # Ordered by s.id, which the (status, id) index yields in order, so the
-                    # query stops at LIMIT instead of sorting every remaining row per batch.
-                    "ORDER BY s.id LIMIT ?",
-                    (self.issue, last, batch_size),
-                ).fetchall()
-            if not rows:
-                return
-            yield [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
-            last = int(rows[-1][0])
+        skip_locked = " FOR UPDATE OF j SKIP LOCKED" if self.conn.dialect == "postgresql" else ""
+        with transaction(self.conn, exclusive=False):
+            claimed = self.conn.execute(
+                "UPDATE journal SET state = 'sending', attempts = attempts + 1, provider = ?, "
+                "updated_at = ? WHERE issue = ? AND subscriber_id IN ("
+                "SELECT s.id FROM journal AS j JOIN subscribers AS s ON s.id = j.subscriber_id "
+                "WHERE j.issue = ? AND j.state IN ('queued', 'deferred') "
+                "AND s.id > ? AND s.status = 'active' "
+                # Ordered by s.id, which the (status, id) index yields in order, so the
+                # query stops at LIMIT instead of sorting every remaining row per batch.
+                f"ORDER BY s.id LIMIT ?{skip_locked}) RETURNING subscriber_id",
+                (provider, now_utc(), self.issue, self.issue, after_id, size),
+            ).fetchall()
+            if not claimed:
+                return []
+            ids = sorted(int(r[0]) for r in claimed)
+            rows = self.conn.execute(
+                "SELECT id, email, name FROM subscribers "
+                f"WHERE id IN ({','.join('?' * len(ids))}) ORDER BY id",
+                ids,
+            ).fetchall()
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def any_to_send(self, *, after_id: int = 0) -> bool:
+        """Whether a claim after ``after_id`` would find a row (a paused run has work left)."""
+        with translate_errors(self.conn):
+            row = self.conn.execute(
+                "SELECT 1 FROM journal AS j JOIN subscribers AS s ON s.id = j.subscriber_id "
+                "WHERE j.issue = ? AND j.state IN ('queued', 'deferred') "
+                "AND s.id > ? AND s.status = 'active' LIMIT 1",
+                (self.issue, after_id),
+            ).fetchone()
+        return row is not None
 
     def mark_sending(self, subscriber_ids: Sequence[int], provider: str) -> set[int]:
         """Commit ``sending`` for the ids still queued/deferred and still active; return those.
@@ -286,7 +305,7 @@ class SendJournal:
         if not subscriber_ids:
             return set()
         marks = ",".join("?" * len(subscriber_ids))
-        with transaction(self.conn):
+        with transaction(self.conn, exclusive=False):
             rows = self.conn.execute(
                 f"UPDATE journal SET state = 'sending', attempts = attempts + 1, provider = ?, "
                 f"updated_at = ? WHERE issue = ? AND state IN ('queued', 'deferred') "
@@ -314,7 +333,8 @@ class SendJournal:
         ]
         if not params:
             return
-        with transaction(self.conn):
+        # Only rows this run has marked ``sending``: no other writer needs keeping out.
+        with transaction(self.conn, exclusive=False):
             self.conn.executemany(
                 "UPDATE journal SET state = ?, provider_message_id = ?, reason = ?, "
                 "updated_at = ?, sent_at = COALESCE(?, sent_at) "

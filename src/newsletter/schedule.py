@@ -33,7 +33,7 @@ from newsletter.journal import JournalState, SendJournal
 from newsletter.send import Progress, Sender, SendOptions, SendReport, prepare_send
 from newsletter.settings import Settings
 from newsletter.status import month_of
-from newsletter.store import now_utc, open_store, transaction
+from newsletter.store import may_exist, now_utc, open_store, transaction
 
 Clock = Callable[[], datetime]
 _WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
@@ -247,7 +247,7 @@ def unschedule(settings: Settings, issue: str) -> Schedule:
 
 def list_schedules(settings: Settings) -> list[Schedule]:
     """Every schedule, the next one first; sent ones last."""
-    if not settings.paths.database.exists():
+    if not may_exist(settings.paths.database):
         return []
     conn = open_store(settings.paths.database, readonly=True)
     try:
@@ -298,7 +298,7 @@ class DueOptions:
 def send_due(settings: Settings, options: DueOptions | None = None) -> list[DueSend]:
     """Start (or resume) every scheduled send that is due at ``options.clock()``."""
     options = options or DueOptions()
-    if not settings.paths.database.exists():
+    if not may_exist(settings.paths.database):
         return []
     rules = schedule_settings(settings)
     now = options.clock()

@@ -38,7 +38,7 @@ from newsletter.providers.base import DeliveryResult
 from newsletter.providers.outbox import DryRunWriter
 from newsletter.rate import TokenBucket, parse_rate
 from newsletter.render import RenderedIssue
-from newsletter.send_lock import send_lock
+from newsletter.send_lock import SendLock, send_lock
 from newsletter.settings import Settings
 from newsletter.store import StoreConnection, get_subscriber, normalize_email, open_store
 from newsletter.tokens import Signer, unsubscribe_url, web_url
@@ -90,6 +90,8 @@ class SendReport:
     missing_credentials: list[str] = field(default_factory=list)
     outbox: Path | None = None
     stopped: str = ""  # why the run stopped early, if it did
+    # Other senders of the issue were still running when this one finished (PostgreSQL).
+    other_senders: bool = False
 
     @property
     def handled(self) -> int:
@@ -211,9 +213,10 @@ class Sender:
             if self.options.dry_run:
                 self._dry_run(conn)
             else:
-                with send_lock(self.job.settings.paths.database, self.job.month):
+                alone = self.options.resend_uncertain or self.options.retry_failed
+                with send_lock(conn, self.job.month, alone=alone) as lock:
                     try:
-                        self._send(conn)
+                        self._send(conn, lock)
                     finally:
                         self._audit(conn)
         finally:
@@ -231,7 +234,7 @@ class Sender:
         with contextlib.suppress(StoreError):
             audit.record(conn, "send", detail, report.sent)
 
-    def _send(self, conn: StoreConnection) -> None:
+    def _send(self, conn: StoreConnection, lock: SendLock) -> None:
         journal = SendJournal(conn, self.job.month)
         journal.record_issue(self.job.topics, self.job.rendered.subject)
         # --resend-uncertain takes a person's word even with an idempotency key: the key of a
@@ -250,19 +253,28 @@ class Sender:
 
         chunk = self.provider.batch_size
         handed_over = 0
+        last = 0
         self.provider.open()
         try:
             # Rows deferred in this run are picked up again by the next run, not this one:
             # the keyset (after_id) only moves forward.
-            for rows in journal.pending_batches(chunk):
-                if self.options.pause is not None:
-                    self.report.stopped = self.options.pause()
-                    if self.report.stopped:
-                        break
+            while True:
+                reason = self.options.pause() if self.options.pause is not None else ""
+                if reason:
+                    # Stopped only if work was left; asked before the claim, so that a pause
+                    # leaves nothing marked "sending".
+                    if journal.any_to_send(after_id=last):
+                        self.report.stopped = reason
+                    break
+                size = chunk
                 if self.options.limit is not None:
-                    rows = rows[: max(0, self.options.limit - handed_over)]
-                    if not rows:
+                    size = min(chunk, self.options.limit - handed_over)
+                    if size <= 0:
                         break
+                rows = journal.claim_batch(size, self.provider.name, after_id=last)
+                if not rows:
+                    break
+                last = rows[-1][0]
                 handed_over += len(rows)
                 self._deliver(journal, rows)
                 self._progress(total)
@@ -273,7 +285,11 @@ class Sender:
         # Those who left while the send ran were passed over by the batch reads; forget them.
         if self.options.limit is None:
             self.report.left_the_list += journal.drop_inactive_queued()
-        self.report.uncertain = journal.entries(JournalState.SENDING, limit=UNCERTAIN_LISTED)
+        # Rows other senders have in flight look just like uncertain ones: only the last
+        # sender of the issue to finish can tell which are.
+        self.report.other_senders = lock.others_running()
+        if not self.report.other_senders:
+            self.report.uncertain = journal.entries(JournalState.SENDING, limit=UNCERTAIN_LISTED)
         self.report.failures = [
             (e.subscriber_id, e.email, e.reason)
             for e in journal.entries(JournalState.FAILED, limit=UNCERTAIN_LISTED)
@@ -321,9 +337,8 @@ class Sender:
         return messages, refused
 
     def _deliver(self, journal: SendJournal, rows: Sequence[tuple[int, str, str]]) -> None:
-        marked = journal.mark_sending([r[0] for r in rows], self.provider.name)
-        self.report.left_the_list += len(rows) - len(marked)
-        messages, refused = self._messages([r for r in rows if r[0] in marked])
+        """Hand over ``rows`` (claimed: already marked ``sending``) and record each outcome."""
+        messages, refused = self._messages(rows)
         if refused:
             journal.record(refused)
             self.report.failed += len(refused)

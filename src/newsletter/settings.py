@@ -7,6 +7,7 @@ the key instead of surfacing later as a wrong email.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
+from newsletter.database_url import DatabaseUrl, StoreLocation, is_database_url
 from newsletter.errors import SettingsError, describe_character
 from newsletter.taxonomy import Taxonomy, slugify
 from newsletter.webhook_settings import WebhookSettings, parse_webhooks
@@ -51,7 +53,8 @@ class Paths:
     issues: Path
     templates: Path
     build: Path
-    database: Path
+    # The subscriber store: a SQLite file, or a PostgreSQL URL (see store_location).
+    database: StoreLocation
 
 
 @dataclass(frozen=True)
@@ -283,7 +286,7 @@ def _build(raw: dict[str, Any], *, source: Path | None, root: Path) -> Settings:
 
     paths = Paths(
         **{key: (root / get("paths", key)).resolve() for key in ("issues", "templates", "build")},
-        database=(root / get("paths", "database")).resolve(),
+        database=store_location(get("paths", "database"), root, where),
     )
 
     topics_file = get("newsletter", "topics_file", "")
@@ -365,6 +368,49 @@ def _address(value: str, where: Path, key: str) -> str:
         raise SettingsError(
             f"{value!r} is not an email address: {exc}", path=where, key=key
         ) from None
+
+
+# Wins over [paths] database: a server's password belongs in the environment, not in a file.
+DATABASE_URL_VARIABLE = "NEWSLETTER_DATABASE_URL"
+
+
+def store_location(value: str, root: Path, where: Path) -> StoreLocation:
+    """``[paths] database`` (or NEWSLETTER_DATABASE_URL, which wins) as a store's location.
+
+    A ``postgresql://`` (or ``postgres://``) URL names a PostgreSQL store; anything else is
+    the SQLite file's path, relative to the settings' folder.
+    """
+    key = "paths.database"
+    from_environment = os.environ.get(DATABASE_URL_VARIABLE, "").strip()
+    if from_environment:
+        value, where, key = from_environment, Path(f"${DATABASE_URL_VARIABLE}"), ""
+    if not is_database_url(value):
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
+            raise SettingsError(
+                f"{value.split('://', 1)[0]}:// is not a store this tool knows: give a SQLite "
+                "file's path or a postgresql:// URL",
+                path=where,
+                key=key,
+            )
+        return (root / value).resolve()
+    location = DatabaseUrl(value)
+    bad = next((c for c in value if c.isspace() or ord(c) < 32), None)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        raise SettingsError(f"{location} is not a valid URL ({exc})", path=where, key=key) from None
+    if bad is not None:
+        raise SettingsError(
+            f"{location} contains {describe_character(bad)}; percent-encode it (%20 for a space)",
+            path=where,
+            key=key,
+        )
+    if not parts.path.strip("/"):
+        raise SettingsError(
+            f"{location} names no database: end it with /DATABASE_NAME", path=where, key=key
+        )
+    return location
 
 
 def check_url(value: object, where: Path, key: str, *, site: bool = False) -> str:

@@ -471,6 +471,11 @@ def open_store(
     return _open_writable(path, timeout)
 
 
+def may_exist(location: StoreLocation) -> bool:
+    """False when the store surely does not exist yet (no SQLite file); a server is asked later."""
+    return isinstance(location, DatabaseUrl) or Path(location).exists()
+
+
 def as_location(value: str) -> StoreLocation:
     """A store's location as the settings or the command line give it."""
     return DatabaseUrl(value) if is_database_url(value) else Path(value)
@@ -482,7 +487,7 @@ def _open_postgres(location: DatabaseUrl, timeout: float, *, create: bool) -> St
 
     conn = PostgresConnection.connect(location, timeout=timeout)
     try:
-        if not create and _schema_version(conn) == 0:
+        if not create and schema_version(conn) == 0:
             raise StoreError(
                 f"{location}: there is no subscriber store in this database. Check [paths] "
                 "database (or NEWSLETTER_DATABASE_URL), or create it first (`newsletter "
@@ -542,7 +547,7 @@ def _open_readonly(path: Path) -> StoreConnection:
     conn.path = path
     try:
         with translate_errors(conn):
-            version = _schema_version(conn)
+            version = schema_version(conn)
     except BaseException:
         conn.close()
         raise
@@ -577,7 +582,7 @@ def _require_existing(path: Path) -> None:
 
 def _migrate(conn: StoreConnection) -> None:
     with translate_errors(conn):
-        version = _schema_version(conn)
+        version = schema_version(conn)
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"{conn.path}: the store has schema version {version}, but this version of "
@@ -593,7 +598,7 @@ def _migrate(conn: StoreConnection) -> None:
             conn.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS newsletter_schema (version INTEGER NOT NULL)")
         # Another process may have migrated while this one waited for the lock.
-        version = _schema_version(conn)
+        version = schema_version(conn)
         for step in MIGRATIONS[version:]:
             for statement in step:
                 if not postgres:
@@ -608,7 +613,7 @@ def _migrate(conn: StoreConnection) -> None:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def _schema_version(conn: StoreConnection) -> int:
+def schema_version(conn: StoreConnection) -> int:
     if conn.dialect == "postgresql":
         if conn.execute("SELECT to_regclass('newsletter_schema')").fetchone()[0] is None:
             return 0

@@ -86,6 +86,11 @@ def print_summary(report: SendReport) -> None:
             click.echo(f"  uncertain: {entry.email} (subscriber {entry.subscriber_id})")
         if len(report.uncertain) >= UNCERTAIN_LISTED:
             click.echo(f"  … the list may go on: newsletter status {report.issue}")
+    if report.other_senders:
+        click.echo(
+            "Other senders of this issue are still running: the last one to finish lists the "
+            f"uncertain recipients, if any (`newsletter status {report.issue}` shows them too)."
+        )
     if report.deferred:
         click.echo(
             f"{report.deferred:,} deferred by temporary failures: run the same command again to retry them."

@@ -13,9 +13,9 @@ import queue
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from newsletter import events, store
+from newsletter.database_url import StoreLocation
 from newsletter.errors import StoreError
 from newsletter.store import StoreConnection
 
@@ -43,7 +43,9 @@ class _Job:
 class EventWriter:
     """Records events for any number of request threads through one connection and thread."""
 
-    def __init__(self, database: Path, *, soft_bounce_threshold: int, remember_seconds: float):
+    def __init__(
+        self, database: StoreLocation, *, soft_bounce_threshold: int, remember_seconds: float
+    ):
         self.database = database
         self.soft_bounce_threshold = soft_bounce_threshold
         self.remember_seconds = remember_seconds
