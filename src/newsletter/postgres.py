@@ -21,8 +21,11 @@ dialects spell differently. The differences are all here, each named:
 from __future__ import annotations
 
 import functools
+import os
 import re
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -201,3 +204,68 @@ def held_by_another(conn: StoreConnection, key: int) -> bool:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --- A pool, for the web app ------------------------------------------------------------------
+
+
+class PostgresPool:
+    """Connections to a PostgreSQL store, kept open between requests (psycopg-pool).
+
+    Made on first use in each process: a pool's threads and sockets do not survive the fork
+    that starts a gunicorn worker.
+    """
+
+    def __init__(self, location: DatabaseUrl, *, timeout: float, max_size: int = 8):
+        self.location = location
+        self.timeout = timeout
+        self.max_size = max_size
+        self._pool: Any = None
+        self._pid = 0
+        self._guard = threading.Lock()
+
+    def _current(self) -> Any:
+        from psycopg_pool import ConnectionPool
+
+        with self._guard:
+            if self._pool is None or self._pid != os.getpid():
+                self._pool = ConnectionPool(
+                    self.location.url,
+                    min_size=1,
+                    max_size=self.max_size,
+                    kwargs={
+                        "autocommit": True,
+                        "options": f"-c lock_timeout={int(self.timeout * 1000)}",
+                    },
+                    timeout=self.timeout,
+                    open=True,
+                )
+                self._pid = os.getpid()
+            return self._pool
+
+    @contextmanager
+    def connection(self) -> Iterator[PostgresConnection]:
+        from psycopg_pool import PoolTimeout
+
+        try:
+            context = self._current().connection()
+            raw = context.__enter__()
+        except (PoolTimeout, psycopg.Error) as exc:
+            raise StoreError(
+                f"{self.location}: no connection to the PostgreSQL server ({_first_line(exc)})",
+                cause=f"no connection to {self.location}",
+            ) from None
+        conn = PostgresConnection(self.location, raw)
+        try:
+            yield conn
+        except BaseException as exc:
+            context.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        else:
+            context.__exit__(None, None, None)
+
+    def close(self) -> None:
+        with self._guard:
+            if self._pool is not None and self._pid == os.getpid():
+                self._pool.close()
+            self._pool = None

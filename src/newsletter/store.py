@@ -21,7 +21,7 @@ import re
 import sqlite3
 import string
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -469,6 +469,36 @@ def open_store(
         except StoreReadOnly:
             return _open_readonly(path)
     return _open_writable(path, timeout)
+
+
+class StoreConnections:
+    """Connections to one store for a long-running process (the web app), one per use.
+
+    SQLite connections are cheap: a fresh one each time, so that threads never share one.
+    A PostgreSQL connection costs a round trip and a server process: those come from a pool.
+    """
+
+    def __init__(self, location: StoreLocation, *, timeout: float = BUSY_TIMEOUT_SECONDS):
+        self.location = location
+        self.timeout = timeout
+        self._pool: Any = None
+        if isinstance(location, DatabaseUrl):
+            from newsletter.postgres import PostgresPool
+
+            self._pool = PostgresPool(location, timeout=timeout)
+
+    @contextmanager
+    def connection(self) -> Iterator[StoreConnection]:
+        if self._pool is None:
+            with closing(open_store(self.location, timeout=self.timeout, create=False)) as conn:
+                yield conn
+        else:
+            with self._pool.connection() as conn:
+                yield conn
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
 
 
 def may_exist(location: StoreLocation) -> bool:

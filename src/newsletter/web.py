@@ -38,7 +38,7 @@ import socketserver
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http import HTTPStatus
@@ -200,6 +200,7 @@ class WebApp:
         # Nor without the store: a mistyped path would answer "you are unsubscribed" while
         # the real list keeps mailing the reader. This also migrates it once, up front.
         store.open_store(settings.paths.database, create=False).close()
+        self.connections = store.StoreConnections(settings.paths.database)
         self.clock = clock
         self.full_ip = consent.full_ip_from_settings(settings)
         # The version of the consent text each page shows: a hash of its template as found,
@@ -555,9 +556,9 @@ class WebApp:
 
     @contextmanager
     def _store(self) -> Iterator[StoreConnection]:
-        # One short-lived connection per request: SQLite connections are cheap, and this keeps
-        # threads (or worker processes) from sharing one.
-        with closing(store.open_store(self.settings.paths.database, create=False)) as conn:
+        # One connection per request (a fresh one on SQLite, a pooled one on PostgreSQL), so
+        # that threads (or worker processes) never share one.
+        with self.connections.connection() as conn:
             yield conn
 
     @staticmethod
