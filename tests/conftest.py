@@ -158,10 +158,14 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
     Fails (never skips) when it cannot start: CI installs the server through the Makefile, and
     scripts/install-postgresql does it by hand.
     """
+    cluster = PostgresCluster()
+    problem = None
     try:
-        cluster = PostgresCluster().start()
+        cluster.start()
     except PostgresClusterError as error:
-        pytest.fail(f"the tests' PostgreSQL server did not start: {error}", pytrace=False)
+        problem = str(error)
+    if problem is not None:
+        pytest.fail(f"the tests' PostgreSQL server did not start: {problem}", pytrace=False)
     try:
         yield cluster
     finally:
