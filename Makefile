@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint format typecheck goldens bench browser clean
+.PHONY: demo test lint format typecheck goldens bench browser postgresql clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +16,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	bash scripts/demo
 
-## test: the whole test suite (installs headless Chromium for the browser tests when missing)
-test: $(STAMP) browser
+## test: the whole test suite (installs headless Chromium for the browser tests, and PostgreSQL's
+## server for the tests that start a private one, when missing)
+test: $(STAMP) browser postgresql
 	$(BIN)/python -m pytest
 
 browser:
 	bash scripts/install-browser
+
+postgresql:
+	bash scripts/install-postgresql
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import pytest
 
 from newsletter.messages import PreparedIssue, Recipient, prepare_issue
 from newsletter.settings import Settings, load_settings
+
+from .pg_cluster import PostgresCluster, PostgresClusterError
 
 REPO = Path(__file__).resolve().parent.parent
 # The monthly sample issues; the welcome email (issues/welcome.md) is read the same way, apart.
@@ -145,3 +149,56 @@ def write_issue(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture
 def prepared(settings: Settings) -> PreparedIssue:
     return prepare_issue(make_rendered(), settings)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One private PostgreSQL server for the whole session, started when a test first asks.
+
+    Fails (never skips) when it cannot start: CI installs the server through the Makefile, and
+    scripts/install-postgresql does it by hand.
+    """
+    cluster = PostgresCluster()
+    problem = None
+    try:
+        cluster.start()
+    except PostgresClusterError as error:
+        problem = str(error)
+    if problem is not None:
+        pytest.fail(f"the tests' PostgreSQL server did not start: {problem}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+_database_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def new_postgres_database(
+    postgres_cluster: PostgresCluster, request: pytest.FixtureRequest
+) -> Iterator[Callable[[], str]]:
+    """Makes new, empty databases of the session's server for this test (copies of template0:
+    UTF8, locale C, superuser postgres, no password) and returns their URLs; drops them after."""
+    slug = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")
+    made: list[str] = []
+
+    def new() -> str:
+        name = f"t{next(_database_numbers)}_{slug}"[:63].rstrip("_")
+        url = postgres_cluster.new_database(name)
+        made.append(name)
+        return url
+
+    try:
+        yield new
+    finally:
+        for name in made:
+            postgres_cluster.drop_database(name)
+
+
+@pytest.fixture
+def postgres_url(new_postgres_database: Callable[[], str]) -> str:
+    """The URL of a new, empty database for this test alone, e.g.
+    ``postgresql://postgres@127.0.0.1:PORT/t12_test_name``; dropped afterwards."""
+    return new_postgres_database()
