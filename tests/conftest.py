@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import textwrap
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from newsletter.database_url import DatabaseUrl, StoreLocation
 from newsletter.messages import PreparedIssue, Recipient, prepare_issue
 from newsletter.settings import Settings, load_settings
 
@@ -202,3 +204,29 @@ def postgres_url(new_postgres_database: Callable[[], str]) -> str:
     """The URL of a new, empty database for this test alone, e.g.
     ``postgresql://postgres@127.0.0.1:PORT/t12_test_name``; dropped afterwards."""
     return new_postgres_database()
+
+
+# --- The store on both backends ---------------------------------------------------------------
+# A module that runs its tests on SQLite and on PostgreSQL alike says
+# ``pytestmark = pytest.mark.usefixtures("store_backend")``: every test then runs twice, and
+# every settings file it loads names the backend's store (NEWSLETTER_DATABASE_URL wins over
+# [paths] database). A test that opens a store itself uses ``store_location``.
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def store_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "postgresql":
+        monkeypatch.setenv("NEWSLETTER_DATABASE_URL", request.getfixturevalue("postgres_url"))
+    else:
+        monkeypatch.delenv("NEWSLETTER_DATABASE_URL", raising=False)
+    return str(request.param)
+
+
+@pytest.fixture
+def store_location(store_backend: str, tmp_path: Path) -> StoreLocation:
+    """Where this test's store is: a SQLite file in tmp_path, or a fresh PostgreSQL database."""
+    if store_backend == "postgresql":
+        return DatabaseUrl(os.environ["NEWSLETTER_DATABASE_URL"])
+    return tmp_path / "newsletter.db"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from newsletter import store
+from newsletter.database_url import StoreLocation
 from newsletter.errors import StoreError
 from newsletter.journal import JournalState, Outcome, Resend, SendJournal
 from newsletter.store import Status
@@ -20,8 +21,8 @@ TOPICS = (EMPATHY,)
 
 
 @pytest.fixture
-def conn(tmp_path: Path) -> Iterator[store.StoreConnection]:
-    connection = store.open_store(tmp_path / "newsletter.db")
+def conn(store_location: StoreLocation) -> Iterator[store.StoreConnection]:
+    connection = store.open_store(store_location)
     taxonomy = Taxonomy.default()
     # 1-6 active (4 chose Common Factors only, 5 chose Empathy), 7 unsubscribed, 8 pending.
     for n in range(1, 9):
@@ -196,5 +197,5 @@ def test_journal_statements_fail_as_store_errors_naming_the_file(
 ) -> None:
     journal = SendJournal(conn, ISSUE)
     conn.execute("DROP TABLE journal")
-    with pytest.raises(StoreError, match=r"newsletter\.db"):
+    with pytest.raises(StoreError, match=re.escape(str(conn.path))):
         journal.counts()

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -11,16 +13,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from newsletter import store, subscribe_requests
+from newsletter.database_url import StoreLocation
 from newsletter.errors import InvalidInput, StoreError
 from newsletter.store import Status
 from newsletter.taxonomy import Taxonomy
+
+from .pg_cluster import PostgresCluster
 
 TAXONOMY = Taxonomy.default()
 
 
 @pytest.fixture
-def conn(tmp_path: Path) -> Iterator[store.StoreConnection]:
-    connection = store.open_store(tmp_path / "newsletter.db")
+def conn(store_location: StoreLocation) -> Iterator[store.StoreConnection]:
+    connection = store.open_store(store_location)
     yield connection
     connection.close()
 
@@ -58,7 +63,7 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     assert path.read_bytes() == junk
 
 
-def test_add_normalises_and_is_unique_regardless_of_case(conn: sqlite3.Connection) -> None:
+def test_add_normalises_and_is_unique_regardless_of_case(conn: store.StoreConnection) -> None:
     added = store.add_subscriber(
         conn,
         " Ana.Silva@Example.ORG ",
@@ -89,14 +94,14 @@ def test_add_normalises_and_is_unique_regardless_of_case(conn: sqlite3.Connectio
     ids=["address", "topic", "name"],
 )
 def test_add_rejects_bad_values(
-    conn: sqlite3.Connection, kwargs: dict[str, object], message: str
+    conn: store.StoreConnection, kwargs: dict[str, object], message: str
 ) -> None:
     with pytest.raises(InvalidInput, match=message):
         store.add_subscriber(conn, taxonomy=TAXONOMY, **kwargs)
     assert store.count_subscribers(conn) == 0
 
 
-def test_set_status_records_when_why_and_who(conn: sqlite3.Connection) -> None:
+def test_set_status_records_when_why_and_who(conn: store.StoreConnection) -> None:
     store.add_subscriber(conn, "p@example.org", status=Status.PENDING)
     pending = store.require_subscriber(conn, "p@example.org")
     assert pending.confirmed_at is None
@@ -115,7 +120,7 @@ def test_set_status_records_when_why_and_who(conn: sqlite3.Connection) -> None:
         store.set_status(conn, "nobody@example.org", Status.BOUNCED)
 
 
-def test_batches_are_keyset_paginated_and_filtered(conn: sqlite3.Connection) -> None:
+def test_batches_are_keyset_paginated_and_filtered(conn: store.StoreConnection) -> None:
     for i in range(25):
         store.add_subscriber(
             conn,
@@ -141,7 +146,7 @@ def test_batches_are_keyset_paginated_and_filtered(conn: sqlite3.Connection) -> 
     assert {s.topics for s in naming_only_other} == {()}
 
 
-def test_stats_counts_by_status_topic_and_month(conn: sqlite3.Connection) -> None:
+def test_stats_counts_by_status_topic_and_month(conn: store.StoreConnection) -> None:
     store.add_subscriber(conn, "a@example.org", topics=["Empathy", "Training"])
     store.add_subscriber(conn, "b@example.org", topics=["Empathy"], status=Status.PENDING)
     store.add_subscriber(conn, "c@example.org")
@@ -156,7 +161,7 @@ def test_stats_counts_by_status_topic_and_month(conn: sqlite3.Connection) -> Non
     assert result.growth[-1][2] == 3
 
 
-def test_remove_forgets_the_address(conn: sqlite3.Connection) -> None:
+def test_remove_forgets_the_address(conn: store.StoreConnection) -> None:
     store.add_subscriber(conn, "gone@example.org")
     removed = store.remove_subscriber(conn, "GONE@example.org")
     assert removed.email == "gone@example.org"
@@ -177,7 +182,70 @@ def test_a_locked_store_is_a_clear_error_and_changes_nothing(tmp_path: Path) -> 
     conn.close()
 
 
-def test_a_full_disk_is_a_clear_error_and_rolls_back(conn: sqlite3.Connection) -> None:
+# --- PostgreSQL's own failures -------------------------------------------------------------
+
+
+def test_a_postgres_store_is_made_and_versioned_once(postgres_url: str) -> None:
+    with closing(store.open_store(postgres_url)) as conn:
+        assert store.schema_version(conn) == store.SCHEMA_VERSION
+        assert conn.execute("SELECT count(*) FROM newsletter_schema").fetchone()[0] == 1
+        store.add_subscriber(conn, "a@example.org")
+    with closing(store.open_store(postgres_url, create=False)) as conn:  # migrates nothing
+        assert store.count_subscribers(conn) == 1
+
+
+def test_an_empty_postgres_database_is_no_store_unless_asked_to_create_one(
+    postgres_url: str,
+) -> None:
+    with pytest.raises(StoreError, match="there is no subscriber store in this database"):
+        store.open_store(postgres_url, create=False)
+    with pytest.raises(StoreError, match="there is no subscriber store"):
+        store.open_store(postgres_url, readonly=True)
+
+
+def test_a_postgres_store_from_a_newer_version_is_refused(postgres_url: str) -> None:
+    with closing(store.open_store(postgres_url)) as conn:
+        conn.execute("UPDATE newsletter_schema SET version = ?", (store.SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="upgrade newsletter"):
+        store.open_store(postgres_url)
+
+
+def test_an_unreachable_server_names_the_url_without_its_password(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://newsletter:s3cret-pw@127.0.0.1:{port}/list"
+    with pytest.raises(StoreError) as raised:
+        store.open_store(url, timeout=1)
+    message = str(raised.value)
+    assert "cannot connect to the PostgreSQL store" in message
+    assert f"postgresql://newsletter:***@127.0.0.1:{port}/list" in message
+    assert "s3cret-pw" not in message
+    missing = postgres_cluster.url("no_such_database")
+    with pytest.raises(StoreError, match='database "no_such_database" does not exist'):
+        store.open_store(missing)
+
+
+def test_a_postgres_store_held_by_another_writer_is_a_clear_error(postgres_url: str) -> None:
+    store.open_store(postgres_url).close()
+    holder = store.open_store(postgres_url)
+    conn = store.open_store(postgres_url, timeout=0.2)
+    try:
+        with store.transaction(holder):
+            with pytest.raises(StoreError, match="locked by another process"):
+                store.add_subscriber(conn, "a@example.org")
+            assert not conn.in_transaction
+        assert store.count_subscribers(conn) == 0
+        store.add_subscriber(conn, "a@example.org")  # free again
+    finally:
+        holder.close()
+        conn.close()
+
+
+def test_a_full_disk_is_a_clear_error_and_rolls_back(tmp_path: Path) -> None:
+    conn = store.open_store(tmp_path / "newsletter.db")  # SQLite's size limit plays the disk
     store.add_subscriber(conn, "first@example.org")
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages}")
@@ -227,7 +295,7 @@ def _assert_normalised_like_email_validator(address: str) -> None:
 
 
 def test_invalid_input_is_a_value_error_and_never_a_store_failure(
-    conn: sqlite3.Connection,
+    conn: store.StoreConnection,
 ) -> None:
     with pytest.raises(InvalidInput) as caught:
         store.add_subscriber(conn, "not an address")
@@ -245,7 +313,7 @@ def _store_at_version(path: Path, version: int) -> None:
 
 
 def test_an_id_is_never_given_twice_even_after_the_highest_is_removed(
-    conn: sqlite3.Connection,
+    conn: store.StoreConnection,
 ) -> None:
     first = store.add_subscriber(conn, "a@example.org")
     last = store.add_subscriber(conn, "b@example.org")
@@ -283,7 +351,7 @@ def test_an_older_store_keeps_its_rows_and_never_reuses_an_id_the_journal_names(
 
 
 def test_remove_forgets_topics_history_confirmations_and_reasons(
-    conn: sqlite3.Connection,
+    conn: store.StoreConnection,
 ) -> None:
     ana = store.add_subscriber(
         conn, "ana@example.org", topics=["Empathy"], taxonomy=TAXONOMY, status=Status.PENDING
@@ -306,7 +374,7 @@ def test_remove_forgets_topics_history_confirmations_and_reasons(
         (ana.id,),
     )
     store.remove_subscriber(conn, "ana@example.org")
-    dump = "\n".join(conn.iterdump())
+    dump = repr([conn.execute(f"SELECT * FROM {t}").fetchall() for t in store.table_names(conn)])
     assert "ana@example.org" not in dump
     assert store.topic_history(conn, ana.id) == []
     assert subscribe_requests.queued_count(conn) == 0

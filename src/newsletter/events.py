@@ -275,8 +275,10 @@ def _apply(
             "INSERT INTO soft_bounce_scores (subscriber_id, score, last_day) VALUES (?, 1, ?) "
             "ON CONFLICT (subscriber_id) DO UPDATE SET "
             # Only a later day counts: a late or retried event of an earlier day is no new day.
-            "score = score + (excluded.last_day > last_day), "
-            "last_day = max(last_day, excluded.last_day) RETURNING score",
+            "score = soft_bounce_scores.score"
+            " + CASE WHEN excluded.last_day > soft_bounce_scores.last_day THEN 1 ELSE 0 END, "
+            "last_day = CASE WHEN excluded.last_day > soft_bounce_scores.last_day"
+            " THEN excluded.last_day ELSE soft_bounce_scores.last_day END RETURNING score",
             (subscriber_id, day),
         ).fetchone()[0]
         if int(score) < threshold:

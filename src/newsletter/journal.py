@@ -264,16 +264,20 @@ class SendJournal:
         """
         skip_locked = " FOR UPDATE OF j SKIP LOCKED" if self.conn.dialect == "postgresql" else ""
         with transaction(self.conn, exclusive=False):
+            # MATERIALIZED: the choice is made once. Inlined into the UPDATE, PostgreSQL may
+            # run a locking subquery again and claim more than ``size`` rows.
             claimed = self.conn.execute(
-                "UPDATE journal SET state = 'sending', attempts = attempts + 1, provider = ?, "
-                "updated_at = ? WHERE issue = ? AND subscriber_id IN ("
+                "WITH chosen AS MATERIALIZED ("
                 "SELECT s.id FROM journal AS j JOIN subscribers AS s ON s.id = j.subscriber_id "
                 "WHERE j.issue = ? AND j.state IN ('queued', 'deferred') "
                 "AND s.id > ? AND s.status = 'active' "
                 # Ordered by s.id, which the (status, id) index yields in order, so the
                 # query stops at LIMIT instead of sorting every remaining row per batch.
-                f"ORDER BY s.id LIMIT ?{skip_locked}) RETURNING subscriber_id",
-                (provider, now_utc(), self.issue, self.issue, after_id, size),
+                f"ORDER BY s.id LIMIT ?{skip_locked}) "
+                "UPDATE journal SET state = 'sending', attempts = attempts + 1, provider = ?, "
+                "updated_at = ? WHERE issue = ? AND subscriber_id IN (SELECT id FROM chosen) "
+                "RETURNING subscriber_id",
+                (self.issue, after_id, size, provider, now_utc(), self.issue),
             ).fetchall()
             if not claimed:
                 return []

@@ -653,6 +653,21 @@ def schema_version(conn: StoreConnection) -> int:
     return int(row[0])
 
 
+def table_names(conn: StoreConnection) -> list[str]:
+    """The store's tables (not the schema's version record), by name."""
+    with translate_errors(conn):
+        if conn.dialect == "postgresql":
+            rows = conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+                "current_schema() AND table_type = 'BASE TABLE' AND table_name != 'newsletter_schema'"
+            ).fetchall()
+        else:
+            rows = conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'"
+            ).fetchall()
+    return sorted(str(r[0]) for r in rows)
+
+
 def _where(conn: StoreConnection | sqlite3.Connection) -> str:
     return str(getattr(conn, "path", "the subscriber store"))
 
@@ -734,8 +749,8 @@ def transaction(conn: StoreConnection, *, exclusive: bool = True) -> Iterator[St
     on PostgreSQL they then run beside each other, kept apart by their rows' locks.
     """
     with translate_errors(conn):
-        conn.begin(exclusive=exclusive)
         try:
+            conn.begin(exclusive=exclusive)  # on PostgreSQL, waiting for the lock may fail
             yield conn
             conn.execute("COMMIT")
         except BaseException:

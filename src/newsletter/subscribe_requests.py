@@ -90,7 +90,7 @@ def _take(conn: StoreConnection, bucket: str, allowance: Allowance, now: float) 
         return False
     conn.execute(
         "INSERT INTO rate_windows (bucket, window, hits, expires) VALUES (?, ?, 1, ?) "
-        "ON CONFLICT (bucket, window) DO UPDATE SET hits = hits + 1",
+        "ON CONFLICT (bucket, window) DO UPDATE SET hits = rate_windows.hits + 1",
         (bucket, window, (window + 1) * allowance.seconds),
     )
     return True
@@ -134,8 +134,8 @@ def record_request(
                 " created_at, status_changed_at, status_reason, status_source)"
                 " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, 'asked to subscribe', ?)"
                 " ON CONFLICT (email_key) DO UPDATE SET status_changed_at = CASE"
-                " WHEN status = 'pending' THEN excluded.status_changed_at"
-                " ELSE status_changed_at END",
+                " WHEN subscribers.status = 'pending' THEN excluded.status_changed_at"
+                " ELSE subscribers.status_changed_at END",
                 (
                     email,
                     key,
@@ -156,7 +156,7 @@ def record_request(
             queued = conn.execute(
                 "INSERT INTO confirmation_sends (email_key, sent_at) VALUES (?, ?)"
                 " ON CONFLICT (email_key) DO UPDATE SET sent_at = excluded.sent_at"
-                " WHERE sent_at <= ? RETURNING 1",
+                " WHERE confirmation_sends.sent_at <= ? RETURNING 1",
                 (key, stamp, stamp_of(now - CONFIRMATION_INTERVAL_SECONDS)),
             ).fetchall()
             conn.execute(
