@@ -298,11 +298,14 @@ def log_changes(conn: StoreConnection, import_id: int, changes: Sequence[Change]
 def log_added(conn: StoreConnection, import_id: int, count: int) -> None:
     """Inside a slice, right after inserting ``count`` subscribers: remember their ids.
 
-    Under the write lock AUTOINCREMENT gives one insert after another consecutive ids, and
-    never gives them again, so a range names exactly the subscribers this import added.
+    Under the write lock AUTOINCREMENT (on PostgreSQL, the identity column's sequence) gives
+    one insert after another consecutive ids, and never gives them again, so a range names
+    exactly the subscribers this import added.
     """
     if count:
-        last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+        # PostgreSQL has no last_insert_rowid(): lastval() is the sequence's last in the session.
+        newest = "lastval()" if conn.dialect == "postgresql" else "last_insert_rowid()"
+        last = int(conn.execute(f"SELECT {newest}").fetchone()[0])
         conn.execute(
             "INSERT INTO import_added (import_id, first_id, last_id) VALUES (?, ?, ?)",
             (import_id, last - count + 1, last),
@@ -342,7 +345,7 @@ def record_progress(
 
 def purge_undo_log(conn: StoreConnection) -> None:
     """Delete the undo log of finished imports, a slice at a time."""
-    finished = "import_id IN (SELECT id FROM imports WHERE finished)"
+    finished = "import_id IN (SELECT id FROM imports WHERE finished = 1)"
     with translate_errors(conn):
         left = conn.execute(
             f"SELECT EXISTS (SELECT 1 FROM import_added WHERE {finished})"
