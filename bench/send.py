@@ -56,7 +56,9 @@ def write_settings(folder: Path, database: str = "") -> None:
     (folder / "newsletter.toml").write_text(
         f'{paths}[provider]\nname = "null"\nbatch_size = 1000\n', "utf-8"
     )
-    (folder / ".newsletter-secret").write_text("benchmark-secret-of-enough-length\n", "utf-8")
+    secret = folder / ".newsletter-secret"
+    secret.write_text("benchmark-secret-of-enough-length\n", "utf-8")
+    secret.chmod(0o600)  # or every sender warns that others could read it
 
 
 def make_folder(folder: Path, count: int) -> None:
