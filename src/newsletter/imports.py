@@ -396,13 +396,15 @@ def undo(conn: StoreConnection, import_id: int) -> int:
                         (now_utc(), import_id),
                     )
                     # The consent events and welcomes of the rows it added go with them.
+                    # NOT EXISTS, not NOT IN: PostgreSQL runs NOT IN (SELECT …) as a scan of
+                    # the subscribers per row once their ids outgrow work_mem.
                     conn.execute(
-                        "DELETE FROM consent_events"
-                        " WHERE subscriber_id NOT IN (SELECT id FROM subscribers)"
+                        "DELETE FROM consent_events WHERE NOT EXISTS (SELECT 1 FROM subscribers"
+                        " AS s WHERE s.id = consent_events.subscriber_id)"
                     )
                     conn.execute(
-                        "DELETE FROM journal WHERE state = 'queued'"
-                        " AND subscriber_id NOT IN (SELECT id FROM subscribers)"
+                        "DELETE FROM journal WHERE state = 'queued' AND NOT EXISTS (SELECT 1"
+                        " FROM subscribers AS s WHERE s.id = journal.subscriber_id)"
                     )
                     return kept
                 kept += step
