@@ -215,7 +215,20 @@ def postgres_url(new_postgres_database: Callable[[], str]) -> str:
 BACKENDS = ["sqlite", "postgresql"]
 
 
-@pytest.fixture(params=BACKENDS)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A test about the SQLite file itself (its path, its locks, a damaged file) says so with
+    # @pytest.mark.sqlite_file and runs once; every other test of such a module runs twice.
+    # One about what only PostgreSQL does says @pytest.mark.postgresql_only.
+    if "store_backend" in metafunc.fixturenames:
+        backends = BACKENDS
+        if metafunc.definition.get_closest_marker("sqlite_file") is not None:
+            backends = ["sqlite"]
+        elif metafunc.definition.get_closest_marker("postgresql_only") is not None:
+            backends = ["postgresql"]
+        metafunc.parametrize("store_backend", backends, indirect=True)
+
+
+@pytest.fixture
 def store_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "postgresql":
         monkeypatch.setenv("NEWSLETTER_DATABASE_URL", request.getfixturevalue("postgres_url"))

@@ -43,6 +43,9 @@ from .web_server import (
 EMPATHY = "Empathy"
 TRAINING = "Common Factors"
 
+# The same tests on both stores (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:

@@ -35,7 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from newsletter.errors import ImportUnfinished, InvalidInput, StoreError
-from newsletter.store import SOURCE_IMPORT, StoreConnection, now_utc, transaction, translate_errors
+from newsletter.store import (
+    SOURCE_IMPORT,
+    StoreConnection,
+    last_inserted_id,
+    now_utc,
+    transaction,
+    translate_errors,
+)
 
 # A slice stops taking more rows once its transaction has been open this long.
 SLICE_SECONDS = 0.08
@@ -302,7 +309,7 @@ def log_added(conn: StoreConnection, import_id: int, count: int) -> None:
     never gives them again, so a range names exactly the subscribers this import added.
     """
     if count:
-        last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+        last = last_inserted_id(conn, "subscribers")
         conn.execute(
             "INSERT INTO import_added (import_id, first_id, last_id) VALUES (?, ?, ?)",
             (import_id, last - count + 1, last),
@@ -342,7 +349,7 @@ def record_progress(
 
 def purge_undo_log(conn: StoreConnection) -> None:
     """Delete the undo log of finished imports, a slice at a time."""
-    finished = "import_id IN (SELECT id FROM imports WHERE finished)"
+    finished = "import_id IN (SELECT id FROM imports WHERE finished != 0)"
     with translate_errors(conn):
         left = conn.execute(
             f"SELECT EXISTS (SELECT 1 FROM import_added WHERE {finished})"
