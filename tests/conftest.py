@@ -7,6 +7,7 @@ import os
 import re
 import textwrap
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,3 +244,40 @@ def store_location(store_backend: str, tmp_path: Path) -> StoreLocation:
     if store_backend == "postgresql":
         return DatabaseUrl(os.environ["NEWSLETTER_DATABASE_URL"])
     return tmp_path / "newsletter.db"
+
+
+@pytest.fixture
+def another_store(
+    store_backend: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Callable[[], None]:
+    """Call it before loading the settings of a second newsletter folder: on PostgreSQL it
+    points the environment at a new, empty database (on SQLite the folder's file is new)."""
+
+    def switch() -> None:
+        if store_backend == "postgresql":
+            new = request.getfixturevalue("new_postgres_database")
+            monkeypatch.setenv("NEWSLETTER_DATABASE_URL", new())
+
+    return switch
+
+
+@contextmanager
+def store_out_of_reach(location: StoreLocation) -> Iterator[None]:
+    """While inside, the store cannot be used (its file moved away; on PostgreSQL, whose
+    server the other tests share, its subscribers table renamed); put back on leaving."""
+    if isinstance(location, Path):
+        moved = location.with_name(location.name + ".moved-away")
+        location.rename(moved)
+        try:
+            yield
+        finally:
+            moved.rename(location)
+        return
+    import psycopg
+
+    with psycopg.connect(location.url, autocommit=True) as raw:
+        raw.execute("ALTER TABLE subscribers RENAME TO subscribers_out_of_reach")
+        try:
+            yield
+        finally:
+            raw.execute("ALTER TABLE subscribers_out_of_reach RENAME TO subscribers")

@@ -24,6 +24,9 @@ from newsletter.errors import ImportRejected, StoreError
 from newsletter.store import SUPPRESSED, Status
 from newsletter.taxonomy import Taxonomy
 
+# The same tests on both stores (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 TAXONOMY = Taxonomy.default()
 _STATUSES = ["active"] * 17 + ["pending", "unsubscribed", "bounced"]
 
