@@ -145,6 +145,7 @@ class PostgresConnection:
         if self._trace is not None:
             self._trace(statement)
         cursor = self.raw.cursor()
+        # psycopg sends them pipelined: one round trip for the lot, not one per row.
         cursor.executemany(statement, [tuple(p) for p in seq])
         return cursor
 
