@@ -16,6 +16,11 @@ dialects spell differently. The differences are all here, each named:
   advisory lock (:data:`WRITER_LOCK`) first; the send journal's claims, which only ever touch
   rows they have locked, go without it (``exclusive=False``), so that several senders run
   side by side.
+
+And a few habits keep the shared SQL valid on both: an upsert's ``DO UPDATE`` names its
+table's columns (``rate_windows.hits``: a bare name is ambiguous to PostgreSQL), a condition
+compares an integer flag (``finished != 0``) instead of using it as a truth value, and a
+subquery that chooses rows to lock is ``MATERIALIZED`` so that it runs once.
 """
 
 from __future__ import annotations
