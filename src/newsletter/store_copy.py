@@ -323,22 +323,38 @@ def _raw(conn: StoreConnection) -> psycopg.Connection[Any]:
 
 
 def table_check(conn: StoreConnection, table: str, *, batch_rows: int = BATCH_ROWS) -> TableCheck:
-    """Count ``table``'s rows and hash their canonical text (the module's docstring says how)."""
-    shape = _shape(conn, table)
-    digest = hashlib.sha256(_canonical_line(shape.columns))
-    rows = 0
-    for batch in _batches(conn, _ordered_select(conn, table, shape), batch_rows):
-        rows += len(batch)
-        try:
-            digest.update(b"".join(map(_canonical_line, batch)))
-        except TypeError as exc:  # a type no table of the schema holds (bytes, say)
-            raise StoreError(f"{conn.path}: table {table}: cannot check a value ({exc})") from None
+    """Count ``table``'s rows and hash their canonical text (the module's docstring says how).
+
+    Reads in the transaction ``conn`` is in, else in a snapshot of its own.
+    """
+    with _reading(conn):
+        shape = _shape(conn, table)
+        digest = hashlib.sha256(_canonical_line(shape.columns))
+        rows = 0
+        for batch in _batches(conn, _ordered_select(conn, table, shape), batch_rows):
+            rows += len(batch)
+            try:
+                digest.update(b"".join(map(_canonical_line, batch)))
+            except TypeError as exc:  # a type no table of the schema holds (bytes, say)
+                raise StoreError(
+                    f"{conn.path}: table {table}: cannot check a value ({exc})"
+                ) from None
     return TableCheck(table, rows, digest.hexdigest())
 
 
 def store_checks(conn: StoreConnection, *, batch_rows: int = BATCH_ROWS) -> tuple[TableCheck, ...]:
-    """:func:`table_check` of every table, as a copy's check sees them."""
-    return tuple(table_check(conn, t, batch_rows=batch_rows) for t in table_names(conn))
+    """:func:`table_check` of every table, all from one moment of the store."""
+    with _reading(conn):
+        return tuple(table_check(conn, t, batch_rows=batch_rows) for t in table_names(conn))
+
+
+@contextmanager
+def _reading(conn: StoreConnection) -> Iterator[None]:
+    if conn.in_transaction:
+        yield
+    else:
+        with _snapshot(conn):
+            yield
 
 
 def _ordered_select(conn: StoreConnection, table: str, shape: _Shape) -> str:
