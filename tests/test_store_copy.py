@@ -311,6 +311,28 @@ def test_the_hash_is_of_values_not_of_how_each_database_types_them(
             conn.close()
 
 
+def test_text_keys_are_ordered_alike_whatever_the_servers_collation(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A server whose locale sorts 'alpha' before 'Zeta' (most do; the tests' uses C) hashes
+    the rows in the same order as SQLite, which compares bytes."""
+    with opened(postgres_url, create=True) as conn:
+        conn.execute('ALTER TABLE journal_issues ALTER COLUMN issue TYPE text COLLATE "en-x-icu"')
+        sorted_there = conn.execute(
+            "SELECT x FROM (VALUES ('Zeta'), ('alpha')) AS v (x) ORDER BY x COLLATE \"en-x-icu\""
+        ).fetchall()
+    assert sorted_there == [("alpha",), ("Zeta",)]
+    source = tmp_path / "issues.db"
+    with opened(source, create=True) as conn:
+        for issue in ("Zeta", "alpha", "é", "e", "2026-10"):
+            SendJournal(conn, issue).record_issue([], f"about {issue}")
+        expected = table_check(conn, "journal_issues")
+    made = copy_store(source, postgres_url)
+    assert expected in made.tables
+    with opened(postgres_url) as conn:
+        assert table_check(conn, "journal_issues") == expected
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_writer_during_the_copy_is_in_neither_the_copy_nor_its_check(
     kind: str, filled: Path, new_postgres_database: Callable[[], str], tmp_path: Path
