@@ -171,7 +171,7 @@ def test_a_store_goes_to_postgresql_and_back_unchanged(
         assert list(store.iter_subscribers(conn)) == subscribers
         assert subscriber_floor(conn) == floor
     with opened(tmp_path / "back.db") as conn:
-        assert store_checks(conn) == before
+        assert store_checks(conn) == before == store_checks(conn, batch_rows=2)
         assert rows_of(conn) == rows
         assert subscriber_floor(conn) == floor
 
