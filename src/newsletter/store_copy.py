@@ -169,12 +169,12 @@ def _copy(
 @contextmanager
 def _snapshot(conn: StoreConnection) -> Iterator[None]:
     """Every read inside sees the store as it was at the start, whoever writes meanwhile."""
+    # On both, the snapshot is taken by the first read, not by BEGIN: read at once.
     with translate_errors(conn):
         if conn.dialect == "postgresql":
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             conn.execute("SELECT 1 FROM pg_class LIMIT 1").fetchone()
         else:
-            # (In WAL mode the snapshot is taken by the first read, not by BEGIN.)
             conn.execute("BEGIN")
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     try:
@@ -406,8 +406,8 @@ def _compare(
     if problems:
         raise StoreError(
             f"the copy in {dst.path} does not match {src.path}: {'; '.join(problems)}. The copy "
-            "was rolled back, so DST is empty as before. Report this (with the lines above): "
-            "the two databases hold something the copy does not yet carry over faithfully."
+            "was rolled back, so DST is empty as before. Please report this message: SRC holds "
+            "something that the copy does not carry over faithfully."
         )
     return tuple(expected)
 
