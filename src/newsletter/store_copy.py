@@ -38,18 +38,16 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from newsletter.database_url import DatabaseUrl, StoreLocation
+from newsletter.database_url import DatabaseUrl, StoreLocation, parse_location
 from newsletter.errors import InvalidInput, StoreError
 from newsletter.store import (
     StoreConnection,
-    as_location,
     open_store,
     table_names,
     transaction,
@@ -126,13 +124,10 @@ def location_of(value: StoreLocation | str) -> StoreLocation:
     """A store's location as given on the command line: a file's path or a PostgreSQL URL."""
     if not isinstance(value, str):
         return value
-    location = as_location(value)
-    if isinstance(location, Path) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
-        raise InvalidInput(
-            f"{value.split('://', 1)[0]}:// is not a store this tool knows: give a SQLite "
-            "file's path or a postgresql:// URL"
-        )
-    return location
+    try:
+        return parse_location(value, Path.cwd())
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def _same_place(a: StoreLocation, b: StoreLocation) -> bool:
