@@ -140,15 +140,21 @@ def run_cli(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def comparable(database: StoreLocation) -> list[tuple[object, ...]]:
-    """Every subscriber as stored, without the times (a re-run happens later)."""
+    """Every subscriber as stored, in id order, without the times (a re-run happens later).
+
+    The ids themselves only on SQLite: a PostgreSQL sequence never takes back the numbers a
+    killed transaction drew, so a re-run's ids may start after a gap (never reused, still).
+    """
     conn = store.open_store(database)
     try:
-        return list(
-            conn.execute(
-                "SELECT id, email, email_key, name, topics, status, source,"
+        ids = "id, " if conn.dialect == "sqlite" else ""
+        return [
+            tuple(row)
+            for row in conn.execute(
+                f"SELECT {ids}email, email_key, name, topics, status, source,"
                 " confirmed_at IS NULL, status_reason, status_source FROM subscribers ORDER BY id"
             )
-        )
+        ]
     finally:
         conn.close()
 
