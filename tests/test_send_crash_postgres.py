@@ -30,7 +30,7 @@ import pytest
 
 from newsletter.store import open_store
 
-from .sending_helpers import make_folder
+from .sending_helpers import make_folder, plain_smtp
 from .smtp_servers import Received, SinkHandler, smtp_server
 
 SENDERS = 4
@@ -184,10 +184,7 @@ def test_four_senders_killed_at_random_points_never_duplicate_and_never_skip(
     rng = random.Random(20261123)
     sink = GatedSink(delay=0.004, keep_content=False)
     with smtp_server(sink) as port:
-        provider = (
-            f'[provider]\nname = "smtp"\nhost = "127.0.0.1"\nport = {port}\n'
-            f'security = "none"\nconnections = {CONNECTIONS}\n'
-        )
+        provider = plain_smtp(port, CONNECTIONS)
         _, issue = make_folder(tmp_path, provider, SUBSCRIBERS)
         slots = [SenderSlot(number) for number in range(1, SENDERS + 1)]
 
