@@ -7,6 +7,7 @@ import os
 import re
 import textwrap
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,7 +216,20 @@ def postgres_url(new_postgres_database: Callable[[], str]) -> str:
 BACKENDS = ["sqlite", "postgresql"]
 
 
-@pytest.fixture(params=BACKENDS)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A test about the SQLite file itself (its path, its locks, a damaged file) says so with
+    # @pytest.mark.sqlite_file and runs once; every other test of such a module runs twice.
+    # One about what only PostgreSQL does says @pytest.mark.postgresql_only.
+    if "store_backend" in metafunc.fixturenames:
+        backends = BACKENDS
+        if metafunc.definition.get_closest_marker("sqlite_file") is not None:
+            backends = ["sqlite"]
+        elif metafunc.definition.get_closest_marker("postgresql_only") is not None:
+            backends = ["postgresql"]
+        metafunc.parametrize("store_backend", backends, indirect=True)
+
+
+@pytest.fixture
 def store_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "postgresql":
         monkeypatch.setenv("NEWSLETTER_DATABASE_URL", request.getfixturevalue("postgres_url"))
@@ -230,3 +244,40 @@ def store_location(store_backend: str, tmp_path: Path) -> StoreLocation:
     if store_backend == "postgresql":
         return DatabaseUrl(os.environ["NEWSLETTER_DATABASE_URL"])
     return tmp_path / "newsletter.db"
+
+
+@pytest.fixture
+def another_store(
+    store_backend: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Callable[[], None]:
+    """Call it before loading the settings of a second newsletter folder: on PostgreSQL it
+    points the environment at a new, empty database (on SQLite the folder's file is new)."""
+
+    def switch() -> None:
+        if store_backend == "postgresql":
+            new = request.getfixturevalue("new_postgres_database")
+            monkeypatch.setenv("NEWSLETTER_DATABASE_URL", new())
+
+    return switch
+
+
+@contextmanager
+def store_out_of_reach(location: StoreLocation) -> Iterator[None]:
+    """While inside, the store cannot be used (its file moved away; on PostgreSQL, whose
+    server the other tests share, its subscribers table renamed); put back on leaving."""
+    if isinstance(location, Path):
+        moved = location.with_name(location.name + ".moved-away")
+        location.rename(moved)
+        try:
+            yield
+        finally:
+            moved.rename(location)
+        return
+    import psycopg
+
+    with psycopg.connect(location.url, autocommit=True) as raw:
+        raw.execute("ALTER TABLE subscribers RENAME TO subscribers_out_of_reach")
+        try:
+            yield
+        finally:
+            raw.execute("ALTER TABLE subscribers_out_of_reach RENAME TO subscribers")

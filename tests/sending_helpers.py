@@ -14,6 +14,14 @@ from .conftest import VALID_ISSUE
 SECRET = "a-test-secret-that-is-long-enough"
 
 
+def plain_smtp(port: int, connections: int) -> str:
+    """The [provider] table of an SMTP relay on loopback without TLS (the tests' aiosmtpd)."""
+    return (
+        f'[provider]\nname = "smtp"\nhost = "127.0.0.1"\nport = {port}\n'
+        f'security = "none"\nconnections = {connections}\n'
+    )
+
+
 def make_folder(
     root: Path, provider: str, count: int, *, statuses: dict[int, Status] | None = None
 ) -> tuple[Settings, Path]:

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ class Received:
     rcpt_tos: list[str]
     content: bytes
     peer: Any
+    # The client's EHLO name (tells senders apart) and when the message's DATA ended (time.time).
+    helo: str = ""
+    at: float = 0.0
 
 
 @dataclass
@@ -79,6 +83,8 @@ class SinkHandler:
                     list(envelope.rcpt_tos),
                     envelope.content if self.keep_content else b"",
                     session.peer,
+                    session.host_name or "",
+                    time.time(),
                 )
             )
         if self.vanish_during_data_for and self.vanish_during_data_for in address:

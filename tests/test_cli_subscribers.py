@@ -11,6 +11,9 @@ from click.testing import CliRunner, Result
 from newsletter.cli import main
 from newsletter.cli import subscribers as subscribers_cli
 
+# The same tests on both stores (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "subscribers.example.csv"
 
 
@@ -39,6 +42,7 @@ def test_every_subscribers_command_has_help_and_a_readme_entry() -> None:
         assert f"subscribers {name}" in readme, name
 
 
+@pytest.mark.sqlite_file
 def test_add_show_list_and_the_database_path_from_settings(folder: Path) -> None:
     result = run(folder, "add", "Ana@Example.org", "--name", "Ana Lima", "--topic", "empathy")
     assert result.exit_code == 0, result.output
@@ -187,6 +191,7 @@ def test_progress_shows_on_a_terminal_only(folder: Path, monkeypatch: pytest.Mon
     assert "Exporting" not in on_terminal.stdout
 
 
+@pytest.mark.sqlite_file
 def test_a_store_that_is_not_a_database(folder: Path) -> None:
     (folder / "data").mkdir()
     (folder / "data" / "list.db").write_text("name,email\n", "utf-8")

@@ -16,6 +16,9 @@ from newsletter.errors import ImportRejected, InvalidInput, NewsletterError, Sto
 from newsletter.store import Status
 from newsletter.taxonomy import Taxonomy
 
+# The same tests on both stores (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 TAXONOMY = Taxonomy.default()
 EXAMPLE = Path(__file__).resolve().parents[1] / "subscribers.example.csv"
 

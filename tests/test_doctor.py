@@ -400,3 +400,20 @@ def test_an_smtp_envelope_sender_in_another_domain_is_not_aligned(
         line.startswith("warning [provider] envelope_from is at mailer.elsewhere.test, not aligned")
         for line in _lines(report, "dns")
     )
+
+
+def test_a_postgres_store_is_checked_on_its_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_url: str
+) -> None:
+    config = _folder(tmp_path)
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", postgres_url)
+    (missing,) = [f for f in diagnose(config).findings if f.area == "store"]
+    assert missing.level == "error" and "there is no subscriber store" in missing.message
+    store.open_store(postgres_url).close()
+    (found,) = [f for f in diagnose(config).findings if f.area == "store"]
+    assert found.level == "ok"
+    assert found.message.endswith(f"PostgreSQL store, schema version {store.SCHEMA_VERSION}")
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", "postgresql://u:hunter2@127.0.0.1:1/x")
+    (down,) = [f for f in diagnose(config).findings if f.area == "store"]
+    assert down.level == "error" and "cannot connect" in down.message
+    assert "hunter2" not in down.message

@@ -37,6 +37,9 @@ from .webhook_senders import (
     now,
 )
 
+# The same tests on both stores (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 BATCH_ID = "<20261123101500.1.ABCDEF@example.org>"
 
 

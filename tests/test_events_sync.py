@@ -15,6 +15,9 @@ from newsletter.store import Status
 from .conftest import write_settings
 from .test_sync import ADDRESSES, conn_for, provider_settings, serve_mailgun
 
+# The same tests on both stores (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 __all__ = ["conn_for"]  # the fixture, used by name
 
 

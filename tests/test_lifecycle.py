@@ -9,9 +9,8 @@ import email.policy
 import json
 import re
 import shutil
-import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from email.message import EmailMessage
 from pathlib import Path
@@ -30,6 +29,9 @@ from newsletter.web import WebApp
 from .conftest import WELCOME_SAMPLE
 from .smtp_servers import SinkHandler, free_port, smtp_server
 from .web_server import PUBLIC_URL, add, local, serving, signer_for, web_settings
+
+# The same tests on both stores (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("store_backend")
 
 AGENT = "Mozilla/5.0 (lifecycle test)"
 
@@ -97,23 +99,36 @@ def links_in(message: EmailMessage) -> set[str]:
 
 def snapshot(settings: Settings) -> dict[str, list[tuple[object, ...]]]:
     """Every row of every table of the store."""
-    with closing(sqlite3.connect(settings.paths.database)) as conn:
-        tables = [
-            str(r[0])
-            for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            if not str(r[0]).startswith("sqlite_")
-        ]
-        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+    with closing(store.open_store(settings.paths.database)) as conn:
+        return {
+            t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr)
+            for t in store.table_names(conn)
+        }
 
 
 def journal_rows(settings: Settings, issue: str = "welcome") -> list[tuple[int, str]]:
-    with closing(sqlite3.connect(settings.paths.database)) as conn:
+    with closing(store.open_store(settings.paths.database)) as conn:
         return [
             (int(r[0]), str(r[1]))
             for r in conn.execute(
                 "SELECT subscriber_id, state FROM journal WHERE issue = ? ORDER BY 1", (issue,)
             )
         ]
+
+
+def find(settings: Settings, address: str | int) -> store.Subscriber:
+    with closing(store.open_store(settings.paths.database)) as conn:
+        return store.require_subscriber(conn, address)
+
+
+def lookup(settings: Settings, address: str | int) -> store.Subscriber | None:
+    with closing(store.open_store(settings.paths.database)) as conn:
+        return store.get_subscriber(conn, address)
+
+
+def count_all(settings: Settings) -> int:
+    with closing(store.open_store(settings.paths.database)) as conn:
+        return store.count_subscribers(conn)
 
 
 def trail_of(settings: Settings, address: str) -> list[consent.ConsentEvent]:
@@ -173,9 +188,7 @@ def test_confirming_twice_welcomes_once_through_the_provider_and_records_the_con
     assert {e.user_agent for e in ana} == {AGENT}
     versions = [e.text_version for e in ana]
     assert all(re.fullmatch(r"[0-9a-f]{16}", v) for v in versions) and versions[0] != versions[1]
-    ana_id = store.require_subscriber(
-        store.open_store(settings.paths.database), "ana@example.org"
-    ).id
+    ana_id = find(settings, "ana@example.org").id
     assert journal_rows(settings) == [(ana_id, "sent")]
     code, output = invoke(settings, "status", "welcome")
     assert code == 0 and "welcome: 0 queued, 0 sending, 1 sent" in output
@@ -223,7 +236,7 @@ def test_a_welcome_with_errors_waits_and_the_admin_is_told(
     with serving(WebApp(settings)) as base:
         answer = requests.post(f"{base}/confirm/{token}", timeout=10)
     assert answer.status_code == 200 and "You are subscribed" in answer.text
-    assert store.get_subscriber(store.open_store(settings.paths.database), ana.id).status is (  # type: ignore[union-attr]
+    assert lookup(settings, ana.id).status is (  # type: ignore[union-attr]
         Status.ACTIVE
     )
 
@@ -311,14 +324,14 @@ def test_behind_a_trusted_proxy_the_forwarded_client_is_recorded_and_full_ip_kee
 
 
 def test_show_prints_the_trail_and_it_survives_export_and_import_into_a_fresh_store(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, another_store: Callable[[], None]
 ) -> None:
     (tmp_path / "old").mkdir()
     (tmp_path / "new").mkdir()
     settings = web_settings(tmp_path / "old", monkeypatch)
     with serving(WebApp(settings)) as base:
         subscribe(base, "ana@example.org")
-        ana = store.require_subscriber(store.open_store(settings.paths.database), "ana@example.org")
+        ana = find(settings, "ana@example.org")
         token = signer_for(settings).confirm_token(ana.id)
         requests.post(f"{base}/confirm/{token}", headers={"User-Agent": AGENT}, timeout=10)
     before = trail_of(settings, "ana@example.org")
@@ -334,6 +347,7 @@ def test_show_prints_the_trail_and_it_survives_export_and_import_into_a_fresh_st
         rows = list(csv.DictReader(handle))
     assert json.loads(rows[0]["consent"])[0]["ip"] == "127.0.0.0/24"
 
+    another_store()
     fresh = web_settings(tmp_path / "new", monkeypatch)
     code, output = invoke(fresh, "subscribers", "import", str(exported))
     assert code == 0, output
@@ -425,12 +439,12 @@ def test_erase_asks_first_then_forgets_everything_and_an_import_is_refused(
     settings = web_settings(tmp_path, monkeypatch)
     with serving(WebApp(settings)) as base:
         subscribe(base, "Ana@Example.org")
-        ana = store.require_subscriber(store.open_store(settings.paths.database), "ana@example.org")
+        ana = find(settings, "ana@example.org")
         path = f"/erase/{signer_for(settings).unsubscribe_token(ana.id)}"
         assert requests.get(base + path, timeout=10).status_code == 405
         asked = requests.post(base + path, timeout=10)
         assert asked.status_code == 200 and 'id="confirm-erase"' in asked.text
-        assert store.get_subscriber(store.open_store(settings.paths.database), ana.id)
+        assert lookup(settings, ana.id)
         done = requests.post(base + path, data={"confirm": "yes"}, timeout=10)
         assert done.status_code == 200 and 'data-outcome="erased"' in done.text
         again = requests.post(base + path, data={"confirm": "yes"}, timeout=10)
@@ -448,16 +462,14 @@ def test_erase_asks_first_then_forgets_everything_and_an_import_is_refused(
     assert code == 1
     assert f"{again_csv}:2: ANA@example.org: this address was erased at its owner's" in output
     assert "Only the person can, by subscribing again through the form and confirming" in output
-    assert store.count_subscribers(store.open_store(settings.paths.database)) == 0
+    assert count_all(settings) == 0
     code, output = invoke(settings, "subscribers", "add", "ana@example.org")
     assert code == 1 and "erased at its owner's request" in output
 
     # The person may come back: a fresh double opt-in lifts the refusal.
     with serving(WebApp(settings)) as base:
         subscribe(base, "ana@example.org")
-        back = store.require_subscriber(
-            store.open_store(settings.paths.database), "ana@example.org"
-        )
+        back = find(settings, "ana@example.org")
         token = signer_for(settings).confirm_token(back.id)
         assert requests.post(f"{base}/confirm/{token}", timeout=10).status_code == 200
     assert snapshot(settings)["erased_addresses"] == []
@@ -572,10 +584,10 @@ def test_the_audit_log_records_what_the_admin_and_the_web_did(
     assert invoke(settings, "subscribers", "import", str(people))[0] == 0
     assert invoke(settings, "subscribers", "export", str(tmp_path / "out.csv"))[0] == 0
     assert invoke(settings, "subscribers", "unsubscribe", "a@example.org")[0] == 0
-    b = store.require_subscriber(store.open_store(settings.paths.database), "b@example.org")
+    b = find(settings, "b@example.org")
     assert invoke(settings, "subscribers", "remove", "b@example.org", "--yes")[0] == 0
     assert all(row[1] != b.id for row in snapshot(settings)["consent_events"])
-    c = store.require_subscriber(store.open_store(settings.paths.database), "c@example.org")
+    c = find(settings, "c@example.org")
     with serving(WebApp(settings)) as base:
         token = signer_for(settings).unsubscribe_token(c.id)
         requests.post(f"{base}/erase/{token}", data={"confirm": "yes"}, timeout=10)
@@ -739,7 +751,7 @@ def test_an_expired_request_takes_its_consent_record_with_it(
     assert len(snapshot(settings)["consent_events"]) == 2
     run_due(settings)
     (kept,) = snapshot(settings)["consent_events"]
-    fresh = store.require_subscriber(store.open_store(settings.paths.database), "fresh@example.org")
+    fresh = find(settings, "fresh@example.org")
     assert kept[1] == fresh.id
 
 

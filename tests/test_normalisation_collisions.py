@@ -17,6 +17,9 @@ from newsletter.web import WebApp
 
 from .web_server import serving, web_settings
 
+# The same tests on both stores (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 KELVIN = "\u212aate@example.org"  # KELVIN SIGN, which NFC turns into K
 LONG_LOCAL = "a" * 65 + "@example.org"
 

@@ -39,6 +39,9 @@ from newsletter.status import issue_status
 from .sending_helpers import make_folder
 from .smtp_servers import SinkHandler, free_port, smtp_server
 
+# The same tests on both stores (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 NOVEMBER = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 

@@ -24,6 +24,9 @@ from newsletter.store import Status, add_subscriber, open_store, set_status
 from .sending_helpers import SECRET, make_folder, run_send
 from .smtp_servers import SinkHandler, smtp_server
 
+# The same tests on both stores (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 NULL = '[provider]\nname = "null"\nbatch_size = 7\n'
 
 
@@ -636,6 +639,7 @@ def test_dry_run_with_mailgun_writes_the_form_fields(
     }
 
 
+@pytest.mark.sqlite_file
 def test_a_mistyped_store_path_is_an_error_not_an_empty_list(tmp_path: Path) -> None:
     make_folder(tmp_path, NULL, 3)
     (tmp_path / "newsletter.toml").write_text(
@@ -656,6 +660,7 @@ def test_a_mistyped_store_path_is_an_error_not_an_empty_list(tmp_path: Path) -> 
     assert not (tmp_path / "typo").exists()
 
 
+@pytest.mark.sqlite_file
 def test_two_sends_of_one_issue_cannot_run_at_once(tmp_path: Path) -> None:
     from newsletter.send_lock import send_lock
 
@@ -670,6 +675,32 @@ def test_two_sends_of_one_issue_cannot_run_at_once(tmp_path: Path) -> None:
     assert run_send(settings, issue, SendOptions()).sent == 3  # released
 
 
+@pytest.mark.postgresql_only  # SQLite: test_two_sends_of_one_issue_cannot_run_at_once
+def test_on_postgresql_senders_share_an_issue_but_a_requeueing_run_goes_alone(
+    tmp_path: Path,
+) -> None:
+    from newsletter.send_lock import send_lock
+
+    settings, issue = make_folder(tmp_path, NULL, 3)
+    with closing(open_store(settings.paths.database)) as other:
+        with send_lock(other, "2026-10") as held:
+            assert not held.others_running()
+            # A second ordinary sender shares the issue; it finishes while the other "runs",
+            # so it cannot tell in-flight rows from uncertain ones and lists none.
+            report = run_send(settings, issue, SendOptions())
+            assert report.sent == 3 and report.other_senders and report.uncertain == []
+            alone = r"another send of 2026-10 is running.*--resend-uncertain or --retry-failed"
+            with pytest.raises(SendError, match=alone):
+                run_send(settings, issue, SendOptions(resend_uncertain=True))
+        with (
+            send_lock(other, "2026-10", alone=True),
+            pytest.raises(SendError, match="which must run alone"),
+        ):
+            run_send(settings, issue, SendOptions())
+    assert run_send(settings, issue, SendOptions(retry_failed=True)).skipped_already_sent == 3
+
+
+@pytest.mark.sqlite_file
 @pytest.mark.parametrize("command", ["status", "send", "list"])
 def test_a_damaged_store_is_a_clear_error_that_keeps_the_file(tmp_path: Path, command: str) -> None:
     settings, issue = make_folder(tmp_path, NULL, 2000)
@@ -694,6 +725,7 @@ def test_a_damaged_store_is_a_clear_error_that_keeps_the_file(tmp_path: Path, co
     assert database.read_bytes() == damaged
 
 
+@pytest.mark.sqlite_file
 def test_a_value_no_schema_allows_is_reported_as_damage(tmp_path: Path) -> None:
     settings, _issue = make_folder(tmp_path, NULL, 2)
     conn = open_store(settings.paths.database)

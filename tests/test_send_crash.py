@@ -38,7 +38,7 @@ from newsletter.status import issue_status
 from newsletter.store import open_store
 
 from .loopback import running
-from .sending_helpers import make_folder, run_send
+from .sending_helpers import make_folder, plain_smtp, run_send
 from .smtp_servers import SinkHandler, smtp_server
 
 CONNECTIONS = 4
@@ -73,10 +73,7 @@ def test_sigkill_at_random_points_never_duplicates_and_never_skips(tmp_path: Pat
     rng = random.Random(20261122)
     handler = SinkHandler(delay=0.004, keep_content=False)
     with smtp_server(handler) as port:
-        provider = (
-            f'[provider]\nname = "smtp"\nhost = "127.0.0.1"\nport = {port}\n'
-            f'security = "none"\nconnections = {CONNECTIONS}\n'
-        )
+        provider = plain_smtp(port, CONNECTIONS)
         settings, issue = make_folder(tmp_path, provider, SUBSCRIBERS)
         command = [
             sys.executable,

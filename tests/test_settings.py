@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from newsletter.database_url import DatabaseUrl
 from newsletter.errors import SettingsError
 from newsletter.settings import find_settings, load_settings
 
@@ -112,3 +113,41 @@ def test_crossref_settings_are_checked(tmp_path: Path, line: str, message: str) 
     with pytest.raises(SettingsError) as caught:
         load_settings(path)
     assert f"{path}: {message}" in str(caught.value)
+
+
+def test_the_store_is_a_file_or_a_postgresql_url_and_the_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NEWSLETTER_DATABASE_URL", raising=False)
+    config = tmp_path / "newsletter.toml"
+    config.write_text('[paths]\ndatabase = "postgres://news:pw@db.example.org:5433/list"\n')
+    location = load_settings(config).paths.database
+    assert isinstance(location, DatabaseUrl)
+    assert location.url == "postgres://news:pw@db.example.org:5433/list"
+    assert str(location) == "postgres://news:***@db.example.org:5433/list"
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", "data/list.db")
+    assert load_settings(config).paths.database == tmp_path / "data" / "list.db"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("mysql://db.example.org/list", "mysql:// is not a store this tool knows"),
+        ("postgresql://db.example.org", "names no database"),
+        ("postgresql://db.example.org:port/list", "is not a valid URL"),
+        ("postgresql://db.example.org/my list", r"contains the character U\+0020"),
+    ],
+)
+def test_a_store_url_that_cannot_work_is_refused_with_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    monkeypatch.delenv("NEWSLETTER_DATABASE_URL", raising=False)
+    config = tmp_path / "newsletter.toml"
+    config.write_text(f'[paths]\ndatabase = "{value}"\n')
+    with pytest.raises(SettingsError, match=message) as raised:
+        load_settings(config)
+    assert "paths.database" in str(raised.value)
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", "postgresql://u:secret@h/")
+    with pytest.raises(SettingsError, match=r"\$NEWSLETTER_DATABASE_URL") as raised:
+        load_settings(config)
+    assert "secret" not in str(raised.value)

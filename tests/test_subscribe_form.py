@@ -22,6 +22,9 @@ from newsletter.web import WebApp
 from .smtp_servers import SinkHandler, free_port, smtp_server
 from .web_server import add, serving, settled, web_settings
 
+# The same tests on both stores (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 FORM = "/subscribe"
 
 

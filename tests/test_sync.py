@@ -22,6 +22,9 @@ from newsletter.store import Status, StoreConnection
 from .conftest import write_settings
 from .http_helpers import CREDENTIALS, http_settings
 
+# The same tests on both stores (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 ADDRESSES = {
     "active": "active@example.net",
     "hard": "hard@example.net",

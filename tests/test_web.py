@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 import re
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from email.message import EmailMessage
 from pathlib import Path
 
+import psycopg
 import pytest
 import requests
 from click.testing import CliRunner
@@ -22,7 +23,7 @@ from newsletter.cli import main
 from newsletter.errors import StoreError, TokenError
 from newsletter.messages import Recipient, prepare_issue
 from newsletter.providers import create_provider
-from newsletter.settings import Settings
+from newsletter.settings import Settings, load_settings
 from newsletter.store import Status
 from newsletter.tokens import Signer, unsubscribe_url
 from newsletter.web import MAX_BODY_BYTES, WebApp, create_app
@@ -42,6 +43,9 @@ from .web_server import (
 
 EMPATHY = "Empathy"
 TRAINING = "Common Factors"
+
+# The same tests on both stores (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("store_backend")
 
 
 @pytest.fixture
@@ -118,9 +122,20 @@ def test_a_token_of_another_newsletter_is_refused(settings: Settings, base: str)
     assert current(settings, ana.id).status is Status.ACTIVE
 
 
+def break_store(settings: Settings) -> None:
+    """Make every use of the store fail: junk in the SQLite file; no subscribers table on
+    PostgreSQL (whose server the other tests share, so it keeps running)."""
+    location = settings.paths.database
+    if isinstance(location, Path):
+        location.write_bytes(b"not a database at all" * 100)
+    else:
+        with closing(store.open_store(location)) as conn:
+            conn.execute("ALTER TABLE subscribers RENAME TO subscribers_gone")
+
+
 def test_a_forged_link_is_refused_without_opening_the_store(settings: Settings, base: str) -> None:
-    # A store that cannot be opened would make any store access answer 503, not 400.
-    settings.paths.database.write_bytes(b"not a database at all" * 100)
+    # A store that cannot be used would make any store access answer 503, not 400.
+    break_store(settings)
     answer = requests.post(f"{base}/unsubscribe/u.1.forgedsignature", timeout=5)
     assert answer.status_code == 400
 
@@ -148,6 +163,23 @@ def test_create_app_reads_the_settings_named_in_the_environment(
     assert current(settings, ana.id).status is Status.UNSUBSCRIBED
 
 
+@pytest.mark.postgresql_only
+def test_a_postgres_database_without_a_store_stops_the_app_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_postgres_database: Callable[[], str]
+) -> None:
+    settings = web_settings(tmp_path, monkeypatch)
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", new_postgres_database())  # an empty one
+    assert settings.source is not None
+    settings = load_settings(settings.source)
+    with pytest.raises(StoreError, match="there is no subscriber store in this database"):
+        WebApp(settings)
+    with closing(psycopg.connect(str(os.environ["NEWSLETTER_DATABASE_URL"]))) as raw:
+        assert raw.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone() == (0,)
+
+
+@pytest.mark.sqlite_file
 @pytest.mark.parametrize("mistake", ["missing", "empty"])
 def test_a_mistyped_or_empty_store_stops_the_app_at_start_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mistake: str
@@ -177,13 +209,21 @@ def test_a_store_that_disappears_answers_503_never_unsubscribed(
     settings: Settings, base: str
 ) -> None:
     ana = add(settings, "ana@example.org")
-    settings.paths.database.rename(settings.paths.database.with_suffix(".moved"))
+    location = settings.paths.database
+    if isinstance(location, Path):
+        location.rename(location.with_suffix(".moved"))
+    else:
+        break_store(settings)
     answer = requests.post(
         base + unsubscribe_path(settings, ana.id), data={"List-Unsubscribe": "One-Click"}, timeout=5
     )
     assert answer.status_code == 503
     assert "You are unsubscribed" not in answer.text
-    assert not settings.paths.database.exists()  # no empty store made in its place
+    if isinstance(location, Path):
+        assert not location.exists()  # no empty store made in its place
+    else:
+        with closing(psycopg.connect(location.url)) as raw:  # nor an empty table
+            assert raw.execute("SELECT to_regclass('subscribers')").fetchone() == (None,)
 
 
 # --- unsubscribe ----------------------------------------------------------------------------
@@ -284,12 +324,22 @@ def test_bounced_address_stays_bounced_when_its_link_is_posted(
 
 def test_twenty_concurrent_posts_make_one_status_change(settings: Settings, base: str) -> None:
     ana = add(settings, "ana@example.org")
-    with closing(sqlite3.connect(settings.paths.database)) as raw:
-        raw.executescript(
-            "CREATE TABLE status_writes (n INTEGER);"
-            "CREATE TRIGGER count_status_writes AFTER UPDATE OF status ON subscribers"
-            " BEGIN INSERT INTO status_writes VALUES (1); END;"
-        )
+    with closing(store.open_store(settings.paths.database)) as conn:
+        conn.execute("CREATE TABLE status_writes (n INTEGER)")
+        if conn.dialect == "postgresql":
+            conn.execute(
+                "CREATE FUNCTION count_status_write() RETURNS trigger LANGUAGE plpgsql AS "
+                "'BEGIN INSERT INTO status_writes VALUES (1); RETURN NEW; END'"
+            )
+            conn.execute(
+                "CREATE TRIGGER count_status_writes AFTER UPDATE OF status ON subscribers"
+                " FOR EACH ROW EXECUTE FUNCTION count_status_write()"
+            )
+        else:
+            conn.execute(
+                "CREATE TRIGGER count_status_writes AFTER UPDATE OF status ON subscribers"
+                " BEGIN INSERT INTO status_writes VALUES (1); END"
+            )
     url = base + unsubscribe_path(settings, ana.id)
     start = threading.Barrier(20)
     codes: list[int] = []
@@ -306,8 +356,8 @@ def test_twenty_concurrent_posts_make_one_status_change(settings: Settings, base
     for thread in threads:
         thread.join()
     assert codes == [200] * 20
-    with closing(sqlite3.connect(settings.paths.database)) as raw:
-        assert raw.execute("SELECT count(*) FROM status_writes").fetchone()[0] == 1
+    with closing(store.open_store(settings.paths.database)) as conn:
+        assert conn.execute("SELECT count(*) FROM status_writes").fetchone()[0] == 1
     assert current(settings, ana.id).status is Status.UNSUBSCRIBED
 
 

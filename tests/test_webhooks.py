@@ -22,6 +22,7 @@ from newsletter.store import Status
 from newsletter.web import WebApp
 from newsletter.webhooks import WebhookReceiver
 
+from .conftest import store_out_of_reach
 from .web_server import add, current, serving, web_settings
 from .webhook_senders import (
     MAILGUN_KEY,
@@ -41,6 +42,9 @@ from .webhook_senders import (
     signing_certificate,
     sns_server,
 )
+
+# The same tests on both stores (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("store_backend")
 
 SOURCES = ["mailgun", "sendgrid", "postmark", "ses", "resend"]
 # Postmark signs nothing: no body to tamper with, no timestamp, no delivery id.
@@ -507,13 +511,10 @@ def test_concurrent_requests_are_all_kept_and_a_replay_among_them_is_kept_once(
 
 
 def test_a_missing_store_answers_503_and_the_retry_is_accepted_later(hooks: Hooks) -> None:
-    database = hooks.settings.paths.database
     add(hooks.settings, "reader@example.net")
-    moved = database.with_name("moved-away.db")
-    database.rename(moved)
     request = hooks.senders["mailgun"].event("hard_bounce", "reader@example.net", now=now())
-    assert_refused(hooks.post("mailgun", request), 503)
-    moved.rename(database)
+    with store_out_of_reach(hooks.settings.paths.database):
+        assert_refused(hooks.post("mailgun", request), 503)
     # Nothing of the refused request was kept, its token included: the provider's retry counts.
     assert hooks.post("mailgun", request).status_code == 200
     assert current(hooks.settings, "reader@example.net").status is Status.BOUNCED

@@ -7,6 +7,11 @@ copy began is in it, nothing after, and writers are not held up meanwhile (WAL m
 go on beside a reader). The copy is written beside FILE under a temporary name, checked with
 ``PRAGMA integrity_check``, turned into a single self-contained file (rollback journal, not
 WAL), and only then renamed to FILE, so a FILE that exists is always a whole backup.
+
+A store on a PostgreSQL server is backed up to the same kind of file: ``newsletter store copy``
+(newsletter.store_copy) writes it from one ``REPEATABLE READ`` snapshot of the server, compares
+every table's row count and SHA-256 on both sides, and the file then goes through the same
+checks and rename. (The server's own tools, pg_dump, remain the way to back up the server.)
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+from newsletter.database_url import DatabaseUrl
 from newsletter.errors import StoreError
 from newsletter.private_files import create_private
 from newsletter.settings import Settings
 from newsletter.store import SqliteConnection, open_store, translate_errors
+from newsletter.store_copy import CopyReport, copy_store
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,8 @@ class BackupReport:
     subscribers: int
     journal_rows: int
     schema_version: int
+    # A server's store: what the copy checked (every table's rows and SHA-256) on both sides.
+    copied: CopyReport | None = None
 
 
 def backup_store(settings: Settings, target: Path) -> BackupReport:
@@ -43,14 +52,8 @@ def backup_store(settings: Settings, target: Path) -> BackupReport:
     if not target.parent.is_dir():
         raise StoreError(f"{target.parent}: no such folder; create it or choose another FILE")
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    source = open_store(settings.paths.database, create=False)
-    if not isinstance(source, SqliteConnection):
-        source.close()
-        raise StoreError(
-            f"{settings.paths.database} is on a PostgreSQL server: back it up with the "
-            "server's own tools (pg_dump), or copy it to a SQLite file with "
-            "`newsletter store copy`."
-        )
+    location = settings.paths.database
+    copied = None
     try:
         # The copy holds every address: owner-only, like the store (the rename keeps it).
         try:
@@ -59,13 +62,11 @@ def backup_store(settings: Settings, target: Path) -> BackupReport:
             raise StoreError(
                 f"{partial}: cannot create the backup file ({exc.strerror}); no backup was written"
             ) from None
+        if isinstance(location, DatabaseUrl):
+            copied = copy_store(location, partial)
+        else:
+            _online_backup(location, partial)
         with closing(_connect(partial)) as copy:
-            try:
-                # pages=-1: one step, under one read transaction, so the copy is one moment
-                # of the store; copied in steps, every write by the web would restart it.
-                source.backup(copy, pages=-1)
-            except sqlite3.Error as exc:
-                raise _copy_failed(source, partial, exc) from None
             _finish(copy, partial)
             counts = _describe(copy, target)
         os.replace(partial, target)
@@ -73,9 +74,22 @@ def backup_store(settings: Settings, target: Path) -> BackupReport:
         for leftover in (partial, *(partial.with_name(partial.name + s) for s in ("-wal", "-shm"))):
             leftover.unlink(missing_ok=True)
         raise
+    return BackupReport(target, target.stat().st_size, *counts, copied=copied)
+
+
+def _online_backup(location: Path, partial: Path) -> None:
+    """SQLite's online backup API: the store at ``location`` into the file ``partial``."""
+    source = open_store(location, create=False)
+    assert isinstance(source, SqliteConnection)
+    try:
+        with closing(_connect(partial)) as copy:
+            # pages=-1: one step, under one read transaction, so the copy is one moment of
+            # the store; copied in steps, every write by the web would restart it.
+            source.backup(copy, pages=-1)
+    except sqlite3.Error as exc:
+        raise _copy_failed(source, partial, exc) from None
     finally:
         source.close()
-    return BackupReport(target, target.stat().st_size, *counts)
 
 
 def _copy_failed(source: SqliteConnection, partial: Path, exc: sqlite3.Error) -> StoreError:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 from newsletter.errors import InvalidInput
@@ -93,21 +93,32 @@ def text_version(source: str) -> str:
 
 def record(conn: StoreConnection, subscriber_id: int, event: ConsentEvent) -> None:
     """Add one event to a subscriber's trail, in the caller's transaction (if any)."""
-    if event.form not in FORMS:
-        raise InvalidInput(f"consent form {event.form!r} is not one of {', '.join(FORMS)}")
-    conn.execute(
+    record_many(conn, [(subscriber_id, event)])
+
+
+def record_many(conn: StoreConnection, events: Sequence[tuple[int, ConsentEvent]]) -> None:
+    """Add (subscriber id, event) pairs to the trails in one statement (an import's batch)."""
+    for _, event in events:
+        if event.form not in FORMS:
+            raise InvalidInput(f"consent form {event.form!r} is not one of {', '.join(FORMS)}")
+    if not events:
+        return
+    conn.executemany(
         "INSERT INTO consent_events (subscriber_id, event, form, at, ip, user_agent,"
         " text_version, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            subscriber_id,
-            event.event,
-            event.form,
-            event.at or now_utc(),
-            event.ip,
-            event.user_agent[:_MAX_USER_AGENT],
-            event.text_version,
-            event.detail[:_MAX_DETAIL],
-        ),
+        [
+            (
+                subscriber_id,
+                event.event,
+                event.form,
+                event.at or now_utc(),
+                event.ip,
+                event.user_agent[:_MAX_USER_AGENT],
+                event.text_version,
+                event.detail[:_MAX_DETAIL],
+            )
+            for subscriber_id, event in events
+        ],
     )
 
 

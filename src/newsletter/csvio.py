@@ -810,6 +810,8 @@ def _record_consent(
     detail = f"file {report.path.name}"
     if report.command_line:
         detail += f"; command: {report.command_line}"
+    imported: list[tuple[int, consent.ConsentEvent]] = []
+    welcomes: list[tuple[str, int, str, str]] = []
     for row in wanted:
         row_id, status = ids[row.key]
         if row.consent:
@@ -819,13 +821,17 @@ def _record_consent(
         event = consent.ConsentEvent(
             consent.EVENT_IMPORT, consent.FORM_IMPORT, stamp, detail=f"{detail}, line {row.line}"
         )
-        consent.record(conn, row_id, event)
+        imported.append((row_id, event))
         if report.welcome and status == Status.ACTIVE.value:
-            conn.execute(
-                "INSERT INTO journal (issue, subscriber_id, state, queued_at, updated_at)"
-                " VALUES (?, ?, 'queued', ?, ?) ON CONFLICT (issue, subscriber_id) DO NOTHING",
-                (WELCOME_ISSUE, row_id, stamp, stamp),
-            )
+            welcomes.append((WELCOME_ISSUE, row_id, stamp, stamp))
+    # One statement each for the batch: on a database server, one round trip instead of many.
+    consent.record_many(conn, imported)
+    if welcomes:
+        conn.executemany(
+            "INSERT INTO journal (issue, subscriber_id, state, queued_at, updated_at)"
+            " VALUES (?, ?, 'queued', ?, ?) ON CONFLICT (issue, subscriber_id) DO NOTHING",
+            welcomes,
+        )
 
 
 def export_csv(

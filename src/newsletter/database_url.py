@@ -47,3 +47,32 @@ def redact(url: str) -> str:
 
 # A store is either: the SQLite file's path, or the PostgreSQL server's URL.
 StoreLocation = Path | DatabaseUrl
+
+
+def parse_location(value: str, root: Path) -> StoreLocation:
+    """``value`` (a setting, an environment variable, a command's argument) as a store's
+    location: a ``postgresql://`` URL, or a SQLite file's path relative to ``root``.
+    ValueError, saying why, for another scheme or a URL that cannot be one.
+    """
+    if not is_database_url(value):
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
+            raise ValueError(
+                f"{value.split('://', 1)[0]}:// is not a store this tool knows: give a SQLite "
+                "file's path or a postgresql:// URL"
+            )
+        return (root / value).resolve()
+    location = DatabaseUrl(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        raise ValueError(f"{location} is not a valid URL ({exc})") from None
+    bad = next((c for c in value if c.isspace() or ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ValueError(
+            f"{location} contains the character U+{ord(bad):04X}; percent-encode it (%20 for "
+            "a space)"
+        )
+    if not parts.path.strip("/"):
+        raise ValueError(f"{location} names no database: end it with /DATABASE_NAME")
+    return location

@@ -6,8 +6,6 @@ validates and stages the whole file first, without the lock, and then applies it
 slices: each slice is one transaction of about 80 ms, followed by a pause longer than SQLite's
 busy handler sleeps between its tries while a slice lasts, so a waiting writer gets in
 during the pause: it waits about one slice at most (``SLICE_SECONDS``, ``PAUSE_SECONDS``).
-PostgreSQL needs no pause: it queues the writers waiting for the store's lock and hands it to
-the first one when a slice commits, ahead of the import's next slice.
 
 "All or nothing" still holds as the admin sees it, through a row in ``imports``::
 
@@ -37,7 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from newsletter.errors import ImportUnfinished, InvalidInput, StoreError
-from newsletter.store import SOURCE_IMPORT, StoreConnection, now_utc, transaction, translate_errors
+from newsletter.store import (
+    SOURCE_IMPORT,
+    StoreConnection,
+    last_inserted_id,
+    now_utc,
+    transaction,
+    translate_errors,
+)
 
 # A slice stops taking more rows once its transaction has been open this long.
 SLICE_SECONDS = 0.08
@@ -264,18 +269,19 @@ def slice_of(conn: StoreConnection) -> Iterator[float]:
 
     A writer that began waiting during a slice of ``held`` seconds sleeps at most about
     ``2 * held`` before its next try (and never more than PAUSE_SECONDS while a slice lasts),
-    so a pause that long lets it in; tiny slices need only tiny pauses. PostgreSQL hands
-    the lock to a waiting writer itself: no pause there.
+    so a pause that long lets it in; tiny slices need only tiny pauses.
     """
     time.sleep(max(0.0, _Pacing.next_at - time.monotonic()))
     with transaction(conn):
         start = time.monotonic()
         yield start + SLICE_SECONDS
-    if conn.dialect == "postgresql":
-        return  # a waiting writer was handed the lock at commit (see the module docstring)
     held = time.monotonic() - start
     # Jitter keeps the pauses from falling into step with another process's retries.
     pause = min(PAUSE_SECONDS, 2 * held + 0.002) * random.uniform(1.0, 1.3)
+    if conn.dialect == "postgresql":
+        # The server hands the write lock to whoever queued for it first, the moment this
+        # slice commits: a waiting writer needs no pause to get in, only a turn.
+        pause = 0.001
     _Pacing.next_at = time.monotonic() + pause
 
 
@@ -303,14 +309,11 @@ def log_changes(conn: StoreConnection, import_id: int, changes: Sequence[Change]
 def log_added(conn: StoreConnection, import_id: int, count: int) -> None:
     """Inside a slice, right after inserting ``count`` subscribers: remember their ids.
 
-    Under the write lock AUTOINCREMENT (on PostgreSQL, the identity column's sequence) gives
-    one insert after another consecutive ids, and never gives them again, so a range names
-    exactly the subscribers this import added.
+    Under the write lock AUTOINCREMENT gives one insert after another consecutive ids, and
+    never gives them again, so a range names exactly the subscribers this import added.
     """
     if count:
-        # PostgreSQL has no last_insert_rowid(): lastval() is the sequence's last in the session.
-        newest = "lastval()" if conn.dialect == "postgresql" else "last_insert_rowid()"
-        last = int(conn.execute(f"SELECT {newest}").fetchone()[0])
+        last = last_inserted_id(conn, "subscribers")
         conn.execute(
             "INSERT INTO import_added (import_id, first_id, last_id) VALUES (?, ?, ?)",
             (import_id, last - count + 1, last),
@@ -350,7 +353,7 @@ def record_progress(
 
 def purge_undo_log(conn: StoreConnection) -> None:
     """Delete the undo log of finished imports, a slice at a time."""
-    finished = "import_id IN (SELECT id FROM imports WHERE finished = 1)"
+    finished = "import_id IN (SELECT id FROM imports WHERE finished != 0)"
     with translate_errors(conn):
         left = conn.execute(
             f"SELECT EXISTS (SELECT 1 FROM import_added WHERE {finished})"

@@ -16,6 +16,11 @@ dialects spell differently. The differences are all here, each named:
   advisory lock (:data:`WRITER_LOCK`) first; the send journal's claims, which only ever touch
   rows they have locked, go without it (``exclusive=False``), so that several senders run
   side by side.
+
+And a few habits keep the shared SQL valid on both: an upsert's ``DO UPDATE`` names its
+table's columns (``rate_windows.hits``: a bare name is ambiguous to PostgreSQL), a condition
+compares an integer flag (``finished != 0``) instead of using it as a truth value, and a
+subquery that chooses rows to lock is ``MATERIALIZED`` so that it runs once.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import functools
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +111,11 @@ class PostgresConnection:
     def __init__(self, location: DatabaseUrl, raw: psycopg.Connection[Any]):
         self.path = location  # named "path" like the SQLite store's, for messages
         self.raw = raw
+        self._trace: Callable[[str], object] | None = None
+
+    def set_trace_callback(self, trace: Callable[[str], object] | None) -> None:
+        """Call ``trace`` with each statement run, as sqlite3's connection does."""
+        self._trace = trace
 
     @classmethod
     def connect(cls, location: DatabaseUrl, *, timeout: float) -> PostgresConnection:
@@ -130,11 +140,18 @@ class PostgresConnection:
         return self.raw.info.transaction_status != TransactionStatus.IDLE
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
-        return self.raw.execute(translate(sql), tuple(parameters), prepare=False)
+        statement = translate(sql)
+        if self._trace is not None:
+            self._trace(statement)
+        return self.raw.execute(statement, tuple(parameters), prepare=False)
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]], /) -> psycopg.Cursor[Any]:
+        statement = translate(sql)
+        if self._trace is not None:
+            self._trace(statement)
         cursor = self.raw.cursor()
-        cursor.executemany(translate(sql), [tuple(p) for p in seq])
+        # psycopg sends them pipelined: one round trip for the lot, not one per row.
+        cursor.executemany(statement, [tuple(p) for p in seq])
         return cursor
 
     def begin(self, *, exclusive: bool = True) -> None:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
-from newsletter.database_url import DatabaseUrl, StoreLocation, is_database_url
+from newsletter.database_url import StoreLocation, parse_location
 from newsletter.errors import SettingsError, describe_character
 from newsletter.taxonomy import Taxonomy, slugify
 from newsletter.webhook_settings import WebhookSettings, parse_webhooks
@@ -384,33 +384,10 @@ def store_location(value: str, root: Path, where: Path) -> StoreLocation:
     from_environment = os.environ.get(DATABASE_URL_VARIABLE, "").strip()
     if from_environment:
         value, where, key = from_environment, Path(f"${DATABASE_URL_VARIABLE}"), ""
-    if not is_database_url(value):
-        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
-            raise SettingsError(
-                f"{value.split('://', 1)[0]}:// is not a store this tool knows: give a SQLite "
-                "file's path or a postgresql:// URL",
-                path=where,
-                key=key,
-            )
-        return (root / value).resolve()
-    location = DatabaseUrl(value)
-    bad = next((c for c in value if c.isspace() or ord(c) < 32), None)
     try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+        return parse_location(value, root)
     except ValueError as exc:
-        raise SettingsError(f"{location} is not a valid URL ({exc})", path=where, key=key) from None
-    if bad is not None:
-        raise SettingsError(
-            f"{location} contains {describe_character(bad)}; percent-encode it (%20 for a space)",
-            path=where,
-            key=key,
-        )
-    if not parts.path.strip("/"):
-        raise SettingsError(
-            f"{location} names no database: end it with /DATABASE_NAME", path=where, key=key
-        )
-    return location
+        raise SettingsError(str(exc), path=where, key=key) from None
 
 
 def check_url(value: object, where: Path, key: str, *, site: bool = False) -> str:

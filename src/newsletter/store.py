@@ -653,6 +653,15 @@ def schema_version(conn: StoreConnection) -> int:
     return int(row[0])
 
 
+def last_inserted_id(conn: StoreConnection, table: str) -> int:
+    """The id this connection's latest insert into ``table`` was given."""
+    if conn.dialect == "postgresql":
+        row = conn.execute("SELECT currval(pg_get_serial_sequence(?, 'id'))", (table,)).fetchone()
+    else:
+        row = conn.execute("SELECT last_insert_rowid()").fetchone()
+    return int(row[0])
+
+
 def table_names(conn: StoreConnection) -> list[str]:
     """The store's tables (not the schema's version record), by name."""
     with translate_errors(conn):

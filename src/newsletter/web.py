@@ -213,9 +213,11 @@ class WebApp:
         }
 
     def close(self) -> None:
-        """Stop the background thread; what it had not sent yet stays queued in the store."""
+        """Stop the background thread (after its last pass, within gunicorn's 30 s of grace);
+        what it had not sent yet stays queued in the store. Then close the store's pool."""
         if self.worker is not None:
-            self.worker.stop()
+            self.worker.stop(timeout=15.0)
+        self.connections.close()
 
     # --- WSGI ---------------------------------------------------------------------------
 

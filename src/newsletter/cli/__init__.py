@@ -68,7 +68,7 @@ def main(ctx: click.Context, config: Path | None) -> None:
 
 def _register() -> None:
     # Imported here so that each command module can import ``main``'s helpers from this one.
-    from newsletter.cli import author, events, sending, subscribers, unattended, web
+    from newsletter.cli import author, events, sending, store, subscribers, unattended, web
 
     for command in author.COMMANDS:
         main.add_command(command)
@@ -77,6 +77,7 @@ def _register() -> None:
     for command in sending.COMMANDS:
         main.add_command(command)
     main.add_command(web.serve)
+    main.add_command(store.store)
     for command in unattended.COMMANDS:
         main.add_command(command)
     for command in events.COMMANDS:
