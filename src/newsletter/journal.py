@@ -282,14 +282,16 @@ class SendJournal:
                 "WITH chosen AS MATERIALIZED ("
                 "SELECT s.id FROM journal AS j JOIN subscribers AS s ON s.id = j.subscriber_id "
                 "WHERE j.issue = ? AND j.state IN ('queued', 'deferred') "
-                "AND s.id > ? AND s.status = 'active' "
+                # Both sides of the join bound: PostgreSQL does not carry s.id > ? over to
+                # the journal, and would read every row already sent before the queued ones.
+                "AND s.id > ? AND j.subscriber_id > ? AND s.status = 'active' "
                 # Ordered by s.id, which the (status, id) index yields in order, so the
                 # query stops at LIMIT instead of sorting every remaining row per batch.
                 f"ORDER BY s.id LIMIT ?{skip_locked}) "
                 "UPDATE journal SET state = 'sending', attempts = attempts + 1, provider = ?, "
                 "updated_at = ? WHERE issue = ? AND subscriber_id IN (SELECT id FROM chosen) "
                 "RETURNING subscriber_id",
-                (self.issue, after_id, size, provider, now_utc(), self.issue),
+                (self.issue, after_id, after_id, size, provider, now_utc(), self.issue),
             ).fetchall()
             if not claimed:
                 return []
@@ -399,7 +401,10 @@ class SendJournal:
         with transaction(self.conn):
             cursor = self.conn.execute(
                 "DELETE FROM journal WHERE issue = ? AND state IN ('queued', 'deferred') AND "
-                "subscriber_id NOT IN (SELECT id FROM subscribers WHERE status = 'active')",
+                # NOT EXISTS, never NOT IN (SELECT …): past work_mem PostgreSQL runs the latter
+                # as a scan of every subscriber for each row (hours for a million).
+                "NOT EXISTS (SELECT 1 FROM subscribers AS s WHERE s.id = journal.subscriber_id "
+                "AND s.status = 'active')",
                 (self.issue,),
             )
             return int(cursor.rowcount)

@@ -19,8 +19,10 @@ dialects spell differently. The differences are all here, each named:
 
 And a few habits keep the shared SQL valid on both: an upsert's ``DO UPDATE`` names its
 table's columns (``rate_windows.hits``: a bare name is ambiguous to PostgreSQL), a condition
-compares an integer flag (``finished != 0``) instead of using it as a truth value, and a
-subquery that chooses rows to lock is ``MATERIALIZED`` so that it runs once.
+compares an integer flag (``finished != 0``) instead of using it as a truth value, a
+subquery that chooses rows to lock is ``MATERIALIZED`` so that it runs once, and "no such row"
+is ``NOT EXISTS``, never ``NOT IN (SELECT …)``, which PostgreSQL runs as a scan of the whole
+subquery per row once it outgrows work_mem.
 """
 
 from __future__ import annotations

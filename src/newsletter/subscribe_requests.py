@@ -261,8 +261,8 @@ def expire(conn: StoreConnection, *, now: float, limits: SubscribeLimits) -> Exp
             "DELETE FROM consent_events WHERE subscriber_id = ?", [(i,) for i in report.ids]
         )
         report.queue_dropped = conn.execute(
-            "DELETE FROM confirmation_queue WHERE requested_at < ? OR subscriber_id NOT IN"
-            " (SELECT id FROM subscribers)",
+            "DELETE FROM confirmation_queue WHERE requested_at < ? OR NOT EXISTS"
+            " (SELECT 1 FROM subscribers WHERE subscribers.id = confirmation_queue.subscriber_id)",
             (now - limits.pending_seconds,),
         ).rowcount
         report.windows_dropped = conn.execute(
