@@ -82,18 +82,16 @@ def make_folder(folder: Path, count: int) -> None:
     raw.close()
 
 
+def newsletter_command(folder: Path, *args: str) -> list[str]:
+    """`newsletter --config FOLDER/newsletter.toml ARGS…` as this interpreter runs it."""
+    return [sys.executable, "-m", "newsletter", "--config", str(folder / "newsletter.toml"), *args]
+
+
 def run_child(folder: Path, *args: str) -> tuple[float, float, str]:
     """Seconds and peak RSS (MB) of one `newsletter` command in a child process on one core."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    command = [
-        sys.executable,
-        "-m",
-        "newsletter",
-        "--config",
-        str(folder / "newsletter.toml"),
-        *args,
-    ]
+    command = newsletter_command(folder, *args)
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
     done = subprocess.run(pin + command, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
@@ -230,16 +228,7 @@ def run_senders(
     server: pg_server.PostgresCluster, folder: Path, senders: int, cores: set[int]
 ) -> SendersRun:
     """``senders`` processes of `newsletter send ISSUE --yes`, started together, on any core."""
-    command = [
-        sys.executable,
-        "-m",
-        "newsletter",
-        "--config",
-        str(folder / "newsletter.toml"),
-        "send",
-        "--yes",
-        str(folder / ISSUE.name),
-    ]
+    command = newsletter_command(folder, "send", "--yes", str(folder / ISSUE.name))
     # This process is pinned to one core; the senders may use them all.
     unpin = ["taskset", "-c", ",".join(map(str, sorted(cores)))] if cores else []
     outputs = [folder / f"sender{n}.out" for n in range(senders)]
