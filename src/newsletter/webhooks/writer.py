@@ -1,16 +1,25 @@
-"""Group commit: one thread writes the events of every verified request, many per transaction.
+"""Group commit: the events of every verified request that waits are written in one transaction.
 
 SQLite has one writer at a time. With a transaction (and a flush to disk) per request,
 concurrent webhook requests queue on the store's lock, and the waiting costs more than the
-work. Here one thread takes every request waiting, records each (a replayed delivery is
-refused by its first statement, before it writes anything) and commits them together. A request is
-answered only after the commit that holds its events: an acknowledged event is on disk.
+work. Here the request threads queue their events instead. The first to find no write under
+way writes: it takes every request waiting, records them together
+(:func:`newsletter.events.record_requests`: a replayed delivery is refused before it writes
+anything), commits, wakes each request of the group with its outcome, and hands the writing
+on to the first request that came in meanwhile. A request is answered only after the commit
+that holds its events: an acknowledged event is on disk.
+
+Why the request threads write, and why each waits on a lock of its own: the server's cost
+here is threads handing the interpreter lock to one another. A writer thread of its own
+adds two hand-overs per group, and waking every waiting thread to let each check whether
+its group was written adds one per waiting thread; here each request thread is woken once.
 """
 
 from __future__ import annotations
 
-import queue
+import contextlib
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -33,15 +42,17 @@ def _held_lock() -> threading.Lock:
 @dataclass
 class _Job:
     found: Sequence[events.DeliveryEvent]
-    delivery: tuple[str, str, float] | None
-    # Held until the writer has dealt with the job: a bare lock is the cheapest signal.
-    done: threading.Lock = field(default_factory=_held_lock)
+    delivery: events.Delivery | None
+    # Released once: when the group holding the job is written, or when the job's thread is
+    # to write the next group. A bare lock is the cheapest signal.
+    wake: threading.Lock = field(default_factory=_held_lock)
+    done: bool = False
     result: events.Recorded | None = None
     error: BaseException | None = None
 
 
 class EventWriter:
-    """Records events for any number of request threads through one connection and thread."""
+    """Records events for any number of request threads, one group transaction at a time."""
 
     def __init__(
         self, database: StoreLocation, *, soft_bounce_threshold: int, remember_seconds: float
@@ -49,75 +60,92 @@ class EventWriter:
         self.database = database
         self.soft_bounce_threshold = soft_bounce_threshold
         self.remember_seconds = remember_seconds
-        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self._started = False
-        self._start_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the fields below
+        self._waiting: list[_Job] = []
+        self._writing = False  # a thread is writing, or has been handed the next group
+        self._conn: StoreConnection | None = None
+        self._used_at = 0.0
+        self._closer: threading.Thread | None = None
         self._forgot_at = 0.0
 
     def record(
-        self, found: Sequence[events.DeliveryEvent], delivery: tuple[str, str, float] | None
+        self, found: Sequence[events.DeliveryEvent], delivery: events.Delivery | None
     ) -> events.Recorded:
         """Record ``found`` once committed; AlreadySeen for a replay, StoreError if the store
         fails (nothing of this request is then kept)."""
-        with self._start_lock:
-            if not self._started:
-                threading.Thread(target=self._run, name="webhook-writer", daemon=True).start()
-                self._started = True
         job = _Job(found, delivery)
-        self._queue.put(job)
-        job.done.acquire()
+        with self._lock:
+            self._waiting.append(job)
+            writes = not self._writing
+            self._writing = True
+        if not writes:
+            job.wake.acquire()
+        # Written by another thread, or this one writes now (again, if more than MAX_GROUP
+        # were waiting before it).
+        while not job.done:
+            with self._lock:
+                group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+            try:
+                self._write_group(group)
+            finally:  # also when interrupted: nobody may be left waiting
+                self._wake(group, job)
         if job.error is not None:
             raise job.error
-        result: events.Recorded | None = job.result
-        assert result is not None
-        return result
+        assert job.result is not None
+        return job.result
 
-    def _run(self) -> None:
-        conn: StoreConnection | None = None
-        while True:
-            try:
-                # The connection is closed when no event came for a while: an idle app holds
-                # no file open, and a store moved away is reopened, not written behind.
-                jobs = [self._queue.get(timeout=IDLE_SECONDS if conn is not None else None)]
-            except queue.Empty:
-                if conn is not None:
-                    conn.close()
-                    conn = None
-                continue
-            while len(jobs) < MAX_GROUP:
-                try:
-                    jobs.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                if conn is None:
-                    conn = store.open_store(self.database, create=False)
-                self._write(conn, jobs)
-            except Exception as exc:  # the store failed: nothing of this group was kept
-                for job in jobs:
-                    if not isinstance(job.error, events.AlreadySeen):
-                        job.result, job.error = None, exc
-                if conn is not None:
-                    conn.close()
-                    conn = None
-            finally:
-                for job in jobs:
-                    job.done.release()
+    def _wake(self, group: list[_Job], writer: _Job) -> None:
+        """Wake the requests of a written group, and hand the writing on (or stop)."""
+        with self._lock:
+            successor = self._waiting[0] if writer.done and self._waiting else None
+            if writer.done and successor is None:
+                self._writing = False
+            self._used_at = time.monotonic()
+        for job in group:
+            if job is not writer:
+                job.wake.release()
+        if successor is not None:
+            successor.wake.release()
+
+    def close(self) -> None:
+        """Close the store connection, unless a group is being written (a later request
+        opens it again)."""
+        with self._lock:
+            if not self._writing:
+                self._close_connection()
+
+    def _write_group(self, group: list[_Job]) -> None:
+        try:
+            if self._conn is None:
+                self._conn = store.open_store(
+                    self.database, create=False, handed_between_threads=True
+                )
+                self._start_closer()
+            self._write(self._conn, group)
+        except BaseException as exc:  # the store failed: nothing of this group was kept
+            for job in group:
+                if not isinstance(job.error, events.AlreadySeen):
+                    job.result, job.error = None, exc
+            self._close_connection()
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for job in group:
+                job.done = True
 
     def _write(self, conn: StoreConnection, jobs: list[_Job]) -> None:
         with store.transaction(conn):
-            for job in jobs:
-                try:
-                    job.result = events.record_in_transaction(
-                        conn,
-                        job.found,
-                        via=events.VIA_WEBHOOK,
-                        soft_bounce_threshold=self.soft_bounce_threshold,
-                        delivery=job.delivery,
-                    )
-                except events.AlreadySeen as exc:
-                    # Refused before it wrote anything: the rest of the group goes on.
-                    job.error = exc
+            outcomes = events.record_requests(
+                conn,
+                [(job.found, job.delivery) for job in jobs],
+                via=events.VIA_WEBHOOK,
+                soft_bounce_threshold=self.soft_bounce_threshold,
+            )
+            for job, outcome in zip(jobs, outcomes, strict=True):
+                if isinstance(outcome, events.AlreadySeen):
+                    job.error = outcome  # refused before it wrote anything
+                else:
+                    job.result = outcome
             now = max((job.delivery[2] for job in jobs if job.delivery), default=0.0)
             if now - self._forgot_at >= _FORGET_EVERY_SECONDS:
                 self._forgot_at = now
@@ -125,6 +153,28 @@ class EventWriter:
                     "DELETE FROM webhook_deliveries WHERE seen_at < ?",
                     (now - self.remember_seconds,),
                 )
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):  # a broken connection is dropped all the same
+                conn.close()
+
+    def _start_closer(self) -> None:
+        if self._closer is None:
+            self._closer = threading.Thread(
+                target=self._close_when_idle, name="webhook-store-closer", daemon=True
+            )
+            self._closer.start()
+
+    def _close_when_idle(self) -> None:
+        # The connection is closed when no event came for a while: an idle app holds no file
+        # open, and a store moved away is reopened, not written behind.
+        while True:
+            time.sleep(IDLE_SECONDS / 2)
+            with self._lock:
+                if not self._writing and time.monotonic() - self._used_at >= IDLE_SECONDS:
+                    self._close_connection()
 
 
 __all__ = ["EventWriter", "StoreError"]
