@@ -33,8 +33,9 @@ import email.parser
 import email.policy
 import json
 import os
+import queue
 import re
-import socketserver
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -214,10 +215,12 @@ class WebApp:
 
     def close(self) -> None:
         """Stop the background thread (after its last pass, within gunicorn's 30 s of grace);
-        what it had not sent yet stays queued in the store. Then close the store's pool."""
+        what it had not sent yet stays queued in the store. Then close the store's pool and
+        the webhook writer's connection."""
         if self.worker is not None:
             self.worker.stop(timeout=15.0)
         self.connections.close()
+        self.webhooks.writer.close()
 
     # --- WSGI ---------------------------------------------------------------------------
 
@@ -619,11 +622,67 @@ def create_app(settings: Settings | None = None) -> WebApp:
     return WebApp(settings)
 
 
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+class _ThreadingWSGIServer(WSGIServer):
+    """The standard library's WSGI server, a thread for each connection, kept for the next.
+
+    Each connection gets a thread at once, as with ``socketserver.ThreadingMixIn``, so a slow
+    client never holds up another; but a thread that is done waits a while for the next
+    connection instead of ending. Starting a thread per request cost the server more than
+    answering a request that needs no work (``bench/webhooks.py``'s 204 baseline).
+    """
+
     # A mail provider may POST many one-click unsubscribes at once; the default backlog of
     # 5 would reset the connections beyond it.
     request_queue_size = 128
+    idle_seconds = 30.0
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        # Set before binding: a port in use closes the server from within __init__.
+        self._handed: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        self._idle_lock = threading.Lock()
+        self._idle = 0  # threads waiting for a connection that none has been promised yet
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._idle_lock:
+            promised = self._idle > 0
+            if promised:
+                self._idle -= 1
+        if promised:
+            self._handed.put((request, client_address))
+        else:
+            threading.Thread(
+                target=self._serve_connections, args=(request, client_address), daemon=True
+            ).start()
+
+    def _serve_connections(self, request: Any, client_address: Any) -> None:
+        while True:
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+            with self._idle_lock:
+                self._idle += 1
+            try:
+                handed = self._handed.get(timeout=self.idle_seconds)
+            except queue.Empty:
+                with self._idle_lock:
+                    if self._idle > 0:  # no connection is on its way to this thread: end
+                        self._idle -= 1
+                        return
+                handed = self._handed.get()  # one was promised just now: take it
+            if handed is None:
+                return
+            request, client_address = handed
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._idle_lock:
+            waiting, self._idle = self._idle, 0
+        for _ in range(waiting):
+            self._handed.put(None)
 
 
 def without_tokens(text: str) -> str:
@@ -646,7 +705,7 @@ class _QuietRequestLog(WSGIRequestHandler):
 
 
 def make_server(app: WebApp, host: str, port: int, *, log: bool = True) -> WSGIServer:
-    """The standard library's WSGI server for ``app``, one thread per request; port 0: any."""
+    """The standard library's WSGI server for ``app``, a thread per connection; port 0: any."""
     handler = _RequestLog if log else _QuietRequestLog
     return _make_wsgiref_server(
         host, port, app, server_class=_ThreadingWSGIServer, handler_class=handler

@@ -1,0 +1,83 @@
+"""`newsletter serve`'s server: a thread for each connection, kept for the next one."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from newsletter.web import make_server
+
+from .loopback import running
+
+
+def _thread_naming_app(
+    environ: dict[str, Any], start_response: Callable[..., Any]
+) -> Iterable[bytes]:
+    name = threading.current_thread().name.encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(name)))])
+    return [name]
+
+
+def _get(url: str) -> str:
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        assert response.status == 200
+        return response.read().decode()
+    finally:
+        connection.close()
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_thread_that_is_done_serves_the_next_connection() -> None:
+    server = make_server(_thread_naming_app, "127.0.0.1", 0, log=False)  # type: ignore[arg-type]
+    with running(server) as url:
+        names = [_get(url) for _ in range(20)]
+    # One after the other, every request finds the thread of the one before waiting for it.
+    # (A thread per request would have given 20 names: Python numbers every new thread.)
+    assert len(set(names)) == 1
+
+
+def test_a_silent_connection_holds_up_no_other_and_a_busy_server_starts_threads() -> None:
+    server = make_server(_thread_naming_app, "127.0.0.1", 0, log=False)  # type: ignore[arg-type]
+    with running(server) as url:
+        first = _get(url)  # its thread now waits for the next connection
+        host, port = url.removeprefix("http://").split(":")
+        silent = [socket.create_connection((host, int(port))) for _ in range(3)]
+        try:
+            # The waiting thread took the first silent connection; the others got new threads,
+            # and so does this request: none of them waits for a client that says nothing.
+            answered = _get(url)
+            assert answered != first
+        finally:
+            for connection in silent:
+                connection.close()
+
+
+def test_threads_end_after_waiting_a_while_for_a_connection() -> None:
+    server = make_server(_thread_naming_app, "127.0.0.1", 0, log=False)  # type: ignore[arg-type]
+    server.idle_seconds = 0.2  # type: ignore[attr-defined]
+    with running(server) as url:
+        name = _get(url)
+        assert any(t.name == name for t in threading.enumerate())
+        _wait_until(lambda: all(t.name != name for t in threading.enumerate()))
+        assert _get(url) != name  # served by a new thread
+
+
+def test_closing_the_server_ends_its_waiting_threads() -> None:
+    server = make_server(_thread_naming_app, "127.0.0.1", 0, log=False)  # type: ignore[arg-type]
+    with running(server) as url:
+        name = _get(url)
+    _wait_until(lambda: all(t.name != name for t in threading.enumerate()))
