@@ -8,7 +8,11 @@ sources (Mailgun HMAC, SendGrid ECDSA, Postmark basic auth, SES/SNS RSA with its
 fetched once over HTTPS from a loopback stand-in, Resend/Svix), are posted by ``--clients``
 concurrent connections, first to an app that only answers 204, then to the webhooks. Every
 request to the webhooks must be answered 200 and every event must be in the store afterwards.
-Target: at least 1,000 events a second, and at least half the baseline's rate.
+Target, for the run of one event per request: at least 1,000 events a second, and at least
+half the baseline's rate. The second run (SendGrid posting batches) shows what batches are
+worth; a 204 costs the same whatever the batch holds, so its ratio is not a target. The
+server's CPU time per request is shown beside each rate: it varies less than the rates on a
+shared machine.
 """
 
 from __future__ import annotations
@@ -56,9 +60,18 @@ Request = tuple[str, dict[str, str], bytes]
 
 
 def _serve(
-    kind: str, folder: str, ca_file: str, ready: Any, stop: Any, environment: dict[str, str]
+    kind: str,
+    folder: str,
+    ca_file: str,
+    ready: Any,
+    go: Any,
+    stop: Any,
+    environment: dict[str, str],
 ) -> None:
-    """The server process: the 204-only app or the newsletter's app, until ``stop`` is set."""
+    """The server process: the 204-only app or the newsletter's app, until ``stop`` is set.
+
+    Puts its port on ``ready``, then the CPU seconds it used between ``go`` and ``stop``.
+    """
     os.environ.update(environment)
     from newsletter.web import WebApp, make_server
     from newsletter.webhooks import WebhookReceiver
@@ -82,7 +95,11 @@ def _serve(
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     ready.put(server.server_port)
+    go.wait()
+    before = os.times()
     stop.wait()
+    after = os.times()
+    ready.put((after.user - before.user) + (after.system - before.system))
     server.shutdown()
     server.server_close()
 
@@ -121,9 +138,10 @@ def _post_all(port: int, requests: list[Request], clients: int) -> tuple[float, 
 
 def _run(
     kind: str, folder: Path, ca_file: str, requests: list[Request], clients: int
-) -> tuple[float, dict[int, int]]:
+) -> tuple[float, float, dict[int, int]]:
+    """Seconds to answer every request, the server's CPU seconds meanwhile, the statuses."""
     context = multiprocessing.get_context("spawn")
-    ready, stop = context.Queue(), context.Event()
+    ready, go, stop = context.Queue(), context.Event(), context.Event()
     environment = {
         "NEWSLETTER_SECRET": "bench-secret-of-enough-length-0123456789",
         "MAILGUN_WEBHOOK_SIGNING_KEY": MAILGUN_KEY,
@@ -131,12 +149,15 @@ def _run(
         "RESEND_WEBHOOK_SECRET": RESEND_SECRET,
     }
     process = context.Process(
-        target=_serve, args=(kind, str(folder), ca_file, ready, stop, environment)
+        target=_serve, args=(kind, str(folder), ca_file, ready, go, stop, environment)
     )
     process.start()
     try:
         port = ready.get(timeout=60)
-        return _post_all(port, requests, clients)
+        go.set()
+        seconds, statuses = _post_all(port, requests, clients)
+        stop.set()
+        return seconds, ready.get(timeout=60), statuses
     finally:
         stop.set()
         process.join(30)
@@ -246,47 +267,62 @@ def main() -> None:
                     senders, args.requests, args.subscribers, batch, f"{tag}0."
                 )
                 # The best of --repeat alternating runs each: the machine may be shared.
-                base_seconds = hook_seconds = float("inf")
+                best: dict[str, tuple[float, float]] = {}
+                attempts: dict[str, list[float]] = {"baseline": [], "webhooks": []}
                 for attempt in range(args.repeat):
-                    seconds, answers = _run("baseline", folder, ca_file, requests, args.clients)
-                    base_seconds = min(base_seconds, seconds)
-                    answered_ok &= answers == {204: len(requests)}
                     if attempt:  # each attempt needs fresh events: the store keeps every one
                         requests, events = _requests(
                             senders, args.requests, args.subscribers, batch, f"{tag}{attempt}."
                         )
-                    seconds, answers = _run("webhooks", folder, ca_file, requests, args.clients)
-                    hook_seconds = min(hook_seconds, seconds)
-                    answered_ok &= answers == {200: len(requests)}
+                    for kind, expected in (("baseline", 204), ("webhooks", 200)):
+                        seconds, cpu, answers = _run(kind, folder, ca_file, requests, args.clients)
+                        answered_ok &= answers == {expected: len(requests)}
+                        attempts[kind].append(events / seconds)
+                        if seconds < best.get(kind, (float("inf"), 0.0))[0]:
+                            best[kind] = (seconds, cpu)
                     stored_expected += events
-                rows.append((label, len(requests), events, base_seconds, hook_seconds))
+                rows.append((label, len(requests), events, best, attempts))
         with closing(store.open_store(settings.paths.database)) as conn:
             stored = conn.execute("SELECT count(*) FROM delivery_events").fetchone()[0]
 
     print(
         f"{args.clients} client connections, one server process (threads), loopback; "
-        f"best of {args.repeat} runs each"
+        f"best of {args.repeat} runs each; server CPU in ms per request"
     )
     print(
-        f"{'run':<28}{'requests':>9}{'events':>8}{'204-only ev/s':>15}"
-        f"{'webhooks ev/s':>15}{'ratio':>7}{'target':>8}"
+        f"{'run':<28}{'requests':>9}{'events':>8}{'204-only ev/s':>15}{'CPU':>6}"
+        f"{'webhooks ev/s':>15}{'CPU':>6}{'ratio':>7}{'target':>8}"
     )
     complete = answered_ok and stored == stored_expected
-    met = []
-    for label, count, events, base_seconds, hook_seconds in rows:
+    met = True
+    for n, (label, count, events, best, _) in enumerate(rows):
+        (base_seconds, base_cpu), (hook_seconds, hook_cpu) = best["baseline"], best["webhooks"]
         base_rate, hook_rate = events / base_seconds, events / hook_seconds
         ratio = hook_rate / base_rate
-        met.append(hook_rate >= TARGET_EVENTS_PER_SECOND and ratio >= TARGET_SHARE_OF_BASELINE)
+        if n == 0:  # the target's run: one event per request, the sources mixed
+            met = hook_rate >= TARGET_EVENTS_PER_SECOND and ratio >= TARGET_SHARE_OF_BASELINE
+            verdict = "met" if met else "missed"
+        else:
+            verdict = "-"
         print(
-            f"{label:<28}{count:>9,}{events:>8,}{base_rate:>15,.0f}{hook_rate:>15,.0f}"
-            f"{ratio:>7.2f}{'met' if met[-1] else 'missed':>8}"
+            f"{label:<28}{count:>9,}{events:>8,}{base_rate:>15,.0f}"
+            f"{base_cpu / count * 1000:>6.2f}{hook_rate:>15,.0f}{hook_cpu / count * 1000:>6.2f}"
+            f"{ratio:>7.2f}{verdict:>8}"
+        )
+    for label, _, _, _, attempts in rows:
+        print(
+            f"every run, {label}: 204-only "
+            + " / ".join(f"{rate:,.0f}" for rate in attempts["baseline"])
+            + " ev/s; webhooks "
+            + " / ".join(f"{rate:,.0f}" for rate in attempts["webhooks"])
+            + " ev/s"
         )
     print(f"every request answered as expected and every event stored ({stored:,}): {complete}")
     print(
-        f"target: ≥ {TARGET_EVENTS_PER_SECOND:,.0f} events/s and ≥ "
+        f"target (one event per request): ≥ {TARGET_EVENTS_PER_SECOND:,.0f} events/s and ≥ "
         f"{TARGET_SHARE_OF_BASELINE:.0%} of the 204-only rate"
     )
-    sys.exit(0 if complete and all(met) else 1)
+    sys.exit(0 if complete and met else 1)
 
 
 if __name__ == "__main__":
