@@ -180,39 +180,17 @@ def record_requests(
 
 
 def _unseen_deliveries(conn: StoreConnection, deliveries: list[Delivery]) -> set[tuple[str, str]]:
-    """Remember ``deliveries``; the (source, delivery id) of those not seen before.
-
-    A read then one insert, not an insert that returns each row: the caller holds the write
-    lock, so nothing comes in between, and a statement that returns no row is one step.
-    (Pairs are looked up by joining a VALUES list, which walks the primary key; SQLite
-    answers ``(a, b) IN (VALUES ...)`` by reading the whole table. CROSS JOIN keeps SQLite
-    from choosing the other order.)
-    """
+    """Remember ``deliveries``; the (source, delivery id) of those not seen before."""
     found: set[tuple[str, str]] = set()
     for start in range(0, len(deliveries), _ROWS_PER_INSERT):
         chunk = deliveries[start : start + _ROWS_PER_INSERT]
-        wanted = {(source, delivery_id): now for source, delivery_id, now in chunk}
-        pairs = ", ".join(["(?, ?)"] * len(wanted))
-        seen = conn.execute(
-            f"SELECT w.source, w.delivery_id FROM (VALUES {pairs}) AS v"
-            " CROSS JOIN webhook_deliveries AS w"
-            " WHERE w.source = v.column1 AND w.delivery_id = v.column2",
-            [value for pair in wanted for value in pair],
-        ).fetchall()
-        for source, delivery_id in seen:
-            del wanted[(str(source), str(delivery_id))]
-        if wanted:
-            conn.execute(
-                "INSERT INTO webhook_deliveries (source, delivery_id, seen_at) VALUES "
-                + ", ".join(["(?, ?, ?)"] * len(wanted))
-                + " ON CONFLICT DO NOTHING",
-                [
-                    value
-                    for (source, delivery_id), now in wanted.items()
-                    for value in (source, delivery_id, now)
-                ],
-            )
-        found.update(wanted)
+        for source, delivery_id in conn.execute(
+            "INSERT INTO webhook_deliveries (source, delivery_id, seen_at) VALUES "
+            + ", ".join(["(?, ?, ?)"] * len(chunk))
+            + " ON CONFLICT DO NOTHING RETURNING source, delivery_id",
+            [value for delivery in chunk for value in delivery],
+        ):
+            found.add((str(source), str(delivery_id)))
     return found
 
 
@@ -232,40 +210,29 @@ def _insert(
     """Insert the events not kept yet, many per statement; their (provider, event id)."""
     inserted: set[tuple[str, str]] = set()
     for start in range(0, len(rows), _ROWS_PER_INSERT):
-        chunk: dict[tuple[str, str], list[object]] = {}
-        for event, key, issue, subscriber_id in rows[start : start + _ROWS_PER_INSERT]:
-            chunk.setdefault(
-                (event.provider, event.event_id),
-                [
-                    event.provider,
-                    event.event_id,
-                    event.kind.value,
-                    event.email.strip()[:320],
-                    key,
-                    event.occurred_at,
-                    received,
-                    event.reason[:500],
-                    via,
-                    issue,
-                    subscriber_id,
-                ],
-            )
-        pairs = ", ".join(["(?, ?)"] * len(chunk))
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+        params: list[object] = []
+        for event, key, issue, subscriber_id in chunk:
+            params += [
+                event.provider,
+                event.event_id,
+                event.kind.value,
+                event.email.strip()[:320],
+                key,
+                event.occurred_at,
+                received,
+                event.reason[:500],
+                via,
+                issue,
+                subscriber_id,
+            ]
         for provider, event_id in conn.execute(
-            f"SELECT e.provider, e.event_id FROM (VALUES {pairs}) AS v"
-            " CROSS JOIN delivery_events AS e"
-            " WHERE e.provider = v.column1 AND e.event_id = v.column2",
-            [value for pair in chunk for value in pair],
-        ).fetchall():
-            chunk.pop((str(provider), str(event_id)), None)
-        if chunk:
-            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
-            conn.execute(
-                f"INSERT INTO delivery_events ({_COLUMNS}) VALUES {values} "
-                "ON CONFLICT (provider, event_id) DO NOTHING",
-                [value for params in chunk.values() for value in params],
-            )
-        inserted.update(chunk)
+            f"INSERT INTO delivery_events ({_COLUMNS}) VALUES {values} "
+            "ON CONFLICT (provider, event_id) DO NOTHING RETURNING provider, event_id",
+            params,
+        ):
+            inserted.add((str(provider), str(event_id)))
     return inserted
 
 
