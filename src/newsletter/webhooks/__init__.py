@@ -9,8 +9,8 @@ that the web app hands every ``/webhooks/`` path to. For each request it
 2. has the source verify it; a refusal is 400, 401 or 403 with an empty body, whatever the
    reason, and changes nothing (the reason goes to the log, without secret or signature);
 3. records the events (``newsletter.events``) together with the request's delivery id, so a
-   replay is refused (403) and changes nothing; one writer thread commits the requests
-   waiting together (``writer.py``), and answers each once its events are on disk;
+   replay is acknowledged and changes nothing; the requests waiting together share one
+   commit (``writer.py``), and each is answered once its events are on disk;
 4. answers 200 with counts, also for events about addresses not on the list, so that the
    provider does not retry forever. A store that is busy or failing answers 503: the
    provider retries later.
