@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import pytest
+
 from newsletter.web import make_server
 
 from .loopback import running
@@ -43,8 +45,12 @@ def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 def test_a_thread_that_is_done_serves_the_next_connection() -> None:
     server = make_server(_thread_naming_app, "127.0.0.1", 0, log=False)  # type: ignore[arg-type]
+    names = []
     with running(server) as url:
-        names = [_get(url) for _ in range(20)]
+        for _ in range(20):
+            names.append(_get(url))
+            # The client has its answer a moment before the thread is done with the connection.
+            _wait_until(lambda: server._idle == 1)  # type: ignore[attr-defined]
     # One after the other, every request finds the thread of the one before waiting for it.
     # (A thread per request would have given 20 names: Python numbers every new thread.)
     assert len(set(names)) == 1
@@ -53,7 +59,8 @@ def test_a_thread_that_is_done_serves_the_next_connection() -> None:
 def test_a_silent_connection_holds_up_no_other_and_a_busy_server_starts_threads() -> None:
     server = make_server(_thread_naming_app, "127.0.0.1", 0, log=False)  # type: ignore[arg-type]
     with running(server) as url:
-        first = _get(url)  # its thread now waits for the next connection
+        first = _get(url)
+        _wait_until(lambda: server._idle == 1)  # type: ignore[attr-defined]  # its thread waits
         host, port = url.removeprefix("http://").split(":")
         silent = [socket.create_connection((host, int(port))) for _ in range(3)]
         try:
@@ -81,3 +88,25 @@ def test_closing_the_server_ends_its_waiting_threads() -> None:
     with running(server) as url:
         name = _get(url)
     _wait_until(lambda: all(t.name != name for t in threading.enumerate()))
+
+
+def test_a_response_leaves_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[int] = []
+
+    def counting(real: Callable[..., Any]) -> Callable[..., Any]:
+        def write(self: socket.socket, data: Any, *args: Any) -> Any:
+            if threading.current_thread().name != "MainThread":  # the server's, not the client's
+                writes.append(len(data))
+            return real(self, data, *args)
+
+        return write
+
+    server = make_server(_thread_naming_app, "127.0.0.1", 0, log=False)  # type: ignore[arg-type]
+    with running(server) as url:
+        monkeypatch.setattr(socket.socket, "sendall", counting(socket.socket.sendall))
+        monkeypatch.setattr(socket.socket, "send", counting(socket.socket.send))
+        name = _get(url)
+        monkeypatch.undo()
+    # Status line, headers and body together (unbuffered, wsgiref sends the status line, the
+    # Date and Server headers, the other headers and the body each on their own).
+    assert len(writes) == 1 and writes[0] > len(name)
