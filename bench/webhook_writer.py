@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from newsletter import store
+from newsletter.database_url import StoreLocation
 from newsletter.events import DeliveryEvent, EventKind
 from newsletter.webhooks.writer import EventWriter, _Job
 
@@ -33,6 +34,20 @@ KINDS = [EventKind.DELIVERED] * 17 + [
     EventKind.HARD_BOUNCE,
     EventKind.COMPLAINT,
 ]
+
+
+def add_readers(database: StoreLocation, count: int) -> None:
+    """Active subscribers reader0@example.net ... in a new store (the webhook benchmarks')."""
+    stamp = store.now_utc()
+    with closing(store.open_store(database)) as conn, store.transaction(conn):
+        conn.executemany(
+            "INSERT INTO subscribers (email, email_key, status, source, created_at,"
+            " status_changed_at, status_source) VALUES (?, ?, 'active', 'bench', ?, ?, 'bench')",
+            (
+                (f"reader{n}@example.net", f"reader{n}@example.net", stamp, stamp)
+                for n in range(count)
+            ),
+        )
 
 
 def main() -> None:
@@ -46,16 +61,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.folder) as tmp:
         database = Path(tmp) / "newsletter.db"
         stamp = store.now_utc()
-        with closing(store.open_store(database)) as conn, store.transaction(conn):
-            conn.executemany(
-                "INSERT INTO subscribers (email, email_key, status, source, created_at,"
-                " status_changed_at, status_source) VALUES (?, ?, 'active', 'bench', ?, ?,"
-                " 'bench')",
-                (
-                    (f"reader{n}@example.net", f"reader{n}@example.net", stamp, stamp)
-                    for n in range(args.subscribers)
-                ),
-            )
+        add_readers(database, args.subscribers)
         writer = EventWriter(database, soft_bounce_threshold=3, remember_seconds=600.0)
         conn = store.open_store(database, create=False)
         numbers = itertools.count()

@@ -52,6 +52,7 @@ from tests.webhook_senders import (
 
 from newsletter import store
 from newsletter.settings import load_settings
+from webhook_writer import add_readers
 
 TARGET_EVENTS_PER_SECOND = 1000.0
 TARGET_SHARE_OF_BASELINE = 0.5
@@ -235,20 +236,7 @@ def main() -> None:
                 "utf-8",
             )
             settings = load_settings(folder / "newsletter.toml")
-            stamp = store.now_utc()
-            with (
-                closing(store.open_store(settings.paths.database)) as conn,
-                store.transaction(conn),
-            ):
-                conn.executemany(
-                    "INSERT INTO subscribers (email, email_key, status, source, created_at,"
-                    " status_changed_at, status_source) VALUES (?, ?, 'active', 'bench', ?, ?,"
-                    " 'bench')",
-                    (
-                        (f"reader{n}@example.net", f"reader{n}@example.net", stamp, stamp)
-                        for n in range(args.subscribers)
-                    ),
-                )
+            add_readers(settings.paths.database, args.subscribers)
             senders: dict[str, Any] = {
                 "mailgun": MailgunSender(),
                 "sendgrid": sendgrid,
