@@ -641,6 +641,7 @@ class _ThreadingWSGIServer(WSGIServer):
         self._handed: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
         self._idle_lock = threading.Lock()
         self._idle = 0  # threads waiting for a connection that none has been promised yet
+        self._closed = False
         super().__init__(*args, **kwargs)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -664,6 +665,8 @@ class _ThreadingWSGIServer(WSGIServer):
             finally:
                 self.shutdown_request(request)
             with self._idle_lock:
+                if self._closed:
+                    return
                 self._idle += 1
             try:
                 handed = self._handed.get(timeout=self.idle_seconds)
@@ -680,6 +683,7 @@ class _ThreadingWSGIServer(WSGIServer):
     def server_close(self) -> None:
         super().server_close()
         with self._idle_lock:
+            self._closed = True
             waiting, self._idle = self._idle, 0
         for _ in range(waiting):
             self._handed.put(None)
