@@ -380,3 +380,40 @@ def test_remove_forgets_topics_history_confirmations_and_reasons(
     assert subscribe_requests.queued_count(conn) == 0
     # What the send did stays countable, by id alone.
     assert conn.execute("SELECT state FROM journal").fetchall() == [("failed",)]
+
+
+def _add_half(conn: store.StoreConnection) -> None:
+    conn.execute(
+        "INSERT INTO subscribers (email, email_key, status, source, created_at,"
+        " status_changed_at, status_source) VALUES (?, ?, 'active', 'cli', ?, ?, 'cli')",
+        ("half@example.org", "half@example.org", store.now_utc(), store.now_utc()),
+    )
+
+
+def _has_half(conn: store.StoreConnection) -> bool:
+    found = conn.execute("SELECT count(*) FROM subscribers WHERE email = 'half@example.org'")
+    return bool(found.fetchone()[0])
+
+
+def test_ctrl_c_stays_ctrl_c_when_it_leaves_the_connection_unusable(
+    store_location: StoreLocation,
+) -> None:
+    conn = store.open_store(store_location)
+    with pytest.raises(KeyboardInterrupt), store.transaction(conn):
+        _add_half(conn)
+        conn.close()  # as Ctrl-C half-way through talking to the server leaves it
+        raise KeyboardInterrupt
+    with closing(store.open_store(store_location)) as again:
+        assert not _has_half(again)
+
+
+def test_an_error_raised_while_ctrl_c_is_handled_is_ctrl_c(conn: store.StoreConnection) -> None:
+    # psycopg, interrupted in the middle of a pipeline, raises "another command is already in
+    # progress" from its clean-up: the command must still say it was interrupted.
+    with pytest.raises(KeyboardInterrupt), store.transaction(conn):
+        _add_half(conn)
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("another command is already in progress") from None
+    assert not _has_half(conn)

@@ -769,11 +769,33 @@ def transaction(conn: StoreConnection, *, exclusive: bool = True) -> Iterator[St
             conn.begin(exclusive=exclusive)  # on PostgreSQL, waiting for the lock may fail
             yield conn
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
+            interrupted = _interrupted(exc)
             # SQLite rolls back by itself after some errors (e.g. a full disk).
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except Exception:
+                if not interrupted:
+                    raise
+                # Ctrl-C in the middle of talking to the server leaves the connection unusable;
+                # the server drops what was not committed when it closes.
+            if interrupted and not isinstance(exc, KeyboardInterrupt):
+                raise KeyboardInterrupt from exc
             raise
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ctrl-C, or an error it caused: psycopg, interrupted half-way through
+    a pipeline (executemany), raises "another command is already in progress" instead."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # a short chain: the interrupt is close by when it is there at all
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__context__
+    return False
 
 
 # --- Values -------------------------------------------------------------------------------

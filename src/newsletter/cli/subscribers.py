@@ -404,7 +404,10 @@ def import_(
                 refused=erasure.refusal_check(conn, app.settings),
             )
     except KeyboardInterrupt:
-        left = None if dry_run else imports.unfinished(conn)
+        # Read through a new connection: Ctrl-C may have left this one half-way through
+        # talking to a PostgreSQL server.
+        conn.close()
+        left = None if dry_run else imports.unfinished(_open(app, create=False))
         if left is None:
             raise click.ClickException("interrupted; the list was not changed") from None
         raise click.ClickException(f"interrupted: {imports.advice(left)}") from None
