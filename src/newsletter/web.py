@@ -635,6 +635,8 @@ class _ThreadingWSGIServer(WSGIServer):
     # 5 would reset the connections beyond it.
     request_queue_size = 128
     idle_seconds = 30.0
+    # After a burst of connections, the threads beyond these end at once instead of waiting.
+    max_idle = 32
 
     def __init__(self, *args: Any, **kwargs: Any):
         # Set before binding: a port in use closes the server from within __init__.
@@ -665,7 +667,7 @@ class _ThreadingWSGIServer(WSGIServer):
             finally:
                 self.shutdown_request(request)
             with self._idle_lock:
-                if self._closed:
+                if self._closed or self._idle >= self.max_idle:
                     return
                 self._idle += 1
             try:
