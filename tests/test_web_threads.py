@@ -86,17 +86,22 @@ def test_threads_end_after_waiting_a_while_for_a_connection() -> None:
 def test_after_a_burst_only_a_few_threads_wait_for_more() -> None:
     server = make_server(_thread_naming_app, "127.0.0.1", 0, log=False)  # type: ignore[arg-type]
     server.max_idle = 2  # type: ignore[attr-defined]
-    before = threading.active_count()
+    prefix = server.thread_prefix  # type: ignore[attr-defined]
+
+    def threads() -> int:
+        return sum(t.name.startswith(prefix) for t in threading.enumerate())
+
     with running(server) as url:
         host, port = url.removeprefix("http://").split(":")
         silent = [socket.create_connection((host, int(port))) for _ in range(6)]
-        _wait_until(lambda: threading.active_count() >= before + 1 + 6)  # + serve_forever
-        for connection in silent:
-            connection.close()
-        _wait_until(lambda: threading.active_count() == before + 1 + 2)
+        try:
+            _wait_until(lambda: threads() == 6)
+        finally:
+            for connection in silent:
+                connection.close()
+        _wait_until(lambda: threads() == 2)
         time.sleep(0.2)
-        assert threading.active_count() == before + 1 + 2
-        assert server._idle == 2  # type: ignore[attr-defined]
+        assert threads() == 2 and server._idle == 2  # type: ignore[attr-defined]
 
 
 def test_closing_the_server_ends_its_waiting_threads() -> None:

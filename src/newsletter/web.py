@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import itertools
 import json
 import os
 import queue
@@ -644,7 +645,13 @@ class _ThreadingWSGIServer(WSGIServer):
         self._idle_lock = threading.Lock()
         self._idle = 0  # threads waiting for a connection that none has been promised yet
         self._closed = False
+        self._started = itertools.count(1)
         super().__init__(*args, **kwargs)
+
+    @property
+    def thread_prefix(self) -> str:
+        """The start of the names of this server's threads (the port, then a number)."""
+        return f"newsletter-serve:{self.server_address[1]}#"
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._idle_lock:
@@ -655,7 +662,10 @@ class _ThreadingWSGIServer(WSGIServer):
             self._handed.put((request, client_address))
         else:
             threading.Thread(
-                target=self._serve_connections, args=(request, client_address), daemon=True
+                target=self._serve_connections,
+                args=(request, client_address),
+                name=f"{self.thread_prefix}{next(self._started)}",
+                daemon=True,
             ).start()
 
     def _serve_connections(self, request: Any, client_address: Any) -> None:
