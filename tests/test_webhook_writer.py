@@ -125,3 +125,15 @@ def test_the_connection_is_closed_when_no_event_came_for_a_while(
     # The next request opens it again.
     assert writer.record([_event(2)], ("mailgun", "delivery-2", time.time())).recorded == 1
     assert _status(location, 2) is Status.BOUNCED
+
+
+def test_the_closing_thread_ends_with_the_connection(
+    location: StoreLocation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "IDLE_SECONDS", 0.1)
+    writer = EventWriter(location, soft_bounce_threshold=3, remember_seconds=600)
+    writer.record([_event(1)], ("mailgun", "delivery-1", time.time()))
+    closer = writer._closer
+    assert closer is not None and closer.is_alive()
+    closer.join(10)
+    assert not closer.is_alive() and writer._conn is None

@@ -243,7 +243,6 @@ class _Lookups:
     """
 
     def __init__(self, conn: StoreConnection, events: Sequence[DeliveryEvent]):
-        self.conn = conn
         keys = list({email_key(e.email.strip()) for e in events})
         # email key -> (subscriber id, address, status), kept current as events change it
         self.subscribers: dict[str, tuple[int, str, Status]] = {}

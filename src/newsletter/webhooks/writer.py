@@ -170,12 +170,16 @@ class EventWriter:
 
     def _close_when_idle(self) -> None:
         # The connection is closed when no event came for a while: an idle app holds no file
-        # open, and a store moved away is reopened, not written behind.
+        # open, and a store moved away is reopened, not written behind. The thread ends with
+        # it; the next connection starts another.
         while True:
             time.sleep(IDLE_SECONDS / 2)
             with self._lock:
-                if not self._writing and time.monotonic() - self._used_at >= IDLE_SECONDS:
+                idle = time.monotonic() - self._used_at >= IDLE_SECONDS
+                if not self._writing and (idle or self._conn is None):
                     self._close_connection()
+                    self._closer = None
+                    return
 
 
 __all__ = ["EventWriter", "StoreError"]
