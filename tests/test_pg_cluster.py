@@ -130,8 +130,10 @@ def test_the_cluster_is_private_not_a_system_service(postgres_cluster: PostgresC
         # initdb and the server refuse root: they run as nobody, who owns the folder.
         nobody = pwd.getpwnam(UNPRIVILEGED_USER).pw_uid
         assert base.stat().st_uid == nobody
-        pid = scalar(url, "SELECT pg_backend_pid()")
-        status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+        with psycopg.connect(url) as connection:  # open: its server process ends with it
+            row = connection.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+            status = Path(f"/proc/{row[0]}/status").read_text(encoding="utf-8")
         uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
         assert uid_line.split()[1:] == [str(nobody)] * 4
     else:
