@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from email.message import EmailMessage
 from pathlib import Path
+from urllib.parse import urlencode
 
 import psycopg
 import pytest
@@ -35,6 +36,7 @@ from .web_server import (
     add,
     current,
     local,
+    post_cut_short,
     serving,
     settled,
     signer_for,
@@ -371,6 +373,18 @@ def test_an_oversized_body_is_refused(settings: Settings, base: str) -> None:
     assert answer.status_code == 413
     with closing(store.open_store(settings.paths.database)) as conn:
         assert store.get_subscriber(conn, "ana@example.org") is None
+
+
+def test_a_form_cut_short_changes_nothing(settings: Settings, base: str) -> None:
+    ana = add(settings, "ana@example.org")
+    path = unsubscribe_path(settings, ana.id).replace("/unsubscribe/", "/preferences/")
+    assert requests.post(base + path, data={"topic": [TRAINING, EMPATHY]}, timeout=5).ok
+    body = urlencode([("topic", TRAINING), ("topic", EMPATHY)]).encode()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    # The connection ends after the first topic: what arrived reads as a form holding one.
+    sent = len(urlencode([("topic", TRAINING)]))
+    assert post_cut_short(base, path, form, body, sent) == 400
+    assert set(current(settings, ana.id).topics) == {EMPATHY, TRAINING}
 
 
 def test_unknown_paths_and_methods(settings: Settings, base: str) -> None:

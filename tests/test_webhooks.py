@@ -23,7 +23,7 @@ from newsletter.web import WebApp
 from newsletter.webhooks import WebhookReceiver
 
 from .conftest import store_out_of_reach
-from .web_server import add, current, serving, web_settings
+from .web_server import add, current, post_cut_short, serving, web_settings
 from .webhook_senders import (
     MAILGUN_KEY,
     POSTMARK_PASSWORD,
@@ -315,6 +315,15 @@ def test_an_oversized_body_is_refused(hooks: Hooks, source: str) -> None:
     response = hooks.post(source, (headers, b"{" + b" " * MAX_BODY + b"}"))
     assert_refused(response, 413)
     assert hooks.event_rows() == []
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_a_body_cut_short_is_refused_as_incomplete(hooks: Hooks, source: str) -> None:
+    add(hooks.settings, "reader@example.net")
+    headers, body = hooks.senders[source].event("hard_bounce", "reader@example.net", now=now())
+    # 400, not a signature refusal (401): the request never arrived whole.
+    assert post_cut_short(hooks.base, f"/webhooks/{source}", headers, body, len(body) - 1) == 400
+    assert_unchanged(hooks)
 
 
 def malformed(hooks: Hooks, source: str) -> Request:

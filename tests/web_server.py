@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -71,3 +72,18 @@ def local(url: str, base: str) -> str:
     """A public link from an email, pointed at the app on loopback instead."""
     assert url.startswith(PUBLIC_URL + "/"), url
     return base + url[len(PUBLIC_URL) :]
+
+
+def post_cut_short(base: str, path: str, headers: dict[str, str], body: bytes, sent: int) -> int:
+    """POST ``body``'s length but only its first ``sent`` bytes, as a client whose connection
+    ends part-way; the status the server answers."""
+    host, port = base.removeprefix("http://").split(":")
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(head.encode() + body[:sent])
+        connection.shutdown(socket.SHUT_WR)  # the end of what this client sends
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])

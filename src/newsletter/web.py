@@ -129,6 +129,10 @@ def read_form(environ: dict[str, Any]) -> Form:
     if length > MAX_BODY_BYTES or length < 0:
         raise _RequestRejected(413, "The request is too large.")
     body = environ["wsgi.input"].read(length) if length else b""
+    if len(body) != length:
+        # The client went away part-way: what arrived is not the form it sent (the end of a
+        # preferences form cut off would unsubscribe the reader from the topics it held).
+        raise _RequestRejected(400, "The request ended before the length it announced.")
     content_type = str(environ.get("CONTENT_TYPE") or "")
     header = EmailMessage()
     header["Content-Type"] = content_type or "application/x-www-form-urlencoded"

@@ -139,6 +139,8 @@ class WebhookReceiver:
         if length > self.settings.webhooks.max_body_bytes or length < 0:
             return 413, b""
         body = environ["wsgi.input"].read(length) if length else b""
+        if len(body) != length:  # the connection ended part-way through the body
+            return 400, b""
         request = WebhookRequest(_headers(environ), body, self.clock())
         log = environ["wsgi.errors"]
         try:
