@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import threading
 import time
@@ -131,3 +132,26 @@ def test_a_response_leaves_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None
     # Status line, headers and body together (unbuffered, wsgiref sends the status line, the
     # Date and Server headers, the other headers and the body each on their own).
     assert len(writes) == 1 and writes[0] > len(name)
+
+
+def test_a_request_environ_holds_the_request_not_the_process_environment() -> None:
+    seen: dict[str, Any] = {}
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        seen.update(environ)
+        start_response("204 No Content", [])
+        return []
+
+    assert "PATH" in os.environ  # in the environment since before wsgiref was imported
+    server = make_server(app, "127.0.0.1", 0, log=False)  # type: ignore[arg-type]
+    with running(server) as url:
+        host, port = url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        connection.request("GET", "/", headers={"X-Probe": "1"})
+        assert connection.getresponse().status == 204
+        connection.close()
+    # wsgiref copies the whole process environment into each request's (secrets included).
+    assert "PATH" not in seen
+    assert not {name for name in os.environ if not name.startswith("HTTP_")} & set(seen)
+    assert seen["HTTP_X_PROBE"] == "1"
+    assert seen["wsgi.multithread"] is True

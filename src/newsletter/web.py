@@ -47,7 +47,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 from wsgiref.simple_server import make_server as _make_wsgiref_server
 
 from newsletter import audit, confirmation, consent, erasure, store, subscribe_requests
@@ -711,10 +711,42 @@ def without_tokens(text: str) -> str:
     return _TOKEN_IN_PATH.sub(r"/\1/…", text)
 
 
+class _ServerHandler(ServerHandler):
+    # wsgiref starts each request's environ from the whole process environment (as it was
+    # when wsgiref was imported): the signing secret and the webhook keys would travel with
+    # every request, and a variable such as HTTP_PROXY would read as a header the client
+    # sent. The environ holds the request alone, as under gunicorn.
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.os_environ = {}
+
+
 class _RequestHandler(WSGIRequestHandler):
     # Buffered: the status line, the headers and the body leave in one write when the handler
     # flushes, not in one system call (and one hand-over of the interpreter lock) each.
     wbufsize = -1
+
+    def handle(self) -> None:
+        # wsgiref's own, with the handler above; and each connection has a thread of its own.
+        self.raw_requestline = self.rfile.readline(_MAX_REQUEST_LINE + 1)
+        if len(self.raw_requestline) > _MAX_REQUEST_LINE:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+            return
+        if not self.parse_request():  # it has answered already
+            return
+        handler = _ServerHandler(
+            self.rfile,
+            self.wfile,
+            self.get_stderr(),
+            self.get_environ(),
+            multithread=True,
+        )
+        handler.request_handler = self  # type: ignore[attr-defined]  # wsgiref logs through it
+        handler.run(self.server.get_app())  # type: ignore[attr-defined]
+
+
+_MAX_REQUEST_LINE = 65536
 
 
 class _RequestLog(_RequestHandler):
