@@ -155,3 +155,68 @@ def test_a_request_environ_holds_the_request_not_the_process_environment() -> No
     assert not {name for name in os.environ if not name.startswith("HTTP_")} & set(seen)
     assert seen["HTTP_X_PROBE"] == "1"
     assert seen["wsgi.multithread"] is True
+
+
+def _ended_by_the_server(connection: socket.socket) -> bool:
+    """Whether the server ends ``connection`` (within its 10 s socket timeout)."""
+    try:
+        while connection.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass  # ended with bytes it had not read: a reset instead of an orderly close
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_a_connection_that_does_not_finish_in_time_is_ended() -> None:
+    server = make_server(_thread_naming_app, "127.0.0.1", 0, log=False)  # type: ignore[arg-type]
+    server.connection_seconds = 0.5  # type: ignore[attr-defined]
+    with running(server) as url:
+        host, port = url.removeprefix("http://").split(":")
+        silent = socket.create_connection((host, int(port)), timeout=10)
+        trickling = socket.create_connection((host, int(port)), timeout=10)
+        stop = threading.Event()
+
+        def trickle() -> None:  # a request line a byte at a time, never finished
+            for byte in b"GET /" + b"a" * 1000:
+                if stop.wait(0.05):
+                    return
+                try:
+                    trickling.send(bytes([byte]))
+                except OSError:
+                    return
+
+        sender = threading.Thread(target=trickle)
+        sender.start()
+        try:
+            assert _ended_by_the_server(silent)
+            assert _ended_by_the_server(trickling)
+        finally:
+            stop.set()
+            sender.join()
+            silent.close()
+            trickling.close()
+        _get(url)  # the server goes on serving
+        _wait_until(lambda: server._deadlines == {})  # type: ignore[attr-defined]
+
+
+def test_connections_beyond_the_limit_are_answered_503_at_once() -> None:
+    server = make_server(_thread_naming_app, "127.0.0.1", 0, log=False)  # type: ignore[arg-type]
+    server.max_connections = 2  # type: ignore[attr-defined]
+    with running(server) as url:
+        host, port = url.removeprefix("http://").split(":")
+        silent = [socket.create_connection((host, int(port))) for _ in range(2)]
+        try:
+            _wait_until(lambda: len(server._deadlines) == 2)  # type: ignore[attr-defined]
+            connection = http.client.HTTPConnection(host, int(port), timeout=10)
+            connection.request("GET", "/")
+            refused = connection.getresponse()
+            assert refused.status == 503
+            assert refused.getheader("Retry-After") == "5"
+            connection.close()
+        finally:
+            for each in silent:
+                each.close()
+        _wait_until(lambda: server._deadlines == {})  # type: ignore[attr-defined]
+        _get(url)  # served again once they are gone

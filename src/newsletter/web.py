@@ -29,13 +29,17 @@ library's server, and ``create_app`` is the factory for a production server, e.g
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
 import itertools
 import json
+import math
 import os
 import queue
 import re
+import socket
+import sys
 import threading
 import time
 import traceback
@@ -634,6 +638,12 @@ class _ThreadingWSGIServer(WSGIServer):
     client never holds up another; but a thread that is done waits a while for the next
     connection instead of ending. Starting a thread per request cost the server more than
     answering a request that needs no work (``bench/webhooks.py``'s 204 baseline).
+
+    What a stranger can do with a thread per connection is bounded: a connection has
+    ``connection_seconds`` in all (to send its request and get its answer), after which the
+    server ends it, so a client that says nothing, or a byte at a time, does not keep a thread
+    for ever; and at most ``max_connections`` are served at once, the ones beyond answered
+    503 at once (webhook providers try again later) instead of getting a thread each.
     """
 
     # A mail provider may POST many one-click unsubscribes at once; the default backlog of
@@ -642,13 +652,21 @@ class _ThreadingWSGIServer(WSGIServer):
     idle_seconds = 30.0
     # After a burst of connections, the threads beyond these end at once instead of waiting.
     max_idle = 32
+    # As long as nginx gives a client for its request's headers, then for its body; a webhook
+    # request waits at most 10 s for the store.
+    connection_seconds = 60.0
+    max_connections = 256
 
     def __init__(self, *args: Any, **kwargs: Any):
         # Set before binding: a port in use closes the server from within __init__.
         self._handed: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
-        self._idle_lock = threading.Lock()
+        self._idle_lock = threading.Lock()  # guards the fields below
         self._idle = 0  # threads waiting for a connection that none has been promised yet
         self._closed = False
+        # connections being served -> when the server ends them (inf: ended already)
+        self._deadlines: dict[socket.socket, float] = {}
+        self._next_sweep = 0.0
+        self._busy_logged_at = -math.inf
         self._started = itertools.count(1)
         super().__init__(*args, **kwargs)
 
@@ -658,11 +676,17 @@ class _ThreadingWSGIServer(WSGIServer):
         return f"newsletter-serve:{self.server_address[1]}#"
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        now = time.monotonic()
         with self._idle_lock:
-            promised = self._idle > 0
+            busy = len(self._deadlines) >= self.max_connections
+            if not busy:
+                self._deadlines[request] = now + self.connection_seconds
+            promised = not busy and self._idle > 0
             if promised:
                 self._idle -= 1
-        if promised:
+        if busy:
+            self._refuse_busy(request, now)
+        elif promised:
             self._handed.put((request, client_address))
         else:
             threading.Thread(
@@ -676,9 +700,15 @@ class _ThreadingWSGIServer(WSGIServer):
         while True:
             try:
                 self.finish_request(request, client_address)
+            except OSError:
+                pass  # the client went away, or its time was up (see service_actions)
             except Exception:
                 self.handle_error(request, client_address)
             finally:
+                # Forgotten before it is closed: service_actions never shuts down a socket
+                # number that a new connection may have been given since.
+                with self._idle_lock:
+                    del self._deadlines[request]
                 self.shutdown_request(request)
             with self._idle_lock:
                 if self._closed or self._idle >= self.max_idle:
@@ -696,6 +726,32 @@ class _ThreadingWSGIServer(WSGIServer):
                 return
             request, client_address = handed
 
+    def service_actions(self) -> None:
+        """End the connections whose time is up (serve_forever calls this between requests
+        and at least every poll interval)."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + min(1.0, self.connection_seconds / 4)
+        with self._idle_lock:
+            for connection, deadline in self._deadlines.items():
+                if deadline <= now:
+                    self._deadlines[connection] = math.inf
+                    # Its thread, waiting to read or write, gets an error and ends the request.
+                    with contextlib.suppress(OSError):
+                        connection.shutdown(socket.SHUT_RDWR)
+
+    def _refuse_busy(self, request: socket.socket, now: float) -> None:
+        with contextlib.suppress(OSError):  # a new connection's buffer takes this at once
+            request.sendall(_BUSY)
+        self.shutdown_request(request)
+        if now - self._busy_logged_at >= 60.0:  # once a minute, not once per connection
+            self._busy_logged_at = now
+            sys.stderr.write(
+                f"newsletter serve: {self.max_connections} connections at once; "
+                "answering 503 to more until some end\n"
+            )
+
     def server_close(self) -> None:
         super().server_close()
         with self._idle_lock:
@@ -703,6 +759,12 @@ class _ThreadingWSGIServer(WSGIServer):
             waiting, self._idle = self._idle, 0
         for _ in range(waiting):
             self._handed.put(None)
+
+
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 38\r\nConnection: close\r\n\r\nToo many connections; try again soon.\n"
+)
 
 
 def without_tokens(text: str) -> str:
