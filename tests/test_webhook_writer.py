@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -137,3 +138,31 @@ def test_the_closing_thread_ends_with_the_connection(
     assert closer is not None and closer.is_alive()
     closer.join(10)
     assert not closer.is_alive() and writer._conn is None
+
+
+def test_a_group_larger_than_one_statement_refuses_each_replay_alone(
+    location: StoreLocation,
+) -> None:
+    # More requests than one statement inserts (events._ROWS_PER_INSERT): a replayed delivery
+    # and a repeated event in the second statement's rows name rows of the first.
+    count = events._ROWS_PER_INSERT + 100
+    now = time.time()
+    requests: list[tuple[list[DeliveryEvent], events.Delivery]] = []
+    for n in range(count):
+        event = DeliveryEvent(
+            "mailgun", f"event-{n}", EventKind.DELIVERED, "reader1@example.net", store.now_utc()
+        )
+        requests.append(([event], ("mailgun", f"delivery-{n}", now)))
+    requests[-1] = (requests[-1][0], ("mailgun", "delivery-10", now))  # a replay of the 11th
+    # A new delivery whose one event is the 21st request's event again.
+    requests[-2] = ([replace(requests[-2][0][0], event_id="event-20")], requests[-2][1])
+    with closing(store.open_store(location, create=False)) as conn, store.transaction(conn):
+        outcomes = events.record_requests(conn, requests, via=events.VIA_WEBHOOK)
+    assert isinstance(outcomes[-1], AlreadySeen)
+    again = outcomes[-2]
+    assert isinstance(again, events.Recorded) and (again.recorded, again.duplicates) == (0, 1)
+    for outcome in outcomes[:-2]:
+        assert isinstance(outcome, events.Recorded)
+        assert (outcome.recorded, outcome.duplicates) == (1, 0)
+    with closing(store.open_store(location, create=False)) as conn:
+        assert conn.execute("SELECT count(*) FROM delivery_events").fetchone()[0] == count - 2
