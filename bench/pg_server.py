@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -49,12 +50,26 @@ def describe(cluster: PostgresCluster) -> str:
 
 def server_cpu_seconds(cluster: PostgresCluster) -> float:
     """User + system CPU seconds of the server so far: the postmaster, its live children, and
-    (through the postmaster's counters of reaped children) every backend that has exited."""
+    (through the postmaster's counters of reaped children) every backend that has exited.
+
+    A backend that has exited but is not reaped yet shows no CPU time at all, so it is waited
+    for: read just after a client disconnects, its whole work would go missing.
+    """
     postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    deadline = time.monotonic() + 5.0
+    while True:
+        children = [
+            int(entry.name)
+            for entry in os.scandir("/proc")
+            if entry.name.isdigit() and _parent_of(int(entry.name)) == postmaster
+        ]
+        exited = any(_stat_fields(pid)[:1] == ["Z"] for pid in children)
+        if not exited or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     total = _cpu_of(postmaster, children_too=True)
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and _parent_of(int(entry.name)) == postmaster:
-            total += _cpu_of(int(entry.name), children_too=True)
+    for pid in children:
+        total += _cpu_of(pid, children_too=True)
     return total
 
 

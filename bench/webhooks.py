@@ -1,6 +1,6 @@
 """Events per second the webhook endpoints verify and store, beside a 204-only baseline.
 
-    python bench/webhooks.py [--requests 4000] [--clients 8] [--subscribers 10000]
+    python bench/webhooks.py [--requests 3000] [--clients 8] [--subscribers 10000] [--postgresql]
 
 One server process (the app on the standard library's threaded WSGI server, as
 ``newsletter serve`` runs it) on loopback; the same pre-signed requests, mixed over the five
@@ -12,7 +12,9 @@ Target, for the run of one event per request: at least 1,000 events a second, an
 half the baseline's rate. The second run (SendGrid posting batches) shows what batches are
 worth; a 204 costs the same whatever the batch holds, so its ratio is not a target. The
 server's CPU time per request is shown beside each rate: it varies less than the rates on a
-shared machine.
+shared machine. With ``--postgresql`` the one-event mix runs once more with the store on a
+private PostgreSQL server (``bench/pg_server.py``, durable commits), whose own CPU time per
+request is printed too; not part of the target.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,7 @@ from tests.webhook_senders import (
     sns_server,
 )
 
+import pg_server
 from newsletter import store
 from newsletter.settings import load_settings
 from webhook_writer import add_readers
@@ -219,59 +223,52 @@ def main() -> None:
         default=100,
         help="events in each SendGrid request of the batched run (SendGrid posts batches)",
     )
+    parser.add_argument(
+        "--postgresql",
+        action="store_true",
+        help="also run the one-event mix with the store on a private PostgreSQL server "
+        "(bench/pg_server.py; not part of the target)",
+    )
     args = parser.parse_args()
 
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        sendgrid = SendgridSender()
-        ses_key, certificate = signing_certificate()
-        with sns_server(folder, certificate) as sns:
-            (folder / "newsletter.toml").write_text(
-                "[webhooks]\n[webhooks.mailgun]\n"
-                f'[webhooks.sendgrid]\npublic_key = "{sendgrid.public_key}"\n'
-                f'[webhooks.postmark]\nusername = "{POSTMARK_USER}"\n'
-                f'[webhooks.ses]\ntopic_arns = ["{TOPIC}"]\n'
-                "[webhooks.resend]\n",
-                "utf-8",
-            )
-            settings = load_settings(folder / "newsletter.toml")
-            add_readers(settings.paths.database, args.subscribers)
-            senders: dict[str, Any] = {
-                "mailgun": MailgunSender(),
-                "sendgrid": sendgrid,
-                "postmark": PostmarkSender(),
-                "ses": SesSender(ses_key, f"{sns.base}/SimpleNotificationService-1.pem"),
-                "resend": ResendSender(),
-            }
-            ca_file = str(sns.ca_file)
-            answered_ok = True
-            stored_expected = 0
-            for label, batch, tag in (
-                ("one event per request", 1, "a"),
-                (f"SendGrid batches of {args.sendgrid_batch}", args.sendgrid_batch, "b"),
-            ):
-                requests, events = _requests(
-                    senders, args.requests, args.subscribers, batch, f"{tag}0."
+    rows: list[Row] = []
+    server = pg_server.start_server() if args.postgresql else None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            sendgrid = SendgridSender()
+            ses_key, certificate = signing_certificate()
+            with sns_server(folder, certificate) as sns:
+                sources = (
+                    "[webhooks]\n[webhooks.mailgun]\n"
+                    f'[webhooks.sendgrid]\npublic_key = "{sendgrid.public_key}"\n'
+                    f'[webhooks.postmark]\nusername = "{POSTMARK_USER}"\n'
+                    f'[webhooks.ses]\ntopic_arns = ["{TOPIC}"]\n'
+                    "[webhooks.resend]\n"
                 )
-                # The best of --repeat alternating runs each: the machine may be shared.
-                best: dict[str, tuple[float, float]] = {}
-                attempts: dict[str, list[float]] = {"baseline": [], "webhooks": []}
-                for attempt in range(args.repeat):
-                    if attempt:  # each attempt needs fresh events: the store keeps every one
-                        requests, events = _requests(
-                            senders, args.requests, args.subscribers, batch, f"{tag}{attempt}."
-                        )
-                    for kind, expected in (("baseline", 204), ("webhooks", 200)):
-                        seconds, cpu, answers = _run(kind, folder, ca_file, requests, args.clients)
-                        answered_ok &= answers == {expected: len(requests)}
-                        attempts[kind].append(events / seconds)
-                        if seconds < best.get(kind, (float("inf"), 0.0))[0]:
-                            best[kind] = (seconds, cpu)
-                    stored_expected += events
-                rows.append((label, len(requests), events, best, attempts))
-        with closing(store.open_store(settings.paths.database)) as conn:
-            stored = conn.execute("SELECT count(*) FROM delivery_events").fetchone()[0]
+                senders: dict[str, Any] = {
+                    "mailgun": MailgunSender(),
+                    "sendgrid": sendgrid,
+                    "postmark": PostmarkSender(),
+                    "ses": SesSender(ses_key, f"{sns.base}/SimpleNotificationService-1.pem"),
+                    "resend": ResendSender(),
+                }
+                bench = _Bench(args, senders, str(sns.ca_file))
+                sqlite = bench.store(folder / "sqlite", sources)
+                rows.append(bench.measure(sqlite, "one event per request", 1, "a"))
+                batches = f"SendGrid batches of {args.sendgrid_batch}"
+                rows.append(bench.measure(sqlite, batches, args.sendgrid_batch, "b"))
+                if server is not None:
+                    url = server.new_database("webhooks")
+                    postgres = bench.store(
+                        folder / "postgresql", f'[paths]\ndatabase = "{url}"\n' + sources
+                    )
+                    rows.append(
+                        bench.measure(postgres, "  ... on PostgreSQL", 1, "c", server=server)
+                    )
+    finally:
+        if server is not None:
+            server.stop()
 
     print(
         f"{args.clients} client connections, one server process (threads), loopback; "
@@ -281,36 +278,116 @@ def main() -> None:
         f"{'run':<28}{'requests':>9}{'events':>8}{'204-only ev/s':>15}{'CPU':>6}"
         f"{'webhooks ev/s':>15}{'CPU':>6}{'ratio':>7}{'target':>8}"
     )
-    complete = answered_ok and stored == stored_expected
     met = True
-    for n, (label, count, events, best, _) in enumerate(rows):
-        (base_seconds, base_cpu), (hook_seconds, hook_cpu) = best["baseline"], best["webhooks"]
-        base_rate, hook_rate = events / base_seconds, events / hook_seconds
+    for n, row in enumerate(rows):
+        (base_seconds, base_cpu, _), (hook_seconds, hook_cpu, _) = (
+            row.best["baseline"],
+            row.best["webhooks"],
+        )
+        base_rate, hook_rate = row.events / base_seconds, row.events / hook_seconds
         ratio = hook_rate / base_rate
-        if n == 0:  # the target's run: one event per request, the sources mixed
+        if n == 0:  # the target's run: one event per request, the sources mixed, SQLite
             met = hook_rate >= TARGET_EVENTS_PER_SECOND and ratio >= TARGET_SHARE_OF_BASELINE
             verdict = "met" if met else "missed"
         else:
             verdict = "-"
         print(
-            f"{label:<28}{count:>9,}{events:>8,}{base_rate:>15,.0f}"
-            f"{base_cpu / count * 1000:>6.2f}{hook_rate:>15,.0f}{hook_cpu / count * 1000:>6.2f}"
-            f"{ratio:>7.2f}{verdict:>8}"
+            f"{row.label:<28}{row.requests:>9,}{row.events:>8,}{base_rate:>15,.0f}"
+            f"{base_cpu / row.requests * 1000:>6.2f}{hook_rate:>15,.0f}"
+            f"{hook_cpu / row.requests * 1000:>6.2f}{ratio:>7.3f}{verdict:>8}"
         )
-    for label, _, _, _, attempts in rows:
+    for row in rows:
         print(
-            f"every run, {label}: 204-only "
-            + " / ".join(f"{rate:,.0f}" for rate in attempts["baseline"])
+            f"every run, {row.label.strip(' .')}: 204-only "
+            + " / ".join(f"{rate:,.0f}" for rate in row.attempts["baseline"])
             + " ev/s; webhooks "
-            + " / ".join(f"{rate:,.0f}" for rate in attempts["webhooks"])
+            + " / ".join(f"{rate:,.0f}" for rate in row.attempts["webhooks"])
             + " ev/s"
         )
-    print(f"every request answered as expected and every event stored ({stored:,}): {complete}")
+    for row in rows:
+        if row.server_description:
+            store_cpu = row.best["webhooks"][2] / row.requests * 1000
+            print(
+                f"{row.server_description}; its CPU during the best webhooks run: "
+                f"{store_cpu:.2f} ms per request"
+            )
+    complete = all(row.complete for row in rows)
+    print(f"every request answered as expected and every event stored: {complete}")
     print(
-        f"target (one event per request): ≥ {TARGET_EVENTS_PER_SECOND:,.0f} events/s and ≥ "
-        f"{TARGET_SHARE_OF_BASELINE:.0%} of the 204-only rate"
+        f"target (one event per request, SQLite): ≥ {TARGET_EVENTS_PER_SECOND:,.0f} events/s "
+        f"and ≥ {TARGET_SHARE_OF_BASELINE:.0%} of the 204-only rate"
     )
     sys.exit(0 if complete and met else 1)
+
+
+@dataclass
+class Row:
+    label: str
+    requests: int
+    events: int
+    # kind -> (seconds, server CPU seconds, PostgreSQL server CPU seconds) of its best run
+    best: dict[str, tuple[float, float, float]]
+    attempts: dict[str, list[float]]  # kind -> events per second of each run
+    complete: bool  # every request answered as expected, every event stored
+    server_description: str = ""
+
+
+def _events_stored(folder: Path) -> int:
+    settings = load_settings(folder / "newsletter.toml")
+    with closing(store.open_store(settings.paths.database)) as conn:
+        return int(conn.execute("SELECT count(*) FROM delivery_events").fetchone()[0])
+
+
+class _Bench:
+    def __init__(self, args: argparse.Namespace, senders: dict[str, Any], ca_file: str):
+        self.args, self.senders, self.ca_file = args, senders, ca_file
+
+    def store(self, folder: Path, settings_text: str) -> Path:
+        """A newsletter folder whose store holds ``--subscribers`` active readers."""
+        folder.mkdir()
+        (folder / "newsletter.toml").write_text(settings_text, "utf-8")
+        add_readers(load_settings(folder / "newsletter.toml").paths.database, self.args.subscribers)
+        return folder
+
+    def measure(
+        self,
+        folder: Path,
+        label: str,
+        batch: int,
+        tag: str,
+        server: pg_server.PostgresCluster | None = None,
+    ) -> Row:
+        """``--repeat`` alternating runs of the 204-only app and the webhooks on ``folder``."""
+        args = self.args
+        best: dict[str, tuple[float, float, float]] = {}
+        attempts: dict[str, list[float]] = {"baseline": [], "webhooks": []}
+        answered_ok, expected_events = True, 0
+        stored_before = _events_stored(folder)
+        for attempt in range(args.repeat):
+            # Fresh events each time: the store keeps every one.
+            requests, events = _requests(
+                self.senders, args.requests, args.subscribers, batch, f"{tag}{attempt}."
+            )
+            for kind, expected in (("baseline", 204), ("webhooks", 200)):
+                store_cpu = pg_server.server_cpu_seconds(server) if server else 0.0
+                seconds, cpu, answers = _run(kind, folder, self.ca_file, requests, args.clients)
+                if server is not None:
+                    store_cpu = pg_server.server_cpu_seconds(server) - store_cpu
+                answered_ok &= answers == {expected: len(requests)}
+                attempts[kind].append(events / seconds)
+                if seconds < best.get(kind, (float("inf"), 0.0, 0.0))[0]:
+                    best[kind] = (seconds, cpu, store_cpu)
+            expected_events += events
+        stored = _events_stored(folder) - stored_before
+        return Row(
+            label,
+            args.requests,
+            events,
+            best,
+            attempts,
+            answered_ok and stored == expected_events,
+            pg_server.describe(server) if server else "",
+        )
 
 
 if __name__ == "__main__":
