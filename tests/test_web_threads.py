@@ -220,3 +220,24 @@ def test_connections_beyond_the_limit_are_answered_503_at_once() -> None:
                 each.close()
         _wait_until(lambda: server._deadlines == {})  # type: ignore[attr-defined]
         _get(url)  # served again once they are gone
+
+
+def test_a_connection_whose_thread_cannot_start_is_not_counted_against_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = make_server(_thread_naming_app, "127.0.0.1", 0, log=False)  # type: ignore[arg-type]
+    server.max_connections = 1  # type: ignore[attr-defined]
+    server.handle_error = lambda request, address: None  # type: ignore[method-assign]
+    real_start = threading.Thread.start
+
+    def no_thread(self: threading.Thread) -> None:
+        if self.name.startswith(server.thread_prefix):  # type: ignore[attr-defined]
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    with running(server) as url:
+        monkeypatch.setattr(threading.Thread, "start", no_thread)
+        with pytest.raises((http.client.HTTPException, OSError)):
+            _get(url)  # closed unanswered
+        monkeypatch.undo()
+        assert _get(url)  # not refused as one connection too many

@@ -689,12 +689,17 @@ class _ThreadingWSGIServer(WSGIServer):
         elif promised:
             self._handed.put((request, client_address))
         else:
-            threading.Thread(
-                target=self._serve_connections,
-                args=(request, client_address),
-                name=f"{self.thread_prefix}{next(self._started)}",
-                daemon=True,
-            ).start()
+            try:
+                threading.Thread(
+                    target=self._serve_connections,
+                    args=(request, client_address),
+                    name=f"{self.thread_prefix}{next(self._started)}",
+                    daemon=True,
+                ).start()
+            except BaseException:  # e.g. no memory for another thread: socketserver closes it
+                with self._idle_lock:
+                    del self._deadlines[request]
+                raise
 
     def _serve_connections(self, request: Any, client_address: Any) -> None:
         while True:
