@@ -23,7 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import pg_cluster
 from tests.pg_cluster import PostgresCluster
 
-__all__ = ["PostgresCluster", "describe", "server_cpu_seconds", "start_server"]
+__all__ = [
+    "PostgresCluster",
+    "describe",
+    "server_cpu_seconds",
+    "settled_cpu_seconds",
+    "start_server",
+]
 
 DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
 
@@ -71,6 +77,31 @@ def server_cpu_seconds(cluster: PostgresCluster) -> float:
     for pid in children:
         total += _cpu_of(pid, children_too=True)
     return total
+
+
+def settled_cpu_seconds(cluster: PostgresCluster, database: str) -> float:
+    """:func:`server_cpu_seconds` once no client is connected to ``database`` any more and the
+    figure has stopped moving: read the moment a client process ends, its backend may not
+    have noticed yet, or be half-way out."""
+    import psycopg
+
+    deadline = time.monotonic() + 10.0
+    with psycopg.connect(cluster.admin_url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)
+            ).fetchone()
+            if row is not None and row[0] == 0:
+                break
+            time.sleep(0.02)
+    last = server_cpu_seconds(cluster)
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = server_cpu_seconds(cluster)
+        if now == last:
+            break
+        last = now
+    return last
 
 
 def _stat_fields(pid: int) -> list[str]:

@@ -264,7 +264,7 @@ def main() -> None:
                         folder / "postgresql", f'[paths]\ndatabase = "{url}"\n' + sources
                     )
                     rows.append(
-                        bench.measure(postgres, "  ... on PostgreSQL", 1, "c", server=server)
+                        bench.measure(postgres, "  ... on PostgreSQL", 1, "c", server, "webhooks")
                     )
     finally:
         if server is not None:
@@ -356,6 +356,7 @@ class _Bench:
         batch: int,
         tag: str,
         server: pg_server.PostgresCluster | None = None,
+        database: str = "",
     ) -> Row:
         """``--repeat`` alternating runs of the 204-only app and the webhooks on ``folder``."""
         args = self.args
@@ -369,10 +370,10 @@ class _Bench:
                 self.senders, args.requests, args.subscribers, batch, f"{tag}{attempt}."
             )
             for kind, expected in (("baseline", 204), ("webhooks", 200)):
-                store_cpu = pg_server.server_cpu_seconds(server) if server else 0.0
+                store_cpu = pg_server.settled_cpu_seconds(server, database) if server else 0.0
                 seconds, cpu, answers = _run(kind, folder, self.ca_file, requests, args.clients)
                 if server is not None:
-                    store_cpu = pg_server.server_cpu_seconds(server) - store_cpu
+                    store_cpu = pg_server.settled_cpu_seconds(server, database) - store_cpu
                 answered_ok &= answers == {expected: len(requests)}
                 attempts[kind].append(events / seconds)
                 if seconds < best.get(kind, (float("inf"), 0.0, 0.0))[0]:
